@@ -1,0 +1,66 @@
+"""Counter-based randomness shared by the torch and Triton kernel paths.
+
+Triton's ``tl.randint(seed, offset)`` is Philox4x32-10 (Salmon et al., SC'11) with counter
+``(offset, 0, 0, 0)`` and key ``(seed & 0xffffffff, seed >> 32)``, returning the first output word.
+``philox_uint32`` reproduces that word with int64 torch ops, so a torch reference and a Triton kernel
+given the same seed draw the same bits and can be compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_ROUND_A = 0xD2511F53
+_ROUND_B = 0xCD9E8D57
+_KEY_A = 0x9E3779B9
+_KEY_B = 0xBB67AE85
+N_ROUNDS = 10
+SEED_LIMIT = 2**63
+
+# A private stream for seeds the caller did not give; the global torch/python RNGs are never touched.
+_private_seeds = random.Random(int.from_bytes(os.urandom(8), "little"))
+
+
+def resolve_seed(seed: int | None) -> int:
+    """Return ``seed`` as a non-negative 63-bit int, drawing a fresh one privately when it is None."""
+    if seed is None:
+        return _private_seeds.getrandbits(62)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or None; got {seed!r}")
+    return seed % SEED_LIMIT
+
+
+def _mulhilo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit halves of ``constant * value`` for uint32 values held in int64, without overflow."""
+    hi16 = value >> 16
+    lo16 = value & 0xFFFF
+    prod_hi = hi16 * constant  # < 2**48
+    prod_lo = lo16 * constant  # < 2**48
+    low = (prod_lo + ((prod_hi & 0xFFFF) << 16)) & _MASK32
+    high = (prod_hi + (prod_lo >> 16)) >> 16
+    return high & _MASK32, low
+
+
+def philox_uint32(seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS) -> torch.Tensor:
+    """Philox4x32 word 0 for counters ``(offset, 0, 0, 0)``; returns uint32 values in an int64 tensor."""
+    c0 = offsets.to(torch.int64) & _MASK32
+    c1 = torch.zeros_like(c0)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(n_rounds):
+        hi_b, lo_b = _mulhilo(_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _KEY_A) & _MASK32
+        k1 = (k1 + _KEY_B) & _MASK32
+    return c0
+
+
+def uniform24(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """U[0,1) as float32 with 24 random bits: ``(r >> 8) * 2**-24``, exact in fp32 on every backend."""
+    return (philox_uint32(seed, offsets) >> 8).to(torch.float32) * (1.0 / 16777216.0)

@@ -1,0 +1,137 @@
+"""Unbiased stochastic rounding to powers of two: natural compression and LUQ's log quantizer.
+
+Both share one primitive on a non-negative magnitude ``t`` and a lowest exponent ``lo``:
+
+* ``t >= 2**lo``, ``t`` in ``[2**e, 2**(e+1))``: round up to ``2**(e+1)`` with probability
+  ``(t - 2**e) / 2**e`` (the 23-bit mantissa over ``2**23``), else down to ``2**e``.
+  This is natural compression C_nat (Horvath et al. 2022, eq. 3): ``E[C(t)] = t``.
+* ``t < 2**lo`` (stochastic underflow): ``2**lo`` with probability ``t / 2**lo``, else 0. Also unbiased.
+
+The uniform draw is Philox(seed, element index), so the torch and Triton paths agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from effplug.kernels import dispatch
+from effplug.kernels.philox import philox_uint32, resolve_seed
+
+MIN_EXP = -126  # smallest normal fp32 exponent; subnormals go through the underflow branch
+CODE_EXP_LEVELS = 127  # exponent codes 1..127 in the 8-bit sign+exponent form, code 0 means zero
+
+
+@dataclass
+class Pow2Codes:
+    """8-bit sign+exponent codes: bit 7 is the sign, bits 0-6 hold ``e - lo_exp + 1`` (0 means zero)."""
+
+    codes: torch.Tensor  # uint8, same shape as the input
+    lo_exp: int
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 4  # codes plus the int32 base exponent
+
+
+def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tensor:
+    r = philox_uint32(seed, torch.arange(t.numel(), device=t.device)).view(t.shape)
+    bits = t.view(torch.int32)
+    exponent = ((bits >> 23) & 0xFF) - 127
+    mantissa = (bits & 0x7FFFFF).to(torch.int64)
+    round_up = ((r >> 9) < mantissa).to(torch.int32)
+    in_range = (((exponent + round_up) + 127) << 23).view(torch.float32)
+    lowest = torch.tensor((lo_exp + 127) << 23, dtype=torch.int32, device=t.device).view(torch.float32)
+    p = t * torch.tensor(2.0**-lo_exp, dtype=torch.float32, device=t.device)
+    u = (r >> 8).to(torch.float32) * (1.0 / 16777216.0)
+    underflow = torch.where(u < p, lowest, torch.zeros_like(t))
+    mag = torch.where(t >= lowest, in_range, underflow)
+    return torch.where(torch.isfinite(t), mag, t)
+
+
+def _codes_from_magnitude(mag: torch.Tensor, negative: torch.Tensor, lo_exp: int) -> torch.Tensor:
+    exponent = ((mag.view(torch.int32) >> 23) & 0xFF) - 127
+    code = torch.where(mag > 0, exponent - lo_exp + 1, torch.zeros_like(exponent))
+    code = code | (negative.to(torch.int32) << 7)
+    return code.to(torch.uint8)
+
+
+def _pow2_sr(x: torch.Tensor, seed: int, alpha: float, lo_exp: int, emit_codes: bool) -> torch.Tensor:
+    """Magnitudes ``|x| / alpha`` rounded to powers of two, returned as ``sign * alpha * mag`` or as codes."""
+    flat = x.reshape(-1)
+    if dispatch.kernel_backend(flat) == "triton":
+        out = dispatch.triton_kernels().pow2_sr(flat.contiguous(), seed, alpha, lo_exp, emit_codes)
+        return out.view(x.shape)
+    xf = flat.float()
+    t = xf.abs() / torch.tensor(alpha, dtype=torch.float32, device=x.device)
+    mag = _pow2_magnitude_torch(t, seed, lo_exp)
+    if emit_codes:
+        return _codes_from_magnitude(mag, xf < 0, lo_exp).view(x.shape)
+    value = mag * torch.tensor(alpha, dtype=torch.float32, device=x.device)
+    return torch.where(xf < 0, -value, value).to(x.dtype).view(x.shape)
+
+
+def pow2_round(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    """Natural compression: each element becomes ``±2**e`` or ``±2**(e+1)``, unbiased; zeros stay zero."""
+    dispatch.check_float_tensor(x)
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    return _pow2_sr(x, resolve_seed(seed), 1.0, MIN_EXP, emit_codes=False)
+
+
+def _exponent_of(value: float) -> int:
+    bits = torch.tensor(value, dtype=torch.float32).view(torch.int32).item()
+    return ((bits >> 23) & 0xFF) - 127
+
+
+def pow2_encode(x: torch.Tensor, seed: int | None = None) -> Pow2Codes:
+    """Natural compression to 8-bit sign+exponent codes (one byte per element plus a base exponent).
+
+    The 127 exponent codes cover ``[2**(e_max-125), 2**(e_max+1)]`` where ``e_max`` is the exponent of
+    ``max|x|``; smaller magnitudes take the unbiased stochastic-underflow branch to 0 or the lowest level.
+    """
+    dispatch.check_float_tensor(x)
+    if x.numel() == 0:
+        return Pow2Codes(torch.empty(x.shape, dtype=torch.uint8, device=x.device), MIN_EXP, x.dtype)
+    peak = x.detach().abs().max().float().item()
+    if peak != peak or peak == float("inf"):
+        raise ValueError("cannot pow2-encode a tensor holding inf or NaN; clean or clip the input first")
+    lo_exp = MIN_EXP if peak == 0 else max(MIN_EXP, _exponent_of(peak) + 1 - (CODE_EXP_LEVELS - 1))
+    codes = _pow2_sr(x, resolve_seed(seed), 1.0, lo_exp, emit_codes=True)
+    return Pow2Codes(codes, lo_exp, x.dtype)
+
+
+def pow2_decode(payload: Pow2Codes) -> torch.Tensor:
+    """Codes back to ``±2**e`` values in the original dtype (an elementwise torch op on every backend)."""
+    codes = payload.codes.to(torch.int32)
+    level = codes & 0x7F
+    magnitude = torch.where(
+        level > 0,
+        torch.ldexp(torch.ones_like(level, dtype=torch.float32), level - 1 + payload.lo_exp),
+        torch.zeros_like(level, dtype=torch.float32),
+    )
+    return torch.where(codes >= 128, -magnitude, magnitude).to(payload.dtype)
+
+
+def log_quantize(x: torch.Tensor, bits: int = 4, seed: int | None = None) -> torch.Tensor:
+    """LUQ's logarithmic unbiased quantizer (Chmiel et al., ICLR 2023, Sec. 4, eqs. 9-11).
+
+    Radix-2 format with 1 sign bit and ``bits - 1`` exponent bits. The underflow threshold is
+    ``alpha = max|x| / 2**(2**(bits-1) - 1)``; magnitudes below it are pruned stochastically to 0 or
+    ``alpha`` (unbiased), and the rest round stochastically between neighbouring levels
+    ``alpha * 2**k``. ``E[log_quantize(x)] = x``. Returns the dequantized values in ``x``'s dtype.
+    """
+    dispatch.check_float_tensor(x)
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits={bits!r} is not supported for log_quantize; use an int from 2 to 8")
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    peak = x.detach().abs().max().float()
+    if not torch.isfinite(peak):
+        raise ValueError("cannot log-quantize a tensor holding inf or NaN")
+    if peak.item() == 0:
+        return torch.zeros_like(x)
+    alpha = (peak / 2.0 ** (2 ** (bits - 1) - 1)).item()
+    return _pow2_sr(x, resolve_seed(seed), alpha, 0, emit_codes=False)

@@ -1,0 +1,208 @@
+"""Triton kernels behind ``effplug.kernels``; each implements the contract of its torch reference.
+
+Imported lazily by ``dispatch.triton_kernels()``. Written to run under ``TRITON_INTERPRET=1`` too:
+``tl.cast`` on scalars, no block pointers, libdevice or inline asm, and no multi-config autotune.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from effplug.kernels.dispatch import interpreter_block
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _round_directed(v, DTYPE: tl.constexpr, UP: tl.constexpr):
+    """Round fp32 ``v`` to the 16-bit float DTYPE toward +inf (UP) or -inf, via its bit pattern."""
+    y = v.to(DTYPE)
+    back = y.to(tl.float32)
+    bits = y.to(tl.int16, bitcast=True)
+    if UP:
+        stepped = tl.where(y > 0, bits + 1, tl.where(y < 0, bits - 1, 1))
+        needs = back < v
+    else:
+        stepped = tl.where(y > 0, bits - 1, tl.where(y < 0, bits + 1, -32767))
+        needs = back > v
+    stepped = tl.cast(stepped, tl.int16).to(DTYPE, bitcast=True)
+    return tl.where(needs, stepped, y)
+
+
+@triton.jit
+def _quantize_pack_kernel(
+    x_ptr, data_ptr, scale_ptr, zero_ptr, n, n_groups, seed,
+    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+    STOCHASTIC: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, GROUP)
+    offs = rows[:, None] * GROUP + cols[None, :]
+    valid = offs < n
+    x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    lo = tl.min(tl.where(valid, x, float("inf")), axis=1)
+    hi = tl.max(tl.where(valid, x, float("-inf")), axis=1)
+    zero = _round_directed(lo, SCALE_DTYPE, False)
+    levels: tl.constexpr = (1 << BITS) - 1
+    scale = _round_directed((hi - zero.to(tl.float32)) / levels, SCALE_DTYPE, True)
+    s = scale.to(tl.float32)[:, None]
+    v = tl.where(s > 0, (x - zero.to(tl.float32)[:, None]) / s, 0.0)
+    if STOCHASTIC:
+        r = tl.randint(seed, offs)
+        u = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0)
+    else:
+        u = 0.5
+    q = tl.minimum(tl.maximum(tl.floor(v + u), 0.0), levels)
+    q = tl.where(valid, q, 0.0).to(tl.int32)
+    PER: tl.constexpr = 8 // BITS
+    q = tl.reshape(q, (ROWS * GROUP // PER, PER))
+    shifts = tl.arange(0, PER) * BITS
+    packed = tl.sum(q << shifts[None, :], axis=1)
+    byte_offs = pid * (ROWS * GROUP // PER) + tl.arange(0, ROWS * GROUP // PER)
+    tl.store(data_ptr + byte_offs, packed.to(tl.uint8), mask=byte_offs < n_groups * (GROUP // PER))
+    row_ok = rows < n_groups
+    tl.store(scale_ptr + rows, scale, mask=row_ok)
+    tl.store(zero_ptr + rows, zero, mask=row_ok)
+
+
+def _rows_per_program(n_groups: int, group_size: int) -> int:
+    budget = interpreter_block(n_groups * group_size, gpu_block=4096)
+    return max(1, min(budget // group_size, 1 << max(0, (n_groups - 1).bit_length())))
+
+
+def quantize_pack(flat, bits, group_size, stochastic, seed, scale_dtype):
+    n = flat.numel()
+    n_groups = -(-n // group_size)
+    data = torch.empty(n_groups * group_size * bits // 8, dtype=torch.uint8, device=flat.device)
+    scale = torch.empty(n_groups, dtype=scale_dtype, device=flat.device)
+    zero = torch.empty(n_groups, dtype=scale_dtype, device=flat.device)
+    rows = _rows_per_program(n_groups, group_size)
+    grid = (triton.cdiv(n_groups, rows),)
+    _quantize_pack_kernel[grid](
+        flat, data, scale, zero, n, n_groups, seed,
+        BITS=bits, GROUP=group_size, ROWS=rows, STOCHASTIC=stochastic, SCALE_DTYPE=_TL_DTYPE[scale_dtype],
+    )
+    return data, scale, zero
+
+
+@triton.jit
+def _unpack_dequantize_kernel(
+    data_ptr, scale_ptr, zero_ptr, out_ptr, n, n_groups,
+    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, GROUP)
+    offs = rows[:, None] * GROUP + cols[None, :]
+    row_ok = rows < n_groups
+    PER: tl.constexpr = 8 // BITS
+    byte = tl.load(data_ptr + offs // PER, mask=row_ok[:, None], other=0).to(tl.int32)
+    q = (byte >> ((offs % PER) * BITS)) & ((1 << BITS) - 1)
+    s = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    x = q.to(tl.float32) * s[:, None] + z[:, None]
+    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=offs < n)
+
+
+def unpack_dequantize(qt, out_dtype):
+    n = qt.numel
+    n_groups = qt.scale.numel()
+    out = torch.empty(n, dtype=out_dtype, device=qt.device)
+    rows = _rows_per_program(n_groups, qt.group_size)
+    grid = (triton.cdiv(n_groups, rows),)
+    _unpack_dequantize_kernel[grid](
+        qt.data, qt.scale, qt.zero, out, n, n_groups, BITS=qt.bits, GROUP=qt.group_size, ROWS=rows
+    )
+    return out
+
+
+@triton.jit
+def _pow2_sr_kernel(x_ptr, out_ptr, n, seed, alpha, lo_exp, EMIT_CODES: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    alpha_f = tl.cast(alpha, tl.float32)
+    t = tl.abs(x) / alpha_f
+    r = tl.randint(seed, offs)
+    bits = t.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) - 127
+    mantissa = tl.cast(bits & 0x7FFFFF, tl.uint32)
+    round_up = tl.where((r >> 9) < mantissa, 1, 0)
+    in_range = (((exponent + round_up) + 127) << 23).to(tl.float32, bitcast=True)
+    lo = tl.cast(lo_exp, tl.int32)
+    lowest = tl.cast((lo + 127) << 23, tl.int32).to(tl.float32, bitcast=True)
+    inv_lowest = tl.cast((127 - lo) << 23, tl.int32).to(tl.float32, bitcast=True)
+    u = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0)
+    underflow = tl.where(u < t * inv_lowest, lowest, 0.0)
+    mag = tl.where(t >= lowest, in_range, underflow)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    mag = tl.where(finite, mag, t)
+    if EMIT_CODES:
+        mag_exp = ((mag.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+        code = tl.where(mag > 0, mag_exp - lo + 1, 0) | tl.where(x < 0, 128, 0)
+        tl.store(out_ptr + offs, code.to(tl.uint8), mask=mask)
+    else:
+        value = mag * alpha_f
+        value = tl.where(x < 0, -value, value)
+        tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pow2_sr(flat, seed, alpha, lo_exp, emit_codes):
+    n = flat.numel()
+    out = torch.empty(n, dtype=torch.uint8 if emit_codes else flat.dtype, device=flat.device)
+    block = interpreter_block(n, gpu_block=2048)
+    _pow2_sr_kernel[(triton.cdiv(n, block),)](flat, out, n, seed, alpha, lo_exp, EMIT_CODES=emit_codes, BLOCK=block)
+    return out
+
+
+@triton.jit
+def _topk_count_kernel(x_ptr, counts_ptr, n, threshold, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    m = tl.abs(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    thr = tl.cast(threshold, tl.float32)
+    tl.store(counts_ptr + 2 * pid, tl.sum(tl.where(mask & (m > thr), 1, 0), axis=0))
+    tl.store(counts_ptr + 2 * pid + 1, tl.sum(tl.where(mask & (m == thr), 1, 0), axis=0))
+
+
+@triton.jit
+def _topk_compact_kernel(
+    x_ptr, values_ptr, indices_ptr, n, threshold, needed_ties, above_before_ptr, ties_before_ptr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    m = tl.abs(x.to(tl.float32))
+    thr = tl.cast(threshold, tl.float32)
+    tied = tl.where(mask & (m == thr), 1, 0)
+    tie_rank = tl.load(ties_before_ptr + pid) + tl.cumsum(tied, axis=0)
+    keep = tl.where(mask & (m > thr), 1, 0) | (tied & tl.where(tie_rank <= needed_ties, 1, 0))
+    # Rank among kept elements = kept before this block + kept earlier in this block.
+    kept_before = tl.load(above_before_ptr + pid) + tl.minimum(tl.load(ties_before_ptr + pid), needed_ties)
+    slot = kept_before + tl.cumsum(keep, axis=0) - 1
+    tl.store(values_ptr + slot, x, mask=keep == 1)
+    tl.store(indices_ptr + slot, tl.cast(offs, tl.int64), mask=keep == 1)
+
+
+def topk_select(flat, threshold, k):
+    n = flat.numel()
+    block = interpreter_block(n, gpu_block=4096)
+    n_blocks = triton.cdiv(n, block)
+    thr = float(threshold.item())
+    counts = torch.empty(n_blocks, 2, dtype=torch.int32, device=flat.device)
+    _topk_count_kernel[(n_blocks,)](flat, counts, n, thr, BLOCK=block)
+    above_before = torch.cumsum(counts[:, 0], 0, dtype=torch.int64) - counts[:, 0]
+    ties_before = torch.cumsum(counts[:, 1], 0, dtype=torch.int64) - counts[:, 1]
+    needed_ties = k - int(counts[:, 0].sum().item())
+    values = torch.empty(k, dtype=flat.dtype, device=flat.device)
+    indices = torch.empty(k, dtype=torch.int64, device=flat.device)
+    _topk_compact_kernel[(n_blocks,)](
+        flat, values, indices, n, thr, needed_ties, above_before, ties_before, BLOCK=block
+    )
+    return values, indices
