@@ -1,0 +1,5 @@
+import sys
+
+from effplug.cli import main
+
+sys.exit(main())

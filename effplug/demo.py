@@ -1,0 +1,162 @@
+"""``effplug demo``: train the embedded tasks in a real Lightning Trainer and print one table.
+
+Rows come from two small registries: tasks (what to train) and configurations (what effplug adds).
+A later technique registers a configuration with ``register_demo_config``; nobody edits this loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from effplug import data, models
+from effplug.profile import saved_bytes
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    name: str
+    metric: str  # "accuracy" or "val loss"
+    build: Callable  # (quick: bool) -> (module, train_loader, eval_x, eval_y, max_steps)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """A configuration row: Lightning callbacks/plugins/strategy to add, built fresh per task."""
+
+    name: str
+    trainer_kwargs: Callable[[], dict] = field(default=dict)
+    tasks: tuple = ()  # empty: every task
+    # Saved-activation bytes for one batch; None uses the exact saved-tensor meter on a plain forward+loss.
+    measure_saved_bytes: Callable | None = None
+
+
+DEMO_TASKS: dict[str, DemoTask] = {}
+DEMO_CONFIGS: dict[str, DemoConfig] = {}
+
+
+def register_demo_task(task: DemoTask) -> DemoTask:
+    DEMO_TASKS[task.name] = task
+    return task
+
+
+def register_demo_config(config: DemoConfig) -> DemoConfig:
+    """Add (or replace, idempotently) a configuration row for ``effplug demo``."""
+    DEMO_CONFIGS[config.name] = config
+    return config
+
+
+def _loader(x, y, batch_size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True, generator=gen
+    )
+
+
+def _build_digits(quick: bool):
+    from effplug.lit_modules import ClassifierModule
+
+    split = data.digits()
+    module = ClassifierModule(models.DigitsResNet(width=32), lr=3e-3)
+    return module, _loader(split.train_x, split.train_y, 64), split.test_x, split.test_y, 30 if quick else 400
+
+
+def _build_char_lm(quick: bool):
+    from effplug.lit_modules import CausalLMModule
+
+    corpus = data.stdlib_text(max_chars=200_000 if quick else 1_000_000)
+    block = 64
+    train_x, train_y = corpus.windows("train", block, 4096 if not quick else 512, seed=0)
+    val_x, val_y = corpus.windows("val", block, 256 if not quick else 64, seed=1)
+    model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4)
+    return CausalLMModule(model, lr=3e-3), _loader(train_x, train_y, 32), val_x, val_y, 30 if quick else 400
+
+
+register_demo_task(DemoTask("digits-resnet", "accuracy", _build_digits))
+register_demo_task(DemoTask("char-gpt2", "val loss", _build_char_lm))
+register_demo_config(DemoConfig("fp32 baseline"))
+
+
+def _default_saved_bytes(module, batch) -> int:
+    module.train()
+    return saved_bytes(lambda: module.compute_loss(batch), parameters=module).activation_bytes
+
+
+def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int = 0, progress: bool = True) -> dict:
+    import pytorch_lightning as pl
+
+    from effplug.lit_modules import StepTimeCallback
+
+    pl.seed_everything(seed, verbose=False)
+    module, loader, eval_x, eval_y, max_steps = task.build(quick)
+    extra = config.trainer_kwargs()
+    timer = StepTimeCallback(warmup=5 if not quick else 2)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        **{k: v for k, v in extra.items() if k != "callbacks"},
+        callbacks=[timer, *extra.get("callbacks", [])],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    wall = time.perf_counter() - start
+    batch = next(iter(loader))
+    batch = [t.to(module.device) for t in batch]
+    measure = config.measure_saved_bytes or _default_saved_bytes
+    return {
+        "task": task.name,
+        "config": config.name,
+        "metric": task.metric,
+        "value": module.evaluate(eval_x.to(module.device), eval_y.to(module.device)),
+        "saved_mb": measure(module, batch) / 2**20,
+        "step_ms": timer.timer.median_s * 1e3,
+        "steps": max_steps,
+        "wall_s": wall,
+    }
+
+
+def run_demo(quick: bool = False, configs: list | None = None, tasks: list | None = None, progress: bool = True) -> list:
+    rows = []
+    for task in DEMO_TASKS.values():
+        if tasks and task.name not in tasks:
+            continue
+        baseline_ms = None
+        for config in DEMO_CONFIGS.values():
+            if configs and config.name not in configs and config.name != "fp32 baseline":
+                continue
+            if config.tasks and task.name not in config.tasks:
+                continue
+            row = run_task_config(task, config, quick, progress=progress)
+            baseline_ms = baseline_ms or row["step_ms"]
+            row["step_ratio"] = row["step_ms"] / baseline_ms
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list) -> str:
+    lines = [
+        "| task | configuration | accuracy / val loss | saved-activation MB | step-time ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        metric = f"{r['value']:.3f} ({r['metric']})"
+        lines.append(f"| {r['task']} | {r['config']} | {metric} | {r['saved_mb']:.2f} | {r['step_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_json(rows: list, path: str, argv: list) -> None:
+    from effplug.envinfo import environment
+
+    with open(path, "w") as f:
+        json.dump({"command": argv, "environment": environment(), "rows": rows}, f, indent=2)

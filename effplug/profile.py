@@ -1,0 +1,150 @@
+"""Meters shared by tests, benchmarks and the demo: saved-activation bytes, peak memory, step time."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    storage = t.untyped_storage()
+    return (t.device.type, t.device.index, storage.data_ptr(), storage.nbytes())
+
+
+@dataclass
+class SavedBytes:
+    """What autograd saved for backward, deduplicated by storage."""
+
+    activation_bytes: int = 0  # storages not owned by a parameter
+    parameter_bytes: int = 0  # parameters and views of them (e.g. Linear's weight.t())
+    saved_tensors: int = 0  # pack calls, before deduplication
+    by_dtype: dict = field(default_factory=dict)
+
+    @property
+    def activation_mb(self) -> float:
+        return self.activation_bytes / 2**20
+
+
+class SavedTensorMeter:
+    """Count the exact bytes autograd saves for backward inside the ``with`` block.
+
+    Storages are counted once however many tensors view them (autograd keeps the whole storage alive).
+    Storages shared with ``parameters`` are reported as ``parameter_bytes``, not activations. The pack
+    hook returns the tensor itself, so training is unchanged. Keep the meter alive until backward has
+    run if you also want it to see unpacks (it does not need them).
+    """
+
+    def __init__(self, parameters: Iterable[torch.Tensor] | torch.nn.Module | None = None):
+        if isinstance(parameters, torch.nn.Module):
+            parameters = list(parameters.parameters()) + list(parameters.buffers())
+        self._parameter_storages = {_storage_key(p) for p in (parameters or [])}
+        self._seen: set = set()
+        self.result = SavedBytes()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.result.saved_tensors += 1
+        key = _storage_key(t)
+        if key not in self._seen:
+            self._seen.add(key)
+            nbytes = key[3]
+            if key in self._parameter_storages:
+                self.result.parameter_bytes += nbytes
+            else:
+                self.result.activation_bytes += nbytes
+                name = str(t.dtype).replace("torch.", "")
+                self.result.by_dtype[name] = self.result.by_dtype.get(name, 0) + nbytes
+        return t
+
+    def __enter__(self) -> SavedBytes:
+        self._hooks.__enter__()
+        return self.result
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def saved_bytes(fn: Callable[[], object], parameters=None) -> SavedBytes:
+    """Run ``fn`` (a forward pass, with loss) under a ``SavedTensorMeter`` and return its count."""
+    meter = SavedTensorMeter(parameters)
+    with meter:
+        out = fn()
+    del out
+    return meter.result
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str | None = None, parameters=None) -> int:
+    """Peak allocated memory of ``fn`` on CUDA; on CPU, the saved-activation bytes (the figure that scales)."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    return saved_bytes(fn, parameters).activation_bytes
+
+
+@dataclass
+class StepTimes:
+    median_s: float
+    times_s: list
+
+    @property
+    def median_ms(self) -> float:
+        return self.median_s * 1e3
+
+
+def _sync(device) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], steps: int = 20, warmup: int = 3, device=None) -> StepTimes:
+    """Median wall time of ``step`` over ``steps`` calls after ``warmup`` calls (CUDA-synchronized)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0; got steps={steps}, warmup={warmup}")
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return StepTimes(statistics.median(times), times)
+
+
+class StepTimer:
+    """Start/stop timer for loops you do not own (e.g. Lightning batch hooks); median after warm-up."""
+
+    def __init__(self, warmup: int = 3, device=None):
+        self.warmup, self.device = warmup, device
+        self.times_s: list = []
+        self._start: float | None = None
+        self._count = 0
+
+    def start(self) -> None:
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is None:
+            return
+        _sync(self.device)
+        self._count += 1
+        if self._count > self.warmup:
+            self.times_s.append(time.perf_counter() - self._start)
+        self._start = None
+
+    @property
+    def median_s(self) -> float:
+        if not self.times_s:
+            raise RuntimeError(f"StepTimer saw no steps after its {self.warmup} warm-up steps")
+        return statistics.median(self.times_s)

@@ -1,0 +1,26 @@
+import os
+
+# Must be set before triton is imported anywhere, so Triton kernels run on CPU tensors in the interpreter.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test once per kernel backend (Triton through the interpreter on CPU)."""
+    monkeypatch.setenv("EFFPLUG_KERNELS", request.param)
+    return request.param
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+    def _use(name):
+        monkeypatch.setenv("EFFPLUG_KERNELS", name)
+
+    return _use
