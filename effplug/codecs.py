@@ -120,10 +120,10 @@ class TopKCodec:
         accumulated = tensor
         if self.error_feedback and key in self.residuals:
             residual = self.residuals[key]
-            if residual.shape != tensor.shape:
+            if residual.shape != tensor.shape or residual.dtype != tensor.dtype:
                 raise ValueError(
-                    f"TopKCodec stream {key!r} changed shape {tuple(residual.shape)} -> {tuple(tensor.shape)}; "
-                    "use a different key per tensor"
+                    f"TopKCodec stream {key!r} changed shape/dtype {tuple(residual.shape)} {residual.dtype} -> "
+                    f"{tuple(tensor.shape)} {tensor.dtype}; use a different key per tensor"
                 )
             accumulated = tensor + residual
         values, indices = _topk.topk_select(accumulated, self.ratio)

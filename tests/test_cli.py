@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import effplug
+from effplug import cli, demo
+
+
+def test_env_prints_versions_triton_and_backend(capsys):
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("torch", "triton", "kernel backend", "devices"):
+        assert needle in out
+
+
+def test_python_dash_m_effplug_works():
+    out = subprocess.run([sys.executable, "-m", "effplug", "env"], capture_output=True, text=True, check=True).stdout
+    assert f"effplug {effplug.__version__}" in out
+
+
+def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
+    seen = []
+
+    def with_marker():
+        import pytorch_lightning as pl
+
+        class Marker(pl.Callback):
+            def on_train_batch_end(self, *args):
+                seen.append(1)
+
+        return {"callbacks": [Marker()]}
+
+    demo.register_demo_config(demo.DemoConfig("marker", with_marker, tasks=("digits-resnet",)))
+    try:
+        path = tmp_path / "demo.json"
+        assert cli.main(["demo", "--quick", "--no-progress", "--json", str(path)]) == 0
+    finally:
+        demo.DEMO_CONFIGS.pop("marker")
+    out = capsys.readouterr().out
+    assert "| digits-resnet | fp32 baseline |" in out and "| char-gpt2 | fp32 baseline |" in out
+    assert "| digits-resnet | marker |" in out and "| char-gpt2 | marker |" not in out
+    assert len(seen) == 30
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == 3
+    digits = [r for r in rows if r["task"] == "digits-resnet"]
+    assert all(0.0 <= r["value"] <= 1.0 and r["saved_mb"] > 0 for r in digits)
+    assert digits[0]["step_ratio"] == 1.0
