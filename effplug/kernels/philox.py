@@ -1,9 +1,10 @@
 """Counter-based randomness shared by the torch and Triton kernel paths.
 
-Triton's ``tl.randint(seed, offset)`` is Philox4x32-10 (Salmon et al., SC'11) with counter
-``(offset, 0, 0, 0)`` and key ``(seed & 0xffffffff, seed >> 32)``, returning the first output word.
-``philox_uint32`` reproduces that word with int64 torch ops, so a torch reference and a Triton kernel
-given the same seed draw the same bits and can be compared bit for bit.
+Triton's ``tl.randint4x(seed, c)`` is Philox4x32-10 (Salmon et al., SC'11) with counter ``(c, 0, 0, 0)``
+and key ``(seed & 0xffffffff, seed >> 32)``; it yields four 32-bit words. Element ``e`` of a kernel's
+stream takes word ``e % 4`` of counter ``e // 4``, so every Philox evaluation feeds four elements.
+``random_words`` reproduces that stream with int64 torch ops: a torch reference and a Triton kernel given
+the same seed draw the same bits and can be compared bit for bit.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def _mulhilo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return high & _MASK32, low
 
 
-def philox_uint32(seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS) -> torch.Tensor:
-    """Philox4x32 word 0 for counters ``(offset, 0, 0, 0)``; returns uint32 values in an int64 tensor."""
-    c0 = offsets.to(torch.int64) & _MASK32
+def philox4x32(seed: int, counters: torch.Tensor, n_rounds: int = N_ROUNDS) -> tuple:
+    """The four Philox4x32 output words for counters ``(c, 0, 0, 0)``, as uint32 values in int64 tensors."""
+    c0 = counters.to(torch.int64) & _MASK32
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -58,9 +59,23 @@ def philox_uint32(seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS) ->
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
-    return c0
+    return c0, c1, c2, c3
 
 
-def uniform24(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+_CHUNK = 1 << 18  # counters per pass: keeps the int64 temporaries in cache
+
+
+def random_words(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Elements ``0..n-1`` of the stream: word ``e % 4`` of Philox counter ``e // 4`` (uint32 in int64)."""
+    counters = -(-n // 4)
+    out = torch.empty(counters, 4, dtype=torch.int64, device=device)
+    for start in range(0, counters, _CHUNK):
+        stop = min(counters, start + _CHUNK)
+        words = philox4x32(seed, torch.arange(start, stop, device=device))
+        torch.stack(words, dim=1, out=out[start:stop])
+    return out.view(-1)[:n]
+
+
+def uniform24(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """U[0,1) as float32 with 24 random bits: ``(r >> 8) * 2**-24``, exact in fp32 on every backend."""
-    return (philox_uint32(seed, offsets) >> 8).to(torch.float32) * (1.0 / 16777216.0)
+    return (random_words(seed, n, device) >> 8).to(torch.float32) * (1.0 / 16777216.0)

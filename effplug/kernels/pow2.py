@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from effplug.kernels import dispatch
-from effplug.kernels.philox import philox_uint32, resolve_seed
+from effplug.kernels.philox import random_words, resolve_seed
 
 MIN_EXP = -126  # smallest normal fp32 exponent; subnormals go through the underflow branch
 CODE_EXP_LEVELS = 127  # exponent codes 1..127 in the 8-bit sign+exponent form, code 0 means zero
@@ -37,7 +37,7 @@ class Pow2Codes:
 
 
 def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tensor:
-    r = philox_uint32(seed, torch.arange(t.numel(), device=t.device)).view(t.shape)
+    r = random_words(seed, t.numel(), t.device).view(t.shape)
     bits = t.view(torch.int32)
     exponent = ((bits >> 23) & 0xFF) - 127
     mantissa = (bits & 0x7FFFFF).to(torch.int64)

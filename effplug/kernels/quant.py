@@ -8,7 +8,7 @@ element maps into ``[0, 2**bits - 1]`` without clipping. Quantization (ActNN, Ch
 
     q = clamp(floor((x - zero) / scale + u), 0, 2**bits - 1),   x_hat = q * scale + zero
 
-with ``u ~ U[0, 1)`` from Philox(seed, element index) for stochastic rounding, ``u = 0.5`` for nearest.
+with ``u ~ U[0, 1)`` from the Philox stream of ``seed`` at the element index for stochastic rounding, ``u = 0.5`` for nearest.
 ``q * scale`` is exact in fp32 (8-bit code times 11-bit mantissa), so fused and unfused multiply-add agree
 and the Triton and torch paths match bit for bit.
 """
@@ -119,7 +119,7 @@ def _quantize_pack_torch(flat: torch.Tensor, bits, group_size, stochastic, seed,
     s = scale.float()[:, None]
     v = torch.where(s > 0, (x - zero.float()[:, None]) / s, torch.zeros_like(x))
     if stochastic:
-        u = uniform24(seed, torch.arange(padded, device=flat.device)).view(groups, group_size)
+        u = uniform24(seed, padded, flat.device).view(groups, group_size)
     else:
         u = 0.5
     q = torch.floor(v + u).clamp_(0, levels)

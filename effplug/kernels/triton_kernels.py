@@ -16,6 +16,14 @@ _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
 
 
 @triton.jit
+def _random_words(seed, offs):
+    """Word ``offs % 4`` of Philox counter ``offs // 4``: the stream ``philox.random_words`` reproduces."""
+    r0, r1, r2, r3 = tl.randint4x(seed, offs // 4)
+    j = offs % 4
+    return tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
+
+
+@triton.jit
 def _round_directed(v, DTYPE: tl.constexpr, UP: tl.constexpr):
     """Round fp32 ``v`` to the 16-bit float DTYPE toward +inf (UP) or -inf, via its bit pattern."""
     y = v.to(DTYPE)
@@ -51,7 +59,7 @@ def _quantize_pack_kernel(
     s = scale.to(tl.float32)[:, None]
     v = tl.where(s > 0, (x - zero.to(tl.float32)[:, None]) / s, 0.0)
     if STOCHASTIC:
-        r = tl.randint(seed, offs)
+        r = _random_words(seed, offs)
         u = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0)
     else:
         u = 0.5
@@ -126,7 +134,7 @@ def _pow2_sr_kernel(x_ptr, out_ptr, n, seed, alpha, lo_exp, EMIT_CODES: tl.const
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     alpha_f = tl.cast(alpha, tl.float32)
     t = tl.abs(x) / alpha_f
-    r = tl.randint(seed, offs)
+    r = _random_words(seed, offs)
     bits = t.to(tl.int32, bitcast=True)
     exponent = ((bits >> 23) & 0xFF) - 127
     mantissa = tl.cast(bits & 0x7FFFFF, tl.uint32)
