@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for n in sizes:
         x = torch.randn(n, device=device).to(dtype)
         dst = torch.empty_like(x)
-        copy_s = median_seconds(lambda: dst.copy_(x), device, args.steps, 3)
+        copy_s = median_seconds(lambda d=dst, s=x: d.copy_(s), device, args.steps, 3)
         copy_gbs = 2 * x.numel() * x.element_size() / copy_s / 1e9
         for backend in backends:
             os.environ["EFFPLUG_KERNELS"] = backend
