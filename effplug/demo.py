@@ -97,6 +97,7 @@ def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int =
     timer = StepTimeCallback(warmup=5 if not quick else 2)
     trainer = pl.Trainer(
         max_steps=max_steps,
+        max_epochs=-(-max_steps // len(loader)),  # so the progress bar shows "Epoch i/N"
         accelerator="auto",
         devices=1,
         logger=False,
