@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import effplug
 from effplug import cli, demo
 
@@ -13,9 +15,24 @@ def test_env_prints_versions_triton_and_backend(capsys):
         assert needle in out
 
 
-def test_python_dash_m_effplug_works():
+def test_python_dash_m_effplug_works_and_import_needs_only_torch():
     out = subprocess.run([sys.executable, "-m", "effplug", "env"], capture_output=True, text=True, check=True).stdout
     assert f"effplug {effplug.__version__}" in out
+    probe = (
+        "import sys, torch; x = torch.randn(300); import effplug, effplug.codecs, effplug.profile, effplug.data;"
+        "from effplug.kernels import quantize_pack, unpack_dequantize; unpack_dequantize(quantize_pack(x, 4));"
+        "heavy = [m for m in ('pytorch_lightning', 'transformers', 'triton', 'sklearn') if m in sys.modules];"
+        "print('heavy:', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "heavy: []" in out
+
+
+def test_missing_optional_dependency_names_the_extra():
+    from effplug._optional import require
+
+    with pytest.raises(ImportError, match=r"pip install 'effplug\[hf\]'"):
+        require("definitely_not_installed_module", extra="hf")
 
 
 def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
