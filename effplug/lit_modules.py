@@ -10,12 +10,42 @@ from effplug._optional import require
 pl = require("pytorch_lightning", extra="lightning")
 
 
-class ClassifierModule(pl.LightningModule):
-    """Cross-entropy classifier over ``(x, y)`` batches; ``evaluate`` returns accuracy."""
+class _TaskModule(pl.LightningModule):
+    """Shared loop parts: ``compute_loss`` for training, ``batch_score`` summed over batches for evaluation."""
+
+    optimizer_class = torch.optim.Adam
 
     def __init__(self, model: nn.Module, lr: float = 3e-3):
         super().__init__()
         self.model, self.lr = model, lr
+
+    def compute_loss(self, batch):
+        raise NotImplementedError
+
+    def batch_score(self, x, y) -> float:
+        """The evaluation metric summed over one batch."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        loss = self.compute_loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return self.optimizer_class(self.parameters(), lr=self.lr)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+        """The metric averaged over ``x``, in eval mode, restoring the training flag afterwards."""
+        was_training = self.training
+        self.eval()
+        total = sum(self.batch_score(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+        self.train(was_training)
+        return total / len(x)
+
+
+class ClassifierModule(_TaskModule):
+    """Cross-entropy classifier over ``(x, y)`` batches; ``evaluate`` returns accuracy."""
 
     def forward(self, x):
         return self.model(x)
@@ -24,36 +54,19 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         return nn.functional.cross_entropy(self.model(x), y)
 
-    def training_step(self, batch, batch_idx):
-        loss = self.compute_loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-        was_training = self.training
-        self.eval()
-        correct = sum(
-            (self.model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum().item()
-            for i in range(0, len(x), batch_size)
-        )
-        self.train(was_training)
-        return correct / len(x)
+    def batch_score(self, x, y) -> float:
+        return (self.model(x).argmax(-1) == y).sum().item()
 
 
-class CausalLMModule(pl.LightningModule):
+class CausalLMModule(_TaskModule):
     """Next-token cross-entropy over ``(input_ids, targets)`` batches for an HF causal LM.
 
     The loss is computed here, outside the model's forward, so plugins that act on the model's forward
-    (compressed activations) never touch the loss computation.
+    (compressed activations) never touch the loss computation. ``evaluate`` returns the mean validation
+    loss in nats per token.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 3e-3):
-        super().__init__()
-        self.model, self.lr = model, lr
+    optimizer_class = torch.optim.AdamW
 
     def loss(self, input_ids, targets):
         logits = self.model(input_ids=input_ids).logits
@@ -62,23 +75,8 @@ class CausalLMModule(pl.LightningModule):
     def compute_loss(self, batch):
         return self.loss(*batch)
 
-    def training_step(self, batch, batch_idx):
-        loss = self.compute_loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr)
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
-        """Mean validation loss (nats per character)."""
-        was_training = self.training
-        self.eval()
-        total = sum(self.loss(x[i : i + batch_size], y[i : i + batch_size]).item() * len(x[i : i + batch_size])
-                    for i in range(0, len(x), batch_size))
-        self.train(was_training)
-        return total / len(x)
+    def batch_score(self, x, y) -> float:
+        return self.loss(x, y).item() * len(x)
 
 
 class StepTimeCallback(pl.Callback):

@@ -21,6 +21,10 @@ def test_stdlib_text_is_deterministic_and_round_trips():
     assert torch.equal(a.encode(a.decode(a.val[:100])), a.val[:100])
     x, y = a.windows("train", 32, 8, seed=0)
     assert x.shape == y.shape == (8, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        a.encode("\u2603")
+    with pytest.raises(ValueError, match="max_chars"):
+        data.stdlib_text(max_chars=10)
     with pytest.raises(ValueError, match="val_fraction"):
         data.stdlib_text(val_fraction=1.5)
 

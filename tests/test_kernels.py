@@ -303,6 +303,12 @@ def test_bad_arguments_raise_clear_errors(monkeypatch):
         log_quantize(x, 1)
     with pytest.raises(ValueError, match="inf/NaN"):
         quantize_pack(torch.tensor([1.0, float("nan")] * 20), 4, 32)
+    with pytest.raises(ValueError, match="expects a QuantizedTensor"):
+        unpack_dequantize(x)
+    with pytest.raises(ValueError, match="inf or NaN"):
+        pow2_encode(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="seed must be an int"):
+        quantize_pack(x, 4, stochastic=True, seed="7")
     monkeypatch.setenv("EFFPLUG_KERNELS", "cuda")
     with pytest.raises(ValueError, match="use one of torch, triton"):
         quantize_pack(x, 4)
