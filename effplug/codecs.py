@@ -27,7 +27,7 @@ class Codec(Protocol):
     def nbytes(self, payload: Any) -> int: ...
 
 
-class _SeedStream:
+class SeedStream:
     """Deterministic per-codec seeds: ``seed, seed+1, ...`` so runs reproduce and no global RNG is used."""
 
     def __init__(self, seed: int | None):
@@ -52,7 +52,7 @@ class UniformCodec:
     ):
         _quant.validate_quant_args(bits, group_size, scale_dtype)
         self.bits, self.group_size, self.stochastic, self.scale_dtype = bits, group_size, stochastic, scale_dtype
-        self._seeds = _SeedStream(seed)
+        self._seeds = SeedStream(seed)
 
     def encode(self, tensor: torch.Tensor) -> _quant.QuantizedTensor:
         seed = self._seeds.draw() if self.stochastic else None
@@ -72,7 +72,7 @@ class Pow2Codec:
     """Natural compression (Horvath et al. 2022): unbiased rounding to ``±2**e``, sent as 8-bit codes."""
 
     def __init__(self, seed: int | None = None):
-        self._seeds = _SeedStream(seed)
+        self._seeds = SeedStream(seed)
 
     def encode(self, tensor: torch.Tensor) -> _pow2.Pow2Codes:
         return _pow2.pow2_encode(tensor, seed=self._seeds.draw())

@@ -123,18 +123,29 @@ def _quantize_pack_torch(flat: torch.Tensor, bits, group_size, stochastic, seed,
     else:
         u = 0.5
     q = torch.floor(v + u).clamp_(0, levels)
-    q = torch.where(valid, q, torch.zeros_like(q)).to(torch.int32)
+    q = torch.where(valid, q, torch.zeros_like(q))
+    return pack_codes(q.view(-1), bits), scale, zero
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes in ``[0, 2**bits)`` into bytes, little-endian inside each byte (DESIGN packing order).
+
+    The code count must be a multiple of ``8 // bits``; callers pad.
+    """
     per_byte = 8 // bits
-    shifts = torch.arange(per_byte, device=flat.device, dtype=torch.int32) * bits
-    data = (q.view(-1, per_byte) << shifts).sum(dim=1).to(torch.uint8)
-    return data, scale, zero
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * bits
+    return (codes.to(torch.int32).view(-1, per_byte) << shifts).sum(dim=1).to(torch.uint8)
+
+
+def unpack_codes(data: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``pack_codes``: int32 codes, ``8 // bits`` per byte."""
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=data.device, dtype=torch.int32) * bits
+    return ((data.to(torch.int32)[:, None] >> shifts) & (2**bits - 1)).view(-1)
 
 
 def _unpack_dequantize_torch(qt: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
-    per_byte = 8 // qt.bits
-    shifts = torch.arange(per_byte, device=qt.device, dtype=torch.int32) * qt.bits
-    codes = (qt.data.to(torch.int32)[:, None] >> shifts) & (2**qt.bits - 1)
-    codes = codes.view(-1, qt.group_size).float()
+    codes = unpack_codes(qt.data, qt.bits).view(-1, qt.group_size).float()
     x = codes * qt.scale.float()[:, None] + qt.zero.float()[:, None]
     return x.reshape(-1)[: qt.numel].to(out_dtype)
 
@@ -149,12 +160,14 @@ def quantize_pack(
     stochastic: bool = False,
     seed: int | None = None,
     scale_dtype: torch.dtype = torch.float16,
+    validate: bool = True,
 ) -> QuantizedTensor:
     """Quantize ``x`` to ``bits`` per element with a min/scale per group and pack the codes into bytes.
 
     ``stochastic=True`` rounds with ``u`` drawn from Philox(seed, element index): the same seed gives
     the same codes on the torch and Triton paths. Non-finite inputs, or groups whose range overflows the
-    scale dtype, raise ``ValueError`` rather than produce corrupt codes.
+    scale dtype, raise ``ValueError`` rather than produce corrupt codes; ``validate=False`` skips that
+    check and its host synchronization, for callers that handle non-finite values themselves.
     """
     dispatch.check_float_tensor(x)
     validate_quant_args(bits, group_size, scale_dtype)
@@ -170,7 +183,7 @@ def quantize_pack(
         )
     else:
         data, scale, zero = _quantize_pack_torch(flat, bits, group_size, stochastic, seed, scale_dtype)
-    if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
+    if validate and not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
         raise ValueError(
             "cannot quantize: the input holds inf/NaN or a group range exceeds "
             f"{scale_dtype} (max {torch.finfo(scale_dtype).max:g}); clean the input or pass scale_dtype=torch.bfloat16"

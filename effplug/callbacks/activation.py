@@ -1,0 +1,66 @@
+"""``ActivationCompression``: the Lightning door to ``effplug.compress``."""
+
+from __future__ import annotations
+
+from effplug._optional import require
+from effplug.compress import ActivationCompressor, CompressionConfig
+
+pl = require("pytorch_lightning", extra="lightning")
+
+
+class ActivationCompression(pl.Callback):
+    """Store the activations your LightningModule saves for backward in 1-8 bits.
+
+    ``Trainer(callbacks=[ActivationCompression(method="gact", bits=2)])``. The engine attaches to the
+    LightningModule in ``setup``; the loss computed in ``training_step`` stays exact. GACT/COMET calibrate
+    from the step's own loss in ``on_before_backward``. Its state rides in the Lightning checkpoint.
+    """
+
+    def __init__(self, method: str = "actnn", bits: float = 4, config: CompressionConfig | None = None,
+                 log_stats: bool = True, **kwargs):
+        self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
+        self.log_stats = log_stats
+        self.engine: ActivationCompressor | None = None
+        self._pending_state: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.config.method, bits=self.config.bits)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.engine is None:
+            self.engine = ActivationCompressor(pl_module, self.config).attach()
+            if self._pending_state is not None:
+                self.engine.load_state_dict(self._pending_state)
+                self._pending_state = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.engine is not None:
+            self.engine.detach()
+            self.engine = None
+        super().teardown(trainer, pl_module, stage)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        super().on_before_backward(trainer, pl_module, loss)
+        if self.engine is not None:
+            self.engine.calibrate(loss)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.log_stats and self.engine is not None and self.engine.last_report.original_bytes:
+            stats = {f"act/{k}": float(v) for k, v in self.engine.summary().items()}
+            pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict:
+        if self.engine is not None:
+            return self.engine.state_dict()
+        return dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        if self.engine is not None:
+            self.engine.load_state_dict(state_dict)
+        else:
+            self._pending_state = state_dict

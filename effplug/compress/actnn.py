@@ -1,0 +1,59 @@
+"""ActNN (Chen et al., ICML 2021): fixed-bit per-group quantization with stochastic rounding.
+
+Eq. (2) of the paper: ``q = floor((h - Z) / R * B + u)``, ``u ~ U[0, 1)``, with ``Z`` the group minimum,
+``R`` its range and ``B = 2**b - 1``; decoding ``h_hat = q * R / B + Z`` is unbiased (Theorem 1), so the
+gradient stays unbiased and its variance grows as ``R**2 / B**2``. Groups are ``group_size`` consecutive
+elements in memory order (GACT's layout) rather than ActNN's per-sample rows; the docs page says why.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effplug.codecs import SeedStream
+from effplug.kernels import quant as _quant
+
+# bf16 metadata, as ActNN stores for fp32 inputs: no overflow for any finite activation range.
+SCALE_DTYPE = torch.bfloat16
+
+
+class ActNNMethod:
+    """Every compressible saved tensor at ``config.bits``."""
+
+    name = "actnn"
+    needs_calibration = False
+
+    def __init__(self, config):
+        self.config = config
+        self._seeds = SeedStream(config.seed)
+
+    def bits_for(self, slot: int) -> int:
+        return int(self.config.bits)
+
+    def quantize(self, x: torch.Tensor, bits: int, stochastic: bool | None = None) -> _quant.QuantizedTensor:
+        stochastic = self.config.stochastic if stochastic is None else stochastic
+        seed = self._seeds.draw() if stochastic else None
+        # A host sync per tensor is free on CPU; on GPU the check is skipped (non-finite groups decode to NaN,
+        # which propagate into the gradient as they would without compression).
+        return _quant.quantize_pack(
+            x, bits, self.config.group_size, stochastic, seed, SCALE_DTYPE, validate=x.device.type == "cpu"
+        )
+
+    def encode(self, x: torch.Tensor, slot: int):
+        return self.quantize(x, self.bits_for(slot))
+
+    def decode(self, payload) -> torch.Tensor:
+        return _quant.unpack_dequantize(payload)
+
+    def probe(self, x: torch.Tensor, slot: int):
+        """The payload used when this tensor's effect on the gradient is measured (calibration)."""
+        return self.encode(x, slot)
+
+    def calibrate(self, measurements) -> None:  # fixed bits: nothing to adapt
+        pass
+
+    def state_dict(self) -> dict:
+        return {"next_seed": self._seeds.next_seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seeds.next_seed = int(state.get("next_seed", self._seeds.next_seed))

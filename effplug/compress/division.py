@@ -1,0 +1,78 @@
+"""DIVISION (Wang et al., ICLR 2023): a precise low-frequency part plus a low-bit high-frequency residual.
+
+For a map ``x`` of shape ``[B, C, H, W]`` (eq. 3-5 of the paper):
+
+    LFC   = AvgPool_k(x)                      kept in bf16 (k*k times fewer values)
+    HFC   = x - Upsample_k(LFC)               quantized to ``bits`` with per-group min/scale, stochastic rounding
+    x_hat = Upsample_k(LFC) + dequant(HFC)
+
+with ``k = min(lowpass_block, H)`` (and likewise for ``W``). 3-D tensors ``[B, N, C]`` are low-passed along
+``N`` only (treated as ``[B, 1, N, C]`` with a ``k x 1`` window). Other tensors go to ActNN. The residual is
+taken against the bf16-rounded LFC that is stored, so the LFC's rounding error is carried by the HFC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from effplug.compress.actnn import ActNNMethod
+from effplug.kernels import quant as _quant
+
+
+@dataclass
+class DivisionPayload:
+    lfc: torch.Tensor  # bf16 [B, C, ceil(H/kh), ceil(W/kw)]
+    hfc: _quant.QuantizedTensor
+    window: tuple[int, int]
+    map_shape: tuple  # the 4-D shape the map was processed in
+    shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.lfc.numel() * self.lfc.element_size() + self.hfc.nbytes
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    return x.unsqueeze(1) if x.ndim == 3 else x
+
+
+def _upsample(lfc: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    kh, kw = window
+    up = lfc.float().repeat_interleave(kh, dim=2)[:, :, : size[0]]
+    return up.repeat_interleave(kw, dim=3)[:, :, :, : size[1]]
+
+
+class DivisionMethod(ActNNMethod):
+    name = "division"
+
+    def encode(self, x: torch.Tensor, slot: int):
+        if x.ndim not in (3, 4):
+            return super().encode(x, slot)
+        m = _as_map(x).float()
+        h, w = m.shape[-2:]
+        block = self.config.lowpass_block
+        window = (min(block, h), min(block, w) if x.ndim == 4 else 1)
+        lfc = F.avg_pool2d(m, window, stride=window, ceil_mode=True).to(torch.bfloat16)
+        hfc = m - _upsample(lfc, window, (h, w))
+        return DivisionPayload(lfc, self.quantize(hfc, self.bits_for(slot)), window, tuple(m.shape), x.shape, x.dtype)
+
+    def decode(self, p) -> torch.Tensor:
+        if not isinstance(p, DivisionPayload):
+            return super().decode(p)
+        h, w = p.map_shape[-2:]
+        x = _upsample(p.lfc, p.window, (h, w)) + _quant.unpack_dequantize(p.hfc).view(p.map_shape)
+        return x.reshape(p.shape).to(p.dtype)
+
+
+def division_nbytes(shape, bits: int, group_size: int, block: int) -> int:
+    """Analytic bytes of one DIVISION payload (bf16 LFC + packed HFC with bf16 min/scale per group)."""
+    m = list(shape) if len(shape) == 4 else [shape[0], 1, shape[1], shape[2]]
+    kh = min(block, m[2])
+    kw = min(block, m[3]) if len(shape) == 4 else 1
+    lfc = m[0] * m[1] * math.ceil(m[2] / kh) * math.ceil(m[3] / kw) * 2
+    return lfc + _quant.packed_nbytes(math.prod(shape), bits, group_size, torch.bfloat16)

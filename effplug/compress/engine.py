@@ -1,0 +1,538 @@
+"""The activation-compression engine: ``saved_tensors_hooks`` scoped to a model's forward.
+
+``ActivationCompressor(model, config).attach()`` registers forward hooks on every module of ``model``.
+When the outermost module call starts (with grad enabled), the engine pushes its pack/unpack hooks; when it
+ends, it pops them. So only what autograd saves *inside* the model's forward is touched: a loss computed
+outside the model is never compressed, and with ``scope="auto"`` neither is the code in the body of HF
+``PreTrainedModel``s, LightningModules and ``nn`` loss modules (HF models compute the loss there).
+
+Each saved tensor is either encoded by the method (``effplug.compress.actnn`` / ``gact`` / ``mesa`` /
+``comet`` / ``division``) or kept exact, with the reason reported once at debug level: parameters and views
+of them, the batch inputs, integer tensors (bool masks are packed to 1 bit and int64 indices narrowed to the
+smallest integer type that holds them, both exact), tensors under
+``min_numel``, non-finite values, and tensors a method declines (COMET past its bound).
+
+Correctness details:
+- a tensor saved twice in one forward is encoded once; the identity map holds a weak reference, so a
+  recycled storage address can never be served a stale payload, and it is cleared when the forward ends;
+- stochastic rounding draws from effplug's own Philox seed stream, never from torch's global RNG;
+- unpack restores shape, dtype, device and, for dense tensors in any dimension order, the strides;
+- an in-place change to a saved tensor raises at backward, as autograd does without hooks. The version
+  counter is read at unpack while the tensor (or its base) is alive, and at the end of the forward for
+  temporaries that die there; a change made after the forward to a tensor that then dies before backward
+  cannot be seen (its payload, a copy, is still correct).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+from effplug.compress import actnn, comet, division, gact, mesa
+from effplug.compress.config import CompressionConfig
+from effplug.kernels.quant import pack_codes, unpack_codes
+
+log = logging.getLogger("effplug.compress")
+
+METHOD_CLASSES = {
+    "actnn": actnn.ActNNMethod,
+    "gact": gact.GACTMethod,
+    "mesa": mesa.MesaMethod,
+    "comet": comet.CometMethod,
+    "division": division.DivisionMethod,
+}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def build_method(config: CompressionConfig):
+    return METHOD_CLASSES[config.method](config)
+
+
+def is_loss_owner(module: torch.nn.Module) -> bool:
+    """Modules whose own forward body may compute a loss: HF PreTrainedModels, LightningModules, nn losses."""
+    if isinstance(module, torch.nn.modules.loss._Loss):
+        return True
+    if hasattr(module, "config") and hasattr(module, "base_model_prefix"):  # transformers.PreTrainedModel
+        return True
+    return any(c.__name__ == "LightningModule" for c in type(module).__mro__)
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """A permutation ``p`` with ``t.permute(p)`` contiguous, or None when ``t`` overlaps or has gaps."""
+    order = tuple(sorted(range(t.ndim), key=lambda d: (-t.stride(d), -t.shape[d])))
+    return order if t.permute(order).is_contiguous() else None
+
+
+@dataclass
+class LayerBytes:
+    original: int = 0
+    held: int = 0
+    tensors: int = 0
+    compressed: int = 0
+
+
+@dataclass
+class CompressionReport:
+    """Accounting of one forward: bytes the saved activations would have taken, and bytes held instead."""
+
+    original_bytes: int = 0
+    held_bytes: int = 0
+    per_layer: dict[str, LayerBytes] = field(default_factory=dict)
+    kept_exact: dict[str, int] = field(default_factory=dict)  # reason -> bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.original_bytes / self.held_bytes if self.held_bytes else 1.0
+
+    def add(self, layer: str, original: int, held: int, compressed: bool) -> None:
+        self.original_bytes += original
+        self.held_bytes += held
+        entry = self.per_layer.setdefault(layer, LayerBytes())
+        entry.original += original
+        entry.held += held
+        entry.tensors += 1
+        entry.compressed += int(compressed)
+
+    def table(self) -> str:
+        rows = ["| layer | tensors | compressed | original bytes | held bytes | ratio |", "|---|---|---|---|---|---|"]
+        for name, e in self.per_layer.items():
+            ratio = e.original / e.held if e.held else float("inf")
+            rows.append(f"| {name} | {e.tensors} | {e.compressed} | {e.original:,} | {e.held:,} | {ratio:.2f} |")
+        rows.append(f"| **total** | | | {self.original_bytes:,} | {self.held_bytes:,} | {self.ratio:.2f} |")
+        return "\n".join(rows)
+
+
+@dataclass
+class BoolPayload:
+    data: torch.Tensor
+    shape: torch.Size
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+def pack_bool(t: torch.Tensor) -> BoolPayload:
+    flat = t.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    return BoolPayload(pack_codes(flat, 1), t.shape)
+
+
+def unpack_bool(p: BoolPayload) -> torch.Tensor:
+    return unpack_codes(p.data, 1)[: math.prod(p.shape)].view(p.shape).to(torch.bool)
+
+
+@dataclass
+class NarrowIntPayload:
+    """An integer tensor stored losslessly in the narrowest signed type that holds its values.
+
+    Max-pool indices are int64 but index an ``H*W`` plane: int8/int16 hold them exactly at 1/8-1/4 the bytes.
+    """
+
+    data: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+NARROW_INTS = (torch.int8, torch.int16, torch.int32)
+
+
+def narrow_int(t: torch.Tensor) -> NarrowIntPayload | None:
+    lo, hi = (int(v) for v in torch.aminmax(t))
+    for dtype in NARROW_INTS:
+        info = torch.iinfo(dtype)
+        if dtype.itemsize < t.element_size() and info.min <= lo and hi <= info.max:
+            return NarrowIntPayload(t.to(dtype), t.dtype)
+    return None
+
+
+@dataclass
+class RectifiedPayload:
+    """A method's payload plus a 1-bit ``x > 0`` mask, for saved tensors whose minimum is exactly 0.
+
+    ReLU-like ops save their output and backward uses only ``output > 0``: a small positive value that
+    stochastic rounding sends to 0 would silently drop its gradient. The mask keeps that sign pattern exact
+    (decoded positives are raised to the dtype's smallest normal at most, a negligible bias) at 1 bit/element.
+    """
+
+    mask: BoolPayload
+    inner: object
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.inner.nbytes
+
+
+@dataclass
+class Measurement:
+    """One calibration probe: only tensor ``slot`` compressed; squared gradient error against the exact one."""
+
+    slot: int
+    numel: int
+    sq_error: float
+    ref_sq_norm: float
+
+
+class _Saved:
+    """What the pack hook returns: a payload (or the exact tensor) plus what unpack needs to restore it."""
+
+    __slots__ = (
+        "payload", "exact", "shape", "dtype", "order", "version", "ref", "base_ref", "slot", "modified", "__weakref__"
+    )
+
+    def __init__(self, t: torch.Tensor, slot: int = -1):
+        self.payload = None
+        self.exact = None
+        self.shape, self.dtype, self.order, self.slot = t.shape, t.dtype, None, slot
+        self.version = t._version
+        self.modified = None  # the version seen at the end of the forward, when it had already changed
+        self.ref = weakref.ref(t)
+        self.base_ref = weakref.ref(t._base) if t._base is not None else None
+
+    def current_version(self) -> int | None:
+        for ref in (self.ref, self.base_ref):
+            live = ref() if ref is not None else None
+            if live is not None:
+                return live._version
+        return None
+
+    def note_forward_end(self) -> None:
+        version = self.current_version()
+        if version is not None and version != self.version:
+            self.modified = version
+
+    def check_version(self) -> None:
+        version = self.current_version()
+        version = self.modified if version is None or version == self.version else version
+        if version is not None and version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: a saved {tuple(self.shape)} {self.dtype} tensor is at version {version}; "
+                f"expected version {self.version} (effplug.compress detected this through the version counter). "
+                "Clone the tensor before modifying it in place."
+            )
+
+
+class ActivationCompressor:
+    """Compress what ``model``'s forward saves for backward. Use ``attach()``/``detach()`` or ``with``."""
+
+    def __init__(self, model: torch.nn.Module, config: CompressionConfig | None = None, **kwargs):
+        if config is None:
+            config = CompressionConfig(**kwargs)
+        elif kwargs:
+            raise ValueError("pass either a CompressionConfig or keyword arguments, not both")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"ActivationCompressor needs a torch.nn.Module; got {type(model).__name__}")
+        self.model, self.config = model, config
+        self.method = build_method(config)
+        self.forward_count = 0
+        self.last_report = CompressionReport()
+        self.total_original_bytes = 0
+        self.total_held_bytes = 0
+        self.calibration_enabled = True
+        self._handles: list = []
+        self._stack: list[tuple[str, bool]] = []  # (qualified name, compress inside this module's own body)
+        self._hooks_ctx = None
+        self._param_ptrs: set[int] = set()
+        self._input_ptrs: set[int] = set()
+        self._identity: dict = {}
+        self._slot = 0
+        self._report: CompressionReport | None = None
+        self._recording = False
+        self._recorded: list[_Saved] = []
+        self._probe_slot = -1
+        self._reported: set = set()
+        self._rectified: dict[int, bool] = {}
+
+    # -- attach / detach ------------------------------------------------------------------------------
+
+    def attach(self) -> ActivationCompressor:
+        if self._handles:
+            return self
+        for name, module in self.model.named_modules():
+            own_body = self.config.scope == "model" or not is_loss_owner(module)
+            label = name or type(module).__name__
+            self._handles.append(module.register_forward_pre_hook(self._enter(label, own_body), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._hooks_ctx is not None:  # detached mid-forward (an exception): never leave hooks pushed
+            self._hooks_ctx.__exit__(None, None, None)
+            self._hooks_ctx = None
+        self._stack.clear()
+
+    def __enter__(self) -> ActivationCompressor:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    # -- forward scope --------------------------------------------------------------------------------
+
+    def _enter(self, label: str, own_body: bool):
+        def hook(module, args, kwargs):
+            if not self._stack:
+                if not torch.is_grad_enabled():
+                    return None
+                self._start_forward(args, kwargs)
+            self._stack.append((label, own_body))
+            return None
+
+        return hook
+
+    def _leave(self, module, args, output):
+        if not self._stack:
+            return None
+        self._stack.pop()
+        if not self._stack:
+            self._end_forward()
+        return None
+
+    def _start_forward(self, args, kwargs) -> None:
+        if self._recorded and self._recording:
+            self._warn_once(
+                "uncalibrated",
+                "a calibration forward was not followed by ActivationCompressor.calibrate(loss) before backward; "
+                "that step ran uncompressed. Doors call it for you; in a plain loop call engine.calibrate(loss).",
+                level=logging.WARNING,
+            )
+        self._recorded = []
+        self._recording = (
+            self.method.needs_calibration
+            and self.calibration_enabled
+            and self.forward_count % self.config.recalibrate_every == 0
+        )
+        self.forward_count += 1
+        self._param_ptrs = {_storage_ptr(p) for p in self.model.parameters()}
+        self._param_ptrs |= {_storage_ptr(b) for b in self.model.buffers()}
+        self._input_ptrs = {_storage_ptr(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self._identity = {}
+        self._slot = 0
+        self._report = CompressionReport()
+        if torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+            # Someone outside (checkpoint around the whole model, save_on_cpu) already owns the saved tensors.
+            self._report_once("outer saved_tensors_hooks", "<model>")
+            return
+        self._hooks_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks_ctx.__enter__()
+
+    def _end_forward(self) -> None:
+        if self._hooks_ctx is not None:
+            self._hooks_ctx.__exit__(None, None, None)
+            self._hooks_ctx = None
+        for _, saved in self._identity.values():  # temporaries modified in place inside the forward die here
+            saved.note_forward_end()
+        self._identity = {}
+        self._input_ptrs = set()
+        if self._report is not None:
+            self.last_report = self._report
+            self.total_original_bytes += self._report.original_bytes
+            self.total_held_bytes += self._report.held_bytes
+            self._report = None
+
+    # -- pack / unpack --------------------------------------------------------------------------------
+
+    def _report_once(self, reason: str, layer: str) -> None:
+        if (reason, layer) not in self._reported:
+            self._reported.add((reason, layer))
+            log.debug("effplug.compress keeps saved tensors exact in %s: %s", layer, reason)
+
+    def _warn_once(self, key: str, message: str, level=logging.INFO) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            log.log(level, message)
+
+    def _keep(self, t: torch.Tensor, layer: str, reason: str | None, count: bool = True) -> _Saved:
+        saved = _Saved(t)
+        saved.exact = t
+        if reason is not None:
+            self._report_once(reason, layer)
+        if count and self._report is not None:
+            nbytes = t.numel() * t.element_size()
+            self._report.add(layer, nbytes, nbytes, compressed=False)
+            if reason is not None:
+                self._report.kept_exact[reason] = self._report.kept_exact.get(reason, 0) + nbytes
+        return saved
+
+    def _pack(self, t: torch.Tensor):
+        if not self._stack:  # packed outside a forward (double backward): leave it alone
+            return self._keep(t, "<outside>", None, count=False)
+        layer, own_body = self._stack[-1]
+        ptr = _storage_ptr(t)
+        if ptr in self._param_ptrs:
+            return self._keep(t, layer, None, count=False)
+        if ptr in self._input_ptrs:
+            return self._keep(t, layer, "batch input", count=False)
+        key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version)
+        hit = self._identity.get(key)
+        if hit is not None and hit[0]() is t:
+            return hit[1]
+        saved = self._pack_new(t, layer, own_body)
+        self._identity[key] = (weakref.ref(t), saved)
+        return saved
+
+    def _pack_new(self, t: torch.Tensor, layer: str, own_body: bool) -> _Saved:
+        if not own_body:
+            return self._keep(t, layer, "loss scope (body of a model that may compute its loss)")
+        if t.dtype == torch.bool and self.config.pack_bool and t.numel() >= self.config.min_numel:
+            saved = _Saved(t)
+            saved.payload = pack_bool(t)
+            self._report.add(layer, t.numel(), saved.payload.nbytes, compressed=True)
+            return saved
+        if t.dtype not in FLOAT_DTYPES:
+            if t.dtype in (torch.int64, torch.int32) and t.numel() >= self.config.min_numel:
+                narrowed = narrow_int(t)
+                if narrowed is not None:
+                    saved = _Saved(t)
+                    saved.payload = narrowed
+                    self._report.add(layer, t.numel() * t.element_size(), narrowed.nbytes, compressed=True)
+                    return saved
+            return self._keep(t, layer, f"{t.dtype} is stored losslessly")
+        if t.numel() < self.config.min_numel:
+            return self._keep(t, layer, f"under min_numel={self.config.min_numel}")
+        slot = self._slot
+        self._slot += 1
+        order = _memory_order(t)
+        dense = t.permute(order) if order is not None else t.contiguous()
+        if self._recording:
+            saved = self._keep(t, layer, None)
+            saved.slot, saved.order = slot, order
+            self._recorded.append(saved)
+            return saved
+        try:
+            payload = self._encode(dense, slot)
+        except ValueError:  # non-finite values: the quantizer refuses rather than corrupt them
+            payload = None
+        if payload is None:
+            return self._keep(t, layer, f"{self.config.method} could not encode it within its guarantees")
+        saved = _Saved(t, slot)
+        saved.payload, saved.order = payload, order
+        self._report.add(layer, t.numel() * t.element_size(), payload.nbytes, compressed=True)
+        return saved
+
+    def _is_rectified(self, slot: int, dense: torch.Tensor) -> bool:
+        # Decided once per slot (a host sync the first time only): ReLU outputs stay ReLU outputs.
+        if slot not in self._rectified:
+            self._rectified[slot] = self.config.preserve_zeros and bool(dense.min() == 0)
+        return self._rectified[slot]
+
+    def _encode(self, dense: torch.Tensor, slot: int, probe: bool = False):
+        payload = self.method.probe(dense, slot) if probe else self.method.encode(dense, slot)
+        if payload is not None and self._is_rectified(slot, dense):
+            payload = RectifiedPayload(pack_bool(dense > 0), payload)
+        return payload
+
+    def _decode(self, payload, dtype: torch.dtype) -> torch.Tensor:
+        if not isinstance(payload, RectifiedPayload):
+            return self.method.decode(payload)
+        inner = self.method.decode(payload.inner)
+        mask = unpack_bool(payload.mask).view(inner.shape)
+        return torch.where(mask, inner.clamp_min(torch.finfo(dtype).tiny), torch.zeros((), dtype=inner.dtype))
+
+    def _restore(self, saved: _Saved, dense: torch.Tensor) -> torch.Tensor:
+        if saved.order is None:
+            return dense.view(saved.shape)
+        inverse = [0] * len(saved.order)
+        for i, d in enumerate(saved.order):
+            inverse[d] = i
+        return dense.permute(inverse)
+
+    def _unpack(self, saved):
+        saved.check_version()
+        if saved.exact is not None:
+            if saved.slot == self._probe_slot >= 0:
+                t = saved.exact
+                dense = t.permute(saved.order) if saved.order is not None else t.contiguous()
+                payload = self._encode(dense, saved.slot, probe=True)
+                if payload is not None:
+                    return self._restore(saved, self._decode(payload, saved.dtype).view(dense.shape))
+            return saved.exact
+        if isinstance(saved.payload, BoolPayload):
+            return unpack_bool(saved.payload)
+        if isinstance(saved.payload, NarrowIntPayload):
+            return saved.payload.data.to(saved.payload.dtype)
+        return self._restore(saved, self._decode_dense(saved))
+
+    def _decode_dense(self, saved: _Saved) -> torch.Tensor:
+        out = self._decode(saved.payload, saved.dtype)
+        if saved.order is not None:
+            out = out.view([saved.shape[d] for d in saved.order])
+        return out
+
+    # -- calibration (GACT sensitivities, COMET bounds) -------------------------------------------------
+
+    @property
+    def calibration_pending(self) -> bool:
+        return self._recording and bool(self._recorded)
+
+    def calibrate(self, loss: torch.Tensor) -> bool:
+        """Measure each saved tensor's effect on the gradient of ``loss`` (before ``loss.backward()``).
+
+        Runs one exact backward and one per compressed tensor with only that tensor compressed
+        (``retain_graph=True``; no extra forward). Returns False when this forward was not a calibration one.
+        """
+        if not self.calibration_pending:
+            return False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        ref_sq = sum(float(g.float().pow(2).sum()) for g in exact if g is not None)
+        measurements = []
+        slots = {s.slot: s for s in self._recorded}
+        try:
+            for slot, saved in sorted(slots.items()):
+                self._probe_slot = slot
+                probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(probed, exact) if a is not None)
+                measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq))
+        finally:
+            self._probe_slot = -1
+        self.method.calibrate(measurements)
+        self._recorded = []
+        self._recording = False
+        return True
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "forward_count": self.forward_count,
+            "method": self.method.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"]["method"] != self.config.method:
+            raise ValueError(
+                f"checkpoint holds activation-compression state for method={state['config']['method']!r}, "
+                f"but this run uses method={self.config.method!r}; use the same method to resume"
+            )
+        self.forward_count = int(state["forward_count"])
+        self.method.load_state_dict(state["method"])
+
+    def summary(self) -> dict:
+        """Bytes of the last forward, for logs: original, held, ratio."""
+        r = self.last_report
+        out = {"saved_original_bytes": r.original_bytes, "saved_held_bytes": r.held_bytes, "saved_ratio": r.ratio}
+        if isinstance(self.method, gact.GACTMethod):
+            out["gact_average_bits"] = self.method.average_bits()
+        return out

@@ -1,0 +1,117 @@
+"""Mesa (Pan et al., 2021): 8-bit saved activations with running per-channel / per-head ranges.
+
+For each group ``g`` (a channel; a head for 4-D attention tensors ``[B, H, N, D]``, which is also the
+channel axis of a 4-D conv map ``[B, C, H, W]``) Mesa keeps running estimates (Sec. 3.2, eq. 4-5):
+
+    shift_g <- shift_g - (1 - decay) * (shift_g - min_g)
+    clip_g  <- clip_g  - (1 - decay) * (clip_g  - (max_g - min_g))
+
+initialised from the first batch, and stores ``q = clamp(floor((x - shift_g) * (2**b - 1) / clip_g + u), 0, 2**b - 1)``
+with ``u ~ U[0, 1)``. Values outside the running range saturate at the end codes; Mesa's CUDA kernel has no
+upper clamp there and would wrap, which we treat as a bug, not as the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from effplug.codecs import SeedStream
+from effplug.kernels.philox import uniform24
+from effplug.kernels.quant import pack_codes, unpack_codes
+
+
+@dataclass
+class MesaPayload:
+    data: torch.Tensor  # packed codes, memory order
+    shift: torch.Tensor  # fp32 per channel
+    step: torch.Tensor  # fp32 per channel: clip / (2**bits - 1)
+    bits: int
+    axis: int
+    shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.data, self.shift, self.step))
+
+
+def channel_axis(ndim: int) -> int:
+    """Dim 1 for 4-D tensors (conv channels, attention heads); the last dim otherwise (hidden channels)."""
+    return 1 if ndim == 4 else ndim - 1
+
+
+def _broadcast(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.view(shape)
+
+
+class MesaMethod:
+    name = "mesa"
+    needs_calibration = False
+
+    def __init__(self, config):
+        self.config = config
+        self.bits = int(config.bits)
+        self._seeds = SeedStream(config.seed)
+        self.shift: dict[str, torch.Tensor] = {}
+        self.clip: dict[str, torch.Tensor] = {}
+
+    def _update_range(self, key: str, x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.float().movedim(axis, -1).reshape(-1, x.shape[axis])
+        lo, hi = flat.amin(dim=0), flat.amax(dim=0)
+        shift, clip = self.shift.get(key), self.clip.get(key)
+        if shift is not None and shift.device != lo.device:  # resumed from a CPU checkpoint
+            shift, clip = shift.to(lo.device), clip.to(lo.device)
+        if shift is None or shift.shape != lo.shape or shift.device != lo.device:
+            shift, clip = lo, hi - lo
+        else:
+            decay = 1.0 - self.config.ema_decay
+            shift = shift - decay * (shift - lo)
+            clip = clip - decay * (clip - (hi - lo))
+        self.shift[key], self.clip[key] = shift, clip
+        return shift, clip
+
+    def encode(self, x: torch.Tensor, slot: int) -> MesaPayload:
+        axis = channel_axis(x.ndim)
+        shift, clip = self._update_range(str(slot), x, axis)
+        levels = 2**self.bits - 1
+        step = torch.where(clip > 0, clip / levels, torch.ones_like(clip))
+        v = (x.float() - _broadcast(shift, x.ndim, axis)) / _broadcast(step, x.ndim, axis)
+        if self.config.stochastic:
+            u = uniform24(self._seeds.draw(), x.numel(), x.device).view(x.shape)
+        else:
+            u = 0.5
+        q = torch.floor(v + u).clamp_(0, levels).reshape(-1)
+        per_byte = 8 // self.bits
+        q = torch.nn.functional.pad(q, (0, (-q.numel()) % per_byte))
+        return MesaPayload(pack_codes(q, self.bits), shift.clone(), step, self.bits, axis, x.shape, x.dtype)
+
+    def decode(self, p: MesaPayload) -> torch.Tensor:
+        n = 1
+        for d in p.shape:
+            n *= d
+        q = unpack_codes(p.data, p.bits)[:n].view(p.shape).float()
+        ndim = len(p.shape)
+        x = q * _broadcast(p.step, ndim, p.axis) + _broadcast(p.shift, ndim, p.axis)
+        return x.to(p.dtype)
+
+    def probe(self, x, slot):
+        return self.encode(x, slot)
+
+    def calibrate(self, measurements) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {
+            "next_seed": self._seeds.next_seed,
+            "shift": {k: v.detach().cpu().clone() for k, v in self.shift.items()},
+            "clip": {k: v.detach().cpu().clone() for k, v in self.clip.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seeds.next_seed = int(state["next_seed"])
+        self.shift = {k: v.float() for k, v in state["shift"].items()}
+        self.clip = {k: v.float() for k, v in state["clip"].items()}

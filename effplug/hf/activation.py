@@ -1,0 +1,84 @@
+"""HF doors to ``effplug.compress``: a ``TrainerCallback`` and ``EffTrainer``.
+
+The callback attaches the engine to the model in ``on_train_begin`` and writes its state next to each
+checkpoint; on resume it reads it back. A callback never sees the loss before ``backward``, so GACT's
+sensitivities and COMET's bounds need ``EffTrainer``, which calibrates inside ``compute_loss``; with the
+plain ``Trainer`` those methods keep their starting allocation and say so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from effplug._optional import require
+from effplug.compress import ActivationCompressor, CompressionConfig
+
+transformers = require("transformers", extra="hf")
+log = logging.getLogger("effplug.hf")
+
+STATE_FILE = "effplug_activation_compression.pt"
+
+
+class ActivationCompressionCallback(transformers.TrainerCallback):
+    """``Trainer(callbacks=[ActivationCompressionCallback(method="actnn", bits=4)])``."""
+
+    def __init__(self, method: str = "actnn", bits: float = 4, config: CompressionConfig | None = None, **kwargs):
+        self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
+        self.engine: ActivationCompressor | None = None
+        self.can_calibrate = False  # EffTrainer sets it: it sees the loss before backward
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ValueError("ActivationCompressionCallback needs the model; use it with transformers.Trainer")
+        self.engine = ActivationCompressor(model, self.config).attach()
+        self.engine.calibration_enabled = self.can_calibrate
+        if self.engine.method.needs_calibration and not self.can_calibrate:
+            log.warning(
+                "method=%r calibrates from the loss before backward, which a TrainerCallback cannot see; "
+                "it keeps its starting setting. Use effplug.hf.EffTrainer to calibrate.", self.config.method
+            )
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        if state.global_step > 0 and os.path.exists(path):
+            self.engine.load_state_dict(torch.load(path, weights_only=True))
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.engine is not None and state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self.engine.state_dict(), os.path.join(folder, STATE_FILE))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.engine is not None and logs is not None and self.engine.last_report.original_bytes:
+            logs.update({f"act_{k}": v for k, v in self.engine.summary().items()})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.engine is not None:
+            self.engine.detach()
+
+
+class EffTrainer(transformers.Trainer):
+    """``transformers.Trainer`` plus effplug doors that need to see the loss before backward.
+
+    ``EffTrainer(model, args, ..., activation_compression=CompressionConfig(method="gact", bits=2))``
+    """
+
+    def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.activation_callback = None
+        if activation_compression is not None:
+            config = activation_compression
+            if isinstance(config, dict):
+                config = CompressionConfig(**config)
+            self.activation_callback = ActivationCompressionCallback(config=config)
+            self.activation_callback.can_calibrate = True
+            self.add_callback(self.activation_callback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        engine = self.activation_callback.engine if self.activation_callback is not None else None
+        if engine is not None and engine.calibration_pending:
+            engine.calibrate(result[0] if return_outputs else result)
+        return result
