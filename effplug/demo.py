@@ -81,6 +81,31 @@ register_demo_task(DemoTask("char-gpt2", "val loss", _build_char_lm))
 register_demo_config(DemoConfig("fp32 baseline"))
 
 
+def _activation_compression_row(name: str, **settings) -> DemoConfig:
+    """A row for ``effplug.callbacks.ActivationCompression``; saved bytes come from the engine's own accounting."""
+
+    def trainer_kwargs():
+        from effplug.callbacks import ActivationCompression
+
+        return {"callbacks": [ActivationCompression(**settings, seed=0)]}
+
+    def measure(module, batch) -> int:
+        from effplug.compress import ActivationCompressor
+
+        whole_step = _default_saved_bytes(module, batch)  # exact bytes, loss included
+        engine = ActivationCompressor(module, **settings, seed=0)
+        engine.calibration_enabled = False
+        with engine:
+            module.compute_loss(batch)
+        report = engine.last_report
+        return whole_step - report.original_bytes + report.held_bytes
+
+    return DemoConfig(name, trainer_kwargs, measure_saved_bytes=measure)
+
+
+register_demo_config(_activation_compression_row("actnn 4-bit activations", method="actnn", bits=4))
+
+
 def _default_saved_bytes(module, batch) -> int:
     module.train()
     return saved_bytes(lambda: module.compute_loss(batch), parameters=module).activation_bytes

@@ -1,7 +1,6 @@
 """The activation-compression engine and its methods, against uncompressed runs on the same batch."""
 
 import io
-import math
 
 import pytest
 import torch
@@ -372,7 +371,7 @@ def test_gact_allocation_meets_budget_and_prefers_insensitive_tensors():
     assert bits[2] <= bits[0] <= bits[3] <= bits[1]
     assert allocate_bits([1.0, 1.0], [10, 10], 8) == [8, 8]
     mixed = allocate_bits([5.0, 1.0, 0.2], [100, 3000, 50], 2.5)
-    assert sum(b * n for b, n in zip(mixed, [100, 3000, 50])) <= 2.5 * 3150
+    assert sum(b * n for b, n in zip(mixed, [100, 3000, 50], strict=False)) <= 2.5 * 3150
 
 
 def _roundtrip(state):
@@ -479,7 +478,7 @@ def test_gradient_accumulation_matches_one_big_batch(digits_batch):
     ref, _ = _grads(model, lambda: F.cross_entropy(model(x), y))
     model.zero_grad()
     with compressed_activations(model, bits=8, seed=0) as engine:
-        losses = [F.cross_entropy(model(xb), yb) / 2 for xb, yb in zip(x.chunk(2), y.chunk(2))]
+        losses = [F.cross_entropy(model(xb), yb) / 2 for xb, yb in zip(x.chunk(2), y.chunk(2), strict=False)]
         for loss in losses:  # both forwards before any backward: payloads of both stay alive
             loss.backward()
     got = {n: p.grad for n, p in model.named_parameters()}

@@ -424,7 +424,8 @@ class ActivationCompressor:
         except ValueError:  # non-finite values: the quantizer refuses rather than corrupt them
             payload = None
         if payload is None:
-            return self._keep(t, layer, f"{self.config.method} could not encode it within its guarantees")
+            reason = getattr(self.method, "decline_reason", "") or f"{self.config.method} could not encode it within its guarantees"
+            return self._keep(t, layer, reason)
         saved = _Saved(t, slot)
         saved.payload, saved.order = payload, order
         self._report.add(layer, t.numel() * t.element_size(), payload.nbytes, compressed=True)
@@ -502,7 +503,7 @@ class ActivationCompressor:
             for slot, saved in sorted(slots.items()):
                 self._probe_slot = slot
                 probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(probed, exact) if a is not None)
+                err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(probed, exact, strict=False) if a is not None)
                 measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq))
         finally:
             self._probe_slot = -1

@@ -32,7 +32,7 @@ def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: floa
     """Greedy solution of GACT eq. 7; returns one of 8/4/2/1 per tensor."""
     bits = [BIT_LADDER[0]] * len(numels)
     budget = target_bits * sum(numels)
-    used = sum(b * n for b, n in zip(bits, numels))
+    used = sum(b * n for b, n in zip(bits, numels, strict=False))
     heap = []
 
     def push(i):

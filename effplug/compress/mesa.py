@@ -51,6 +51,7 @@ def _broadcast(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
 class MesaMethod:
     name = "mesa"
     needs_calibration = False
+    decline_reason = ""
 
     def __init__(self, config):
         self.config = config
@@ -74,8 +75,13 @@ class MesaMethod:
         self.shift[key], self.clip[key] = shift, clip
         return shift, clip
 
-    def encode(self, x: torch.Tensor, slot: int) -> MesaPayload:
+    def encode(self, x: torch.Tensor, slot: int) -> MesaPayload | None:
         axis = channel_axis(x.ndim)
+        if x.shape[axis] == 1:
+            # Per-row statistics (LayerNorm's mean/rstd): one "channel" whose range moves every batch would
+            # saturate; Mesa's own LayerNorm keeps them exact too.
+            self.decline_reason = "mesa keeps per-row statistics (a channel axis of size 1) exact"
+            return None
         shift, clip = self._update_range(str(slot), x, axis)
         levels = 2**self.bits - 1
         step = torch.where(clip > 0, clip / levels, torch.ones_like(clip))

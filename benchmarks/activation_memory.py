@@ -1,0 +1,236 @@
+"""Compressed activations: saved-activation memory, step time and accuracy against the exact baseline.
+
+    python benchmarks/activation_memory.py                   # both tasks, the default configs
+    python benchmarks/activation_memory.py --quick           # a smoke run (few steps, one seed)
+    python benchmarks/activation_memory.py --tasks digits --seeds 0 1 2 --configs baseline actnn-4
+
+Tasks: the digits ResNet (test accuracy, mean over seeds) and a tiny GPT-2 character LM on ``stdlib_text``
+(validation loss in nats/char). Every config trains from the same seed and data order as the baseline.
+Columns: the in-scope ratio (bytes the compressed tensors would have taken / bytes held), the whole-step
+saved-bytes ratio (baseline saved-for-backward bytes / this config's, loss tensors and all), peak CUDA memory
+(on a GPU), the median step time as a ratio to the baseline of the same run, and the metric. Prints a Markdown
+table and writes JSON (machine, versions, command line, rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from effplug import data, models  # noqa: E402
+from effplug.compress import ActivationCompressor, CompressionConfig  # noqa: E402
+from effplug.envinfo import environment  # noqa: E402
+from effplug.profile import StepTimer, saved_bytes  # noqa: E402
+
+CONFIGS = {
+    "baseline": None,
+    "checkpoint": "checkpoint",
+    "actnn-8": dict(method="actnn", bits=8),
+    "actnn-4": dict(method="actnn", bits=4),
+    "actnn-2": dict(method="actnn", bits=2),
+    "gact-4": dict(method="gact", bits=4, recalibrate_every=100),
+    "gact-2": dict(method="gact", bits=2, recalibrate_every=100),
+    "mesa-8": dict(method="mesa", bits=8),
+    "mesa-4": dict(method="mesa", bits=4),
+    "comet-1e-2": dict(method="comet", error_bound=1e-2, recalibrate_every=100),
+    "division-4": dict(method="division", bits=4),
+    "division-2": dict(method="division", bits=2),
+}
+
+
+class CheckpointedResNet(models.DigitsResNet):
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        x = checkpoint(lambda t: self.stage1(self.stem(t)), x, use_reentrant=False)
+        x = checkpoint(lambda t: self.stage2(self.pool(t)), x, use_reentrant=False)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def digits_task(seed: int, checkpointed: bool, device):
+    split = data.digits()
+    torch.manual_seed(seed)
+    model = (CheckpointedResNet if checkpointed else models.DigitsResNet)(width=32).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    train_x, train_y = split.train_x.to(device), split.train_y.to(device)
+
+    def batches(steps, batch=64):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train_x), (batch,), generator=gen).to(device)
+            yield train_x[idx], train_y[idx]
+
+    def loss_fn(x, y):
+        return F.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        acc = (model(split.test_x.to(device)).argmax(-1) == split.test_y.to(device)).float().mean().item()
+        model.train()
+        return acc
+
+    return model, opt, batches, loss_fn, evaluate, "accuracy"
+
+
+def char_lm_task(seed: int, checkpointed: bool, device, block: int = 64):
+    corpus = data.stdlib_text(max_chars=1_000_000)
+    train_x, train_y = corpus.windows("train", block, 8192, seed=0)
+    val_x, val_y = corpus.windows("val", block, 256, seed=1)
+    torch.manual_seed(seed)
+    model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4).to(device)
+    if checkpointed:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def batches(steps, batch=32):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train_x), (batch,), generator=gen)
+            yield train_x[idx].to(device), train_y[idx].to(device)
+
+    def loss_fn(x, y):  # the loss is computed outside the model, so it stays exact
+        logits = model(input_ids=x).logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        loss = sum(loss_fn(val_x[i : i + 64].to(device), val_y[i : i + 64].to(device)).item() for i in range(0, 256, 64)) / 4
+        model.train()
+        return loss
+
+    return model, opt, batches, loss_fn, evaluate, "val loss"
+
+
+TASKS = {"digits": digits_task, "char-gpt2": char_lm_task}
+
+
+def run(task: str, config_name: str, seed: int, steps: int, device) -> dict:
+    spec = CONFIGS[config_name]
+    model, opt, batches, loss_fn, evaluate, metric = TASKS[task](seed, spec == "checkpoint", device)
+    engine = None
+    if isinstance(spec, dict):
+        engine = ActivationCompressor(model, CompressionConfig(seed=seed, **spec)).attach()
+    timer = StepTimer(warmup=5, device=device)
+    probe_batch = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for x, y in batches(steps):
+        probe_batch = probe_batch or (x, y)
+        timer.start()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(x, y)
+        if engine is not None:
+            engine.calibrate(loss)
+        loss.backward()
+        opt.step()
+        timer.stop()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    value = evaluate()
+    # Saved-for-backward bytes of one whole step. The meter's hooks sit outside the engine's, so it sees the
+    # exact tensors of the loss and anything outside the engine's scope; the engine reports what it held.
+    x, y = probe_batch
+    if engine is not None:
+        engine.detach()
+    exact = saved_bytes(lambda: loss_fn(x, y), parameters=model).activation_bytes
+    row = {"task": task, "config": config_name, "seed": seed, "metric": metric, "value": value,
+           "step_ms": timer.median_s * 1e3, "peak_bytes": peak, "step_saved_bytes": exact, "in_scope_ratio": None}
+    if engine is not None:
+        engine.attach()
+        engine.calibration_enabled = False
+        model.train()
+        loss_fn(x, y)  # one measured forward (its graph is dropped)
+        engine.detach()
+        report = engine.last_report
+        row["step_saved_bytes"] = exact - report.original_bytes + report.held_bytes
+        row["in_scope_ratio"] = report.ratio
+        if config_name.startswith("gact"):
+            row["gact_average_bits"] = engine.method.average_bits()
+    return row
+
+
+def summarize(rows: list) -> list:
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        task_rows = [r for r in rows if r["task"] == task]
+        base = [r for r in task_rows if r["config"] == "baseline"]
+        base_bytes = statistics.mean(r["step_saved_bytes"] for r in base)
+        base_ms = statistics.mean(r["step_ms"] for r in base)
+        base_peak = base[0]["peak_bytes"]
+        for config in dict.fromkeys(r["config"] for r in task_rows):
+            rs = [r for r in task_rows if r["config"] == config]
+            values = [r["value"] for r in rs]
+            out.append({
+                "task": task, "config": config, "seeds": len(rs), "metric": rs[0]["metric"],
+                "value_mean": statistics.mean(values), "value_min": min(values), "value_max": max(values),
+                "in_scope_ratio": rs[0]["in_scope_ratio"],
+                "step_saved_ratio": base_bytes / statistics.mean(r["step_saved_bytes"] for r in rs),
+                "peak_ratio": (rs[0]["peak_bytes"] / base_peak) if base_peak else None,
+                "step_time_ratio": statistics.mean(r["step_ms"] for r in rs) / base_ms,
+            })
+    return out
+
+
+def format_table(summary: list) -> str:
+    lines = [
+        "| task | config | seeds | in-scope ratio | step saved-bytes ratio | peak ratio | step-time ratio | metric (mean, min-max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        scope = f"{s['in_scope_ratio']:.2f}x" if s["in_scope_ratio"] else "-"
+        peak = f"{s['peak_ratio']:.2f}" if s["peak_ratio"] else "n/a (CPU)"
+        fmt = "{:.4f}" if s["metric"] == "accuracy" else "{:.3f}"
+        value = f"{s['metric']} {fmt.format(s['value_mean'])}"
+        if s["seeds"] > 1:
+            value += f" ({fmt.format(s['value_min'])}-{fmt.format(s['value_max'])})"
+        lines.append(
+            f"| {s['task']} | {s['config']} | {s['seeds']} | {scope} | {s['step_saved_ratio']:.2f}x | {peak} "
+            f"| {s['step_time_ratio']:.2f} | {value} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 for digits, 0 for char-gpt2")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="20 steps, one seed")
+    parser.add_argument("--json", default="bench_out/activation_memory.json")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = 20 if args.quick else args.steps
+    configs = ["baseline", *[c for c in args.configs if c != "baseline"]]
+    rows = []
+    start = time.perf_counter()
+    for task in args.tasks:
+        seeds = args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2])
+        for seed in seeds:
+            for config in configs:
+                row = run(task, config, seed, steps, device)
+                rows.append(row)
+                print(f"[{time.perf_counter() - start:6.0f}s] {task} {config} seed {seed}: "
+                      f"{row['metric']} {row['value']:.4f}, {row['step_ms']:.1f} ms/step", file=sys.stderr, flush=True)
+    summary = summarize(rows)
+    print(format_table(summary))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
+                               "summary": summary, "rows": rows}, indent=1))
+    print(f"\nwrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Activation compression through its doors: a real Lightning Trainer, a real HF Trainer, DDP on gloo."""
+
+import os
+
+import pytest
+import torch
+
+from effplug.compress import CompressionConfig, compressed_activations
+
+pl = pytest.importorskip("pytorch_lightning")
+transformers = pytest.importorskip("transformers")
+
+
+def _digits_module_and_loader(batch_size=64):
+    from effplug.data import digits
+    from effplug.lit_modules import ClassifierModule
+    from effplug.models import DigitsResNet
+
+    split = digits()
+    data = torch.utils.data.TensorDataset(split.train_x[:512], split.train_y[:512])
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    return ClassifierModule(DigitsResNet(width=16)), loader
+
+
+def _trainer(tmp_path, steps, callbacks, **kw):
+    return pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw,
+    )
+
+
+def test_lightning_callback_trains_checkpoints_and_resumes(tmp_path):
+    from effplug.callbacks import ActivationCompression
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits_module_and_loader()
+    callback = ActivationCompression(method="gact", bits=2, recalibrate_every=3)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=4)
+    _trainer(tmp_path, 4, [callback, ckpt], accumulate_grad_batches=2, precision="bf16-mixed").fit(module, loader)
+    assert callback.engine is None  # detached at teardown
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"][callback.state_key]
+    assert saved["method"]["calibrations"] >= 2  # forwards 0, 3, 6 calibrate (8 forwards for 4 steps)
+    assert saved["forward_count"] == 8
+    assert saved["method"]["allocation"].float().mean() <= 8
+
+    resumed_cb = ActivationCompression(method="gact", bits=2, recalibrate_every=3)
+    module2, _ = _digits_module_and_loader()
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("forward_count", resumed_cb.engine.forward_count)
+            seen.setdefault("allocation", resumed_cb.engine.method.allocation.clone())
+
+    _trainer(tmp_path, 6, [resumed_cb, Probe()], accumulate_grad_batches=2).fit(
+        module2, loader, ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    assert seen["forward_count"] == 8
+    assert torch.equal(seen["allocation"], saved["method"]["allocation"])
+
+
+def test_lightning_callback_matches_uncompressed_training(tmp_path):
+    """Same seed, same data: 8-bit compressed training stays close to the exact run."""
+    from effplug.callbacks import ActivationCompression
+
+    results = {}
+    for name, callbacks in (("exact", []), ("actnn8", [ActivationCompression(method="actnn", bits=8, seed=0)])):
+        pl.seed_everything(0, verbose=False)
+        module, loader = _digits_module_and_loader()
+        _trainer(tmp_path / name, 8, callbacks).fit(module, loader)
+        results[name] = torch.cat([p.detach().flatten() for p in module.parameters()])
+    drift = (results["actnn8"] - results["exact"]).norm() / results["exact"].norm()
+    assert drift < 0.02
+    assert callbacks[0].state_dict() == {}  # detached engines leave no state behind
+
+
+def _char_lm_dataset(n=64, block=32):
+    from effplug.data import stdlib_text
+
+    corpus = stdlib_text(max_chars=50_000)
+    x, y = corpus.windows("train", block, n, seed=0)
+    rows = [{"input_ids": a, "labels": a} for a in x]
+    return corpus.vocab_size, rows
+
+
+def _hf_args(tmp_path, **kw):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=3e-3, report_to=[],
+        use_cpu=True, disable_tqdm=True, save_strategy="steps", save_steps=3, logging_steps=1, **kw,
+    )
+
+
+def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
+    from effplug.hf import ActivationCompressionCallback, EffTrainer
+    from effplug.models import tiny_gpt2
+
+    vocab, rows = _char_lm_dataset()
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    callback = ActivationCompressionCallback(method="actnn", bits=4)
+    trainer = transformers.Trainer(model=model, args=_hf_args(tmp_path / "cb", max_steps=3), train_dataset=rows,
+                                   callbacks=[callback])
+    out = trainer.train()
+    assert callback.engine.forward_count == 3
+    assert callback.engine.last_report.ratio > 4
+    assert "act_saved_ratio" in capsys.readouterr().out  # added to every log line the Trainer reports
+    assert (tmp_path / "cb" / "checkpoint-3" / "effplug_activation_compression.pt").exists()
+    assert out.training_loss > 0
+
+    # GACT needs the loss before backward: EffTrainer calibrates inside compute_loss.
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    args = _hf_args(tmp_path / "eff", max_steps=3, gradient_accumulation_steps=2)
+    trainer = EffTrainer(model=model, args=args, train_dataset=rows,
+                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+    trainer.train()
+    engine = trainer.activation_callback.engine
+    assert engine.method.calibrations == 2  # forwards 0 and 4 of 6
+    assert engine.method.average_bits() <= 2
+
+    # Resume: the engine state comes back from the checkpoint folder.
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    args = _hf_args(tmp_path / "eff", max_steps=4, gradient_accumulation_steps=2)
+    resumed = EffTrainer(model=model, args=args, train_dataset=rows,
+                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+    resumed.train(resume_from_checkpoint=str(tmp_path / "eff" / "checkpoint-3"))
+    assert resumed.activation_callback.engine.forward_count == 8  # 6 restored + 2 new
+
+    # A plain Trainer callback cannot calibrate: it says so.
+    with caplog.at_level("WARNING"):
+        transformers.Trainer(model=model, args=_hf_args(tmp_path / "warn", max_steps=1), train_dataset=rows,
+                             callbacks=[ActivationCompressionCallback(method="gact", bits=2)]).train()
+    assert "EffTrainer" in caplog.text
+
+
+def _ddp_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    from effplug.models import DigitsResNet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(DigitsResNet(width=16))
+    gen = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    with compressed_activations(model.module, CompressionConfig(bits=8, seed=rank)) as engine:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(grads) for _ in range(world)]
+    dist.all_gather(gathered, grads)
+    results[rank] = (torch.equal(gathered[0], gathered[1]), engine.last_report.ratio)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    for rank in range(2):
+        same, ratio = results[rank]
+        assert same  # DDP averaged the (compressed-activation) gradients across ranks
+        assert ratio > 2
