@@ -507,3 +507,19 @@ def test_hf_models_gradient_fidelity(build, attn):
     assert engine.last_report.ratio > 3
     if build == "tiny_gpt2":  # tied input/output embeddings: one parameter, both uses stay exact
         assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("method", ["actnn", "division"])
+def test_triton_and_torch_paths_give_identical_gradients(use_backend, method):
+    """Same seed, same codes: the engine is bit-identical on the Triton kernels (interpreter on CPU)."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(512, 4))
+    x = torch.randn(16, 2, 8, 8)
+    loss_fn = lambda: model(x).square().mean()
+    grads = {}
+    for backend in ("torch", "triton"):
+        use_backend(backend)
+        grads[backend], _ = _grads(model, loss_fn, method=method, bits=2, seed=3)
+    for name in grads["torch"]:
+        assert torch.equal(grads["torch"][name], grads["triton"][name]), name

@@ -178,9 +178,10 @@ def _run_both(use_backend, fn):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("stochastic", [False, True])
-def test_triton_quantize_pack_matches_reference(use_backend, dtype, bits, stochastic):
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
+def test_triton_quantize_pack_matches_reference(use_backend, dtype, bits, stochastic, scale_dtype):
     for name, x in odd_inputs(dtype).items():
-        ref, tri = _run_both(use_backend, lambda: quantize_pack(x, bits, 32, stochastic, seed=123))
+        ref, tri = _run_both(use_backend, lambda: quantize_pack(x, bits, 32, stochastic, seed=123, scale_dtype=scale_dtype))
         for field in ("data", "scale", "zero"):
             assert _bits_equal(getattr(ref, field), getattr(tri, field)), (name, field)
         out_ref, out_tri = _run_both(use_backend, lambda: unpack_dequantize(ref))

@@ -26,6 +26,16 @@ def _random_words(seed, offs):
 @triton.jit
 def _round_directed(v, DTYPE: tl.constexpr, UP: tl.constexpr):
     """Round fp32 ``v`` to the 16-bit float DTYPE toward +inf (UP) or -inf, via its bit pattern."""
+    if DTYPE == tl.bfloat16:
+        # bf16 is the top half of fp32: truncate the bits (toward zero), then step the magnitude up when the
+        # dropped half was nonzero and the direction asks for it. Pure integer work, so the interpreter
+        # (which keeps bf16 values at fp32 precision until stored) gets it right too.
+        v_bits = v.to(tl.int32, bitcast=True)
+        top = v_bits >> 16
+        inexact = (v_bits & 0xFFFF) != 0
+        away = (v > 0) if UP else (v < 0)
+        top = tl.where(inexact & away, top + 1, top)
+        return tl.cast(top, tl.int16).to(tl.bfloat16, bitcast=True)
     y = v.to(DTYPE)
     back = y.to(tl.float32)
     bits = y.to(tl.int16, bitcast=True)
