@@ -523,3 +523,26 @@ def test_triton_and_torch_paths_give_identical_gradients(use_backend, method):
         grads[backend], _ = _grads(model, loss_fn, method=method, bits=2, seed=3)
     for name in grads["torch"]:
         assert torch.equal(grads["torch"][name], grads["triton"][name]), name
+
+
+def test_cpu_dropout_float_masks_are_stored_exactly_at_one_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.Dropout(0.3), nn.Linear(512, 4))
+    x = torch.randn(64, 64)
+    loss_fn = lambda: model(x).square().mean()
+    ref, _ = _grads(model, loss_fn)
+    got, engine = _grads(model, loss_fn, bits=2, seed=0)
+    assert torch.allclose(got["0.bias"], ref["0.bias"], rtol=1e-5, atol=1e-7)  # mask and scale exact
+    layer = engine.last_report.per_layer["1"]
+    assert layer.held == 64 * 512 // 8 + 4  # 1 bit per element plus the constant
+
+
+def test_gact_allocation_is_indexed_by_slot_when_some_slots_are_lossless():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Dropout(0.3), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 4))
+    x = torch.randn(64, 64)
+    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=100)
+    _grads_with(engine, model, lambda: model(x).square().mean())
+    probed = engine.method.numels > 0
+    assert probed.sum() == 4 and not probed.all()  # the dropout mask's slot was stored losslessly
+    assert engine.method.average_bits() <= 2

@@ -176,6 +176,28 @@ class RectifiedPayload:
 
 
 @dataclass
+class TwoLevelPayload:
+    """A float tensor whose values are all 0 or one constant (CPU dropout saves such a float mask): 1 bit each."""
+
+    mask: BoolPayload
+    value: torch.Tensor  # 0-dim, the constant
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.value.element_size()
+
+
+def two_level(t: torch.Tensor) -> TwoLevelPayload | None:
+    """Exact 1-bit encoding when every nonzero element equals the maximum (checked, so never lossy)."""
+    top = t.max()
+    nonzero = t != 0
+    if not bool(top > 0) or not bool((t[nonzero] == top).all()):
+        return None
+    return TwoLevelPayload(pack_bool(nonzero), top.clone(), t.dtype)
+
+
+@dataclass
 class Measurement:
     """One calibration probe: only tensor ``slot`` compressed; squared gradient error against the exact one."""
 
@@ -414,6 +436,15 @@ class ActivationCompressor:
         self._slot += 1
         order = _memory_order(t)
         dense = t.permute(order) if order is not None else t.contiguous()
+        if dense.device.type == "cpu" and self._is_rectified(slot, dense):
+            # CPU dropout saves a float {0, 1/(1-p)} mask; on CUDA it is a bool mask and takes the path above.
+            # The check is a host sync, which costs nothing on CPU.
+            mask = two_level(dense)
+            if mask is not None:
+                saved = _Saved(t, slot)
+                saved.payload, saved.order = mask, order
+                self._report.add(layer, t.numel() * t.element_size(), mask.nbytes, compressed=True)
+                return saved
         if self._recording:
             saved = self._keep(t, layer, None)
             saved.slot, saved.order = slot, order
@@ -475,7 +506,11 @@ class ActivationCompressor:
         return self._restore(saved, self._decode_dense(saved))
 
     def _decode_dense(self, saved: _Saved) -> torch.Tensor:
-        out = self._decode(saved.payload, saved.dtype)
+        if isinstance(saved.payload, TwoLevelPayload):
+            p = saved.payload
+            out = torch.where(unpack_bool(p.mask), p.value, torch.zeros((), dtype=p.dtype))
+        else:
+            out = self._decode(saved.payload, saved.dtype)
         if saved.order is not None:
             out = out.view([saved.shape[d] for d in saved.order])
         return out

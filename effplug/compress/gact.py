@@ -85,9 +85,14 @@ class GACTMethod(ActNNMethod):
     def calibrate(self, measurements) -> None:
         sens = [_clean(m.sq_error) for m in measurements]  # B = 1 for the probe, so c_l = ||g_l - g||^2
         numels = [m.numel for m in measurements]
-        self.allocation = torch.tensor(allocate_bits(sens, numels, self.target_bits), dtype=torch.int8)
-        self.numels = torch.tensor(numels, dtype=torch.int64)
-        self.sensitivity = torch.tensor(sens, dtype=torch.float64)
+        bits = allocate_bits(sens, numels, self.target_bits)
+        # Indexed by slot; slots that were not probed (stored losslessly) keep the default and weigh nothing.
+        size = max((m.slot for m in measurements), default=-1) + 1
+        self.allocation = torch.full((size,), self.default_bits, dtype=torch.int8)
+        self.numels = torch.zeros(size, dtype=torch.int64)
+        self.sensitivity = torch.zeros(size, dtype=torch.float64)
+        for m, b, c in zip(measurements, bits, sens, strict=True):
+            self.allocation[m.slot], self.numels[m.slot], self.sensitivity[m.slot] = b, m.numel, c
         self.calibrations += 1
 
     def average_bits(self) -> float:
