@@ -35,7 +35,7 @@ def resolve_seed(seed: int | None) -> int:
     return seed % SEED_LIMIT
 
 
-def _mulhilo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mulhilo_split(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) 32-bit halves of ``constant * value`` for uint32 values held in int64, without overflow."""
     hi16 = value >> 16
     lo16 = value & 0xFFFF
@@ -44,6 +44,25 @@ def _mulhilo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     low = (prod_lo + ((prod_hi & 0xFFFF) << 16)) & _MASK32
     high = (prod_hi + (prod_lo >> 16)) >> 16
     return high & _MASK32, low
+
+
+def _mulhilo_wrapping(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same halves from one int64 product: it wraps modulo 2**64, which keeps all 64 bits of the result."""
+    product = value * constant
+    return (product >> 32) & _MASK32, product & _MASK32
+
+
+def _wrapping_multiply_is_exact() -> bool:
+    # int64 overflow is not documented by torch; check it on the extreme values once, else use the split form.
+    probe = torch.tensor([0, 1, _MASK32, _MASK32 - 1, 2**31, 2**31 - 1, 0x89ABCDEF], dtype=torch.int64)
+    return all(
+        torch.equal(a, b)
+        for c in (_ROUND_A, _ROUND_B)
+        for a, b in zip(_mulhilo_wrapping(c, probe), _mulhilo_split(c, probe), strict=True)
+    )
+
+
+_mulhilo = _mulhilo_wrapping if _wrapping_multiply_is_exact() else _mulhilo_split  # 3x fewer int64 ops on CPU
 
 
 def philox4x32(seed: int, counters: torch.Tensor, n_rounds: int = N_ROUNDS) -> tuple:
