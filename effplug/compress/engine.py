@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
-from effplug.kernels.quant import pack_codes, unpack_codes
+from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
 
 log = logging.getLogger("effplug.compress")
 
@@ -47,6 +47,7 @@ METHOD_CLASSES = {
     "division": division.DivisionMethod,
 }
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+REFERENCE_BITS = 8
 
 
 def build_method(config: CompressionConfig):
@@ -335,7 +336,7 @@ class ActivationCompressor:
             self._warn_once(
                 "uncalibrated",
                 "a calibration forward was not followed by ActivationCompressor.calibrate(loss) before backward; "
-                "that step ran uncompressed. Doors call it for you; in a plain loop call engine.calibrate(loss).",
+                "that step ran at 8 bits without adapting. Doors call it for you; in a plain loop call engine.calibrate(loss).",
                 level=logging.WARNING,
             )
         self._recorded = []
@@ -445,22 +446,31 @@ class ActivationCompressor:
                 saved.payload, saved.order = mask, order
                 self._report.add(layer, t.numel() * t.element_size(), mask.nbytes, compressed=True)
                 return saved
-        if self._recording:
-            saved = self._keep(t, layer, None)
-            saved.slot, saved.order = slot, order
-            self._recorded.append(saved)
-            return saved
         try:
-            payload = self._encode(dense, slot)
+            payload = self._reference_encode(dense, slot) if self._recording else self._encode(dense, slot)
         except ValueError:  # non-finite values: the quantizer refuses rather than corrupt them
             payload = None
         if payload is None:
-            reason = getattr(self.method, "decline_reason", "") or f"{self.config.method} could not encode it within its guarantees"
+            default = f"{self.config.method} could not encode it within its guarantees"
+            reason = getattr(self.method, "decline_reason", "") or default
             return self._keep(t, layer, reason)
         saved = _Saved(t, slot)
         saved.payload, saved.order = payload, order
         self._report.add(layer, t.numel() * t.element_size(), payload.nbytes, compressed=True)
+        if self._recording:
+            self._recorded.append(saved)
         return saved
+
+    def _reference_encode(self, dense: torch.Tensor, slot: int):
+        """What a calibration forward holds: 8 bits, nearest (GACT's reference width), not the exact tensor,
+        so a calibration step needs a quarter of the uncompressed memory rather than all of it."""
+        payload = quantize_pack(
+            dense, REFERENCE_BITS, self.config.group_size, False, None, torch.bfloat16,
+            validate=dense.device.type == "cpu",
+        )
+        if self._is_rectified(slot, dense):
+            payload = RectifiedPayload(pack_bool(dense > 0), payload)
+        return payload
 
     def _is_rectified(self, slot: int, dense: torch.Tensor) -> bool:
         # Decided once per slot (a host sync the first time only): ReLU outputs stay ReLU outputs.
@@ -474,10 +484,15 @@ class ActivationCompressor:
             payload = RectifiedPayload(pack_bool(dense > 0), payload)
         return payload
 
+    def _decode_inner(self, payload) -> torch.Tensor:
+        if isinstance(payload, QuantizedTensor):  # every method's uniform payloads, and calibration references
+            return unpack_dequantize(payload)
+        return self.method.decode(payload)
+
     def _decode(self, payload, dtype: torch.dtype) -> torch.Tensor:
         if not isinstance(payload, RectifiedPayload):
-            return self.method.decode(payload)
-        inner = self.method.decode(payload.inner)
+            return self._decode_inner(payload)
+        inner = self._decode_inner(payload.inner)
         mask = unpack_bool(payload.mask).view(inner.shape)
         return torch.where(mask, inner.clamp_min(torch.finfo(dtype).tiny), torch.zeros((), dtype=inner.dtype))
 
@@ -492,18 +507,17 @@ class ActivationCompressor:
     def _unpack(self, saved):
         saved.check_version()
         if saved.exact is not None:
-            if saved.slot == self._probe_slot >= 0:
-                t = saved.exact
-                dense = t.permute(saved.order) if saved.order is not None else t.contiguous()
-                payload = self._encode(dense, saved.slot, probe=True)
-                if payload is not None:
-                    return self._restore(saved, self._decode(payload, saved.dtype).view(dense.shape))
             return saved.exact
         if isinstance(saved.payload, BoolPayload):
             return unpack_bool(saved.payload)
         if isinstance(saved.payload, NarrowIntPayload):
             return saved.payload.data.to(saved.payload.dtype)
-        return self._restore(saved, self._decode_dense(saved))
+        dense = self._decode_dense(saved)
+        if saved.slot == self._probe_slot >= 0:  # calibration: this one tensor through the method itself
+            probed = self._encode(dense, saved.slot, probe=True)
+            if probed is not None:
+                dense = self._decode(probed, saved.dtype).view(dense.shape)
+        return self._restore(saved, dense)
 
     def _decode_dense(self, saved: _Saved) -> torch.Tensor:
         if isinstance(saved.payload, TwoLevelPayload):
@@ -524,21 +538,27 @@ class ActivationCompressor:
     def calibrate(self, loss: torch.Tensor) -> bool:
         """Measure each saved tensor's effect on the gradient of ``loss`` (before ``loss.backward()``).
 
-        Runs one exact backward and one per compressed tensor with only that tensor compressed
-        (``retain_graph=True``; no extra forward). Returns False when this forward was not a calibration one.
+        A calibration forward holds every tensor at 8 bits (nearest). This runs one backward with those
+        references and one per tensor with only that tensor re-encoded by the method, on the retained graph
+        (no extra forward); the other tensors decode identically in both, so the difference is that tensor's
+        alone. Returns False when this forward was not a calibration one.
         """
         if not self.calibration_pending:
             return False
         params = [p for p in self.model.parameters() if p.requires_grad]
-        exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        ref_sq = sum(float(g.float().pow(2).sum()) for g in exact if g is not None)
+        reference = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        ref_sq = sum(float(g.float().pow(2).sum()) for g in reference if g is not None)
         measurements = []
         slots = {s.slot: s for s in self._recorded}
         try:
             for slot, saved in sorted(slots.items()):
                 self._probe_slot = slot
                 probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(probed, exact, strict=False) if a is not None)
+                err = sum(
+                    float((a.float() - b.float()).pow(2).sum())
+                    for a, b in zip(probed, reference, strict=True)
+                    if a is not None
+                )
                 measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq))
         finally:
             self._probe_slot = -1
