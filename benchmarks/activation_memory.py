@@ -39,6 +39,8 @@ CONFIGS = {
     "actnn-2": dict(method="actnn", bits=2),
     "gact-4": dict(method="gact", bits=4, recalibrate_every=100),
     "gact-2": dict(method="gact", bits=2, recalibrate_every=100),
+    "gact-4-relative": dict(method="gact", bits=4, recalibrate_every=100, sensitivity="relative"),
+    "gact-2-relative": dict(method="gact", bits=2, recalibrate_every=100, sensitivity="relative"),
     "mesa-8": dict(method="mesa", bits=8),
     "mesa-4": dict(method="mesa", bits=4),
     "comet-1e-2": dict(method="comet", error_bound=1e-2, recalibrate_every=100),

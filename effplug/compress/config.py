@@ -28,6 +28,9 @@ class CompressionConfig:
         (that is where losses are computed) and compresses their sub-modules; ``"model"`` compresses
         everything saved inside the model's forward.
     recalibrate_every: forwards between GACT sensitivity / COMET bound recalibrations.
+    sensitivity: GACT's objective. ``"absolute"`` is the paper's total gradient variance ``||g_l - g||**2``;
+        ``"relative"`` sums each parameter tensor's relative error, which is what adaptive optimizers
+        (Adam scales every parameter's update) are sensitive to.
     error_bound, error_mode: COMET's bound, absolute (``"abs"``) or relative to the tensor's value range (``"rel"``).
     grad_tolerance: COMET's target relative gradient error per tensor, used to adapt its bound.
     ema_decay: Mesa's running-range decay.
@@ -45,6 +48,7 @@ class CompressionConfig:
     scope: str = "auto"
     seed: int | None = None
     recalibrate_every: int = 200
+    sensitivity: str = "absolute"
     error_bound: float = 1e-2
     error_mode: str = "rel"
     grad_tolerance: float = 0.05
@@ -67,6 +71,8 @@ class CompressionConfig:
             _fail("min_numel", "a positive integer", self.min_numel)
         if self.scope not in SCOPES:
             _fail("scope", "'auto' or 'model'", self.scope)
+        if self.sensitivity not in ("relative", "absolute"):
+            _fail("sensitivity", "'relative' or 'absolute'", self.sensitivity)
         if not isinstance(self.recalibrate_every, int) or self.recalibrate_every < 1:
             _fail("recalibrate_every", "a positive integer", self.recalibrate_every)
         if not self.error_bound > 0:

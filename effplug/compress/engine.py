@@ -204,8 +204,9 @@ class Measurement:
 
     slot: int
     numel: int
-    sq_error: float
-    ref_sq_norm: float
+    sq_error: float  # ||g_l - g||^2 over all parameters
+    ref_sq_norm: float  # ||g||^2
+    rel_sq_error: float = 0.0  # sum over parameter tensors p of ||g_l,p - g_p||^2 / ||g_p||^2
 
 
 class _Saved:
@@ -554,12 +555,14 @@ class ActivationCompressor:
             for slot, saved in sorted(slots.items()):
                 self._probe_slot = slot
                 probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                err = sum(
-                    float((a.float() - b.float()).pow(2).sum())
+                errors = [
+                    (float((a.float() - b.float()).pow(2).sum()), float(b.float().pow(2).sum()))
                     for a, b in zip(probed, reference, strict=True)
                     if a is not None
-                )
-                measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq))
+                ]
+                err = sum(e for e, _ in errors)
+                rel = sum(e / r for e, r in errors if r > 0)
+                measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq, rel))
         finally:
             self._probe_slot = -1
         self.method.calibrate(measurements)

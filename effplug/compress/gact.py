@@ -28,17 +28,17 @@ def _variance_factor(bits: int) -> float:
     return 1.0 / (2**bits - 1) ** 2
 
 
-def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: float) -> list[int]:
-    """Greedy solution of GACT eq. 7; returns one of 8/4/2/1 per tensor."""
-    bits = [BIT_LADDER[0]] * len(numels)
+def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: float, ladder=BIT_LADDER) -> list[int]:
+    """Greedy solution of GACT eq. 7; returns one width of ``ladder`` (8/4/2/1) per tensor."""
+    bits = [ladder[0]] * len(numels)
     budget = target_bits * sum(numels)
     used = sum(b * n for b, n in zip(bits, numels, strict=False))
     heap = []
 
     def push(i):
-        level = BIT_LADDER.index(bits[i])
-        if level + 1 < len(BIT_LADDER):
-            lower = BIT_LADDER[level + 1]
+        level = ladder.index(bits[i])
+        if level + 1 < len(ladder):
+            lower = ladder[level + 1]
             extra_var = sensitivity[i] * (_variance_factor(lower) - _variance_factor(bits[i]))
             freed = (bits[i] - lower) * numels[i]
             heapq.heappush(heap, (extra_var / freed, i, lower))
@@ -83,7 +83,9 @@ class GACTMethod(ActNNMethod):
         return self.quantize(x, 1, stochastic=True)
 
     def calibrate(self, measurements) -> None:
-        sens = [_clean(m.sq_error) for m in measurements]  # B = 1 for the probe, so c_l = ||g_l - g||^2
+        # B = 1 for the probe, so c_l = ||g_l - g||^2 (or its per-parameter relative form)
+        relative = self.config.sensitivity == "relative"
+        sens = [_clean(m.rel_sq_error if relative else m.sq_error) for m in measurements]
         numels = [m.numel for m in measurements]
         bits = allocate_bits(sens, numels, self.target_bits)
         # Indexed by slot; slots that were not probed (stored losslessly) keep the default and weigh nothing.
