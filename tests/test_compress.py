@@ -61,6 +61,7 @@ def _global_cosine(a, b):
         (dict(scope="everything"), "scope="),
         (dict(method="comet", error_bound=0), "error_bound=0"),
         (dict(min_numel=0), "min_numel=0"),
+        (dict(method="gact", sensitivity="fisher"), "sensitivity='fisher'"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
