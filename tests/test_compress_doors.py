@@ -168,3 +168,19 @@ def test_ddp_two_gloo_processes():
         same, ratio = results[rank]
         assert same  # DDP averaged the (compressed-activation) gradients across ranks
         assert ratio > 2
+
+
+def test_doors_reject_bad_settings_early():
+    from types import SimpleNamespace
+
+    from effplug.callbacks import ActivationCompression
+    from effplug.hf import ActivationCompressionCallback, EffTrainer
+
+    with pytest.raises(ValueError, match="bits=3 is not supported"):
+        ActivationCompression(method="actnn", bits=3)
+    with pytest.raises(ValueError, match="method='zip'"):
+        ActivationCompressionCallback(method="zip")
+    with pytest.raises(ValueError, match="needs the model"):
+        ActivationCompressionCallback().on_train_begin(SimpleNamespace(output_dir="."), SimpleNamespace(global_step=0), None)
+    with pytest.raises(ValueError, match="bits=5"):
+        EffTrainer(model=torch.nn.Linear(2, 2), activation_compression={"bits": 5})

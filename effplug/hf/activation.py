@@ -66,12 +66,12 @@ class EffTrainer(transformers.Trainer):
     """
 
     def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None, **kwargs):
+        config = activation_compression
+        if isinstance(config, dict):
+            config = CompressionConfig(**config)  # validate before the Trainer does any work
         super().__init__(*args, **kwargs)
         self.activation_callback = None
-        if activation_compression is not None:
-            config = activation_compression
-            if isinstance(config, dict):
-                config = CompressionConfig(**config)
+        if config is not None:
             self.activation_callback = ActivationCompressionCallback(config=config)
             self.activation_callback.can_calibrate = True
             self.add_callback(self.activation_callback)
