@@ -140,25 +140,19 @@ def run(task: str, config_name: str, seed: int, steps: int, device) -> dict:
         timer.stop()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     value = evaluate()
-    # Saved-for-backward bytes of one whole step. The meter's hooks sit outside the engine's, so it sees the
-    # exact tensors of the loss and anything outside the engine's scope; the engine reports what it held.
     x, y = probe_batch
-    if engine is not None:
-        engine.detach()
-    exact = saved_bytes(lambda: loss_fn(x, y), parameters=model).activation_bytes
     row = {"task": task, "config": config_name, "seed": seed, "metric": metric, "value": value,
-           "step_ms": timer.median_s * 1e3, "peak_bytes": peak, "step_saved_bytes": exact, "in_scope_ratio": None}
-    if engine is not None:
-        engine.attach()
-        engine.calibration_enabled = False
+           "step_ms": timer.median_s * 1e3, "peak_bytes": peak, "in_scope_ratio": None}
+    if engine is None:
+        row["step_saved_bytes"] = saved_bytes(lambda: loss_fn(x, y), parameters=model).activation_bytes
+    else:
         model.train()
-        loss_fn(x, y)  # one measured forward (its graph is dropped)
-        engine.detach()
+        row["step_saved_bytes"] = engine.step_saved_bytes(lambda: loss_fn(x, y))[1]
         report = engine.last_report
-        row["step_saved_bytes"] = exact - report.original_bytes + report.held_bytes
         row["in_scope_ratio"] = report.ratio
         if config_name.startswith("gact"):
             row["gact_average_bits"] = engine.method.average_bits()
+        engine.detach()
     return row
 
 

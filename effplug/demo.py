@@ -92,13 +92,9 @@ def _activation_compression_row(name: str, tasks: tuple = (), **settings) -> Dem
     def measure(module, batch) -> int:
         from effplug.compress import ActivationCompressor
 
-        whole_step = _default_saved_bytes(module, batch)  # exact bytes, loss included
+        module.train()
         engine = ActivationCompressor(module, **settings, seed=0)
-        engine.calibration_enabled = False
-        with engine:
-            module.compute_loss(batch)
-        report = engine.last_report
-        return whole_step - report.original_bytes + report.held_bytes
+        return engine.step_saved_bytes(lambda: module.compute_loss(batch))[1]
 
     return DemoConfig(name, trainer_kwargs, tasks=tasks, measure_saved_bytes=measure)
 

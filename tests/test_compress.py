@@ -547,3 +547,19 @@ def test_gact_allocation_is_indexed_by_slot_when_some_slots_are_lossless():
     probed = engine.method.numels > 0
     assert probed.sum() == 4 and not probed.all()  # the dropout mask's slot was stored losslessly
     assert engine.method.average_bits() <= 2
+
+
+def test_step_saved_bytes_swaps_what_the_engine_compressed(digits_batch):
+    from effplug.profile import saved_bytes
+
+    x, y = digits_batch
+    model = DigitsResNet()
+    step = lambda: F.cross_entropy(model(x), y)
+    engine = ActivationCompressor(model, bits=4, seed=0).attach()
+    exact, compressed = engine.step_saved_bytes(step)
+    report = engine.last_report
+    assert compressed == exact - report.original_bytes + report.held_bytes
+    assert exact / compressed > 5
+    assert engine.attached  # left as it was
+    engine.detach()
+    assert exact == saved_bytes(step, parameters=model).activation_bytes

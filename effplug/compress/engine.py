@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_leaves
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
+from effplug.profile import saved_bytes
 
 log = logging.getLogger("effplug.compress")
 
@@ -587,6 +588,24 @@ class ActivationCompressor:
             )
         self.forward_count = int(state["forward_count"])
         self.method.load_state_dict(state["method"])
+
+    def step_saved_bytes(self, step) -> tuple[int, int]:
+        """Saved-for-backward bytes of ``step()`` (a forward and its loss) without and with compression.
+
+        The exact meter counts the whole step, loss included; with compression, what the engine compressed is
+        swapped for what it held. One forward each, no calibration; attachment is left as it was.
+        """
+        was_attached, was_enabled = self.attached, self.calibration_enabled
+        self.detach()
+        exact = saved_bytes(step, parameters=self.model).activation_bytes
+        self.calibration_enabled = False
+        with self:
+            step()
+        self.calibration_enabled = was_enabled
+        if was_attached:
+            self.attach()
+        report = self.last_report
+        return exact, exact - report.original_bytes + report.held_bytes
 
     def summary(self) -> dict:
         """Bytes of the last forward, for logs: original, held, ratio."""

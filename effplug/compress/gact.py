@@ -28,17 +28,17 @@ def _variance_factor(bits: int) -> float:
     return 1.0 / (2**bits - 1) ** 2
 
 
-def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: float, ladder=BIT_LADDER) -> list[int]:
-    """Greedy solution of GACT eq. 7; returns one width of ``ladder`` (8/4/2/1) per tensor."""
-    bits = [ladder[0]] * len(numels)
+def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: float) -> list[int]:
+    """Greedy solution of GACT eq. 7; returns one of 8/4/2/1 per tensor."""
+    bits = [BIT_LADDER[0]] * len(numels)
     budget = target_bits * sum(numels)
     used = sum(b * n for b, n in zip(bits, numels, strict=False))
     heap = []
 
     def push(i):
-        level = ladder.index(bits[i])
-        if level + 1 < len(ladder):
-            lower = ladder[level + 1]
+        level = BIT_LADDER.index(bits[i])
+        if level + 1 < len(BIT_LADDER):
+            lower = BIT_LADDER[level + 1]
             extra_var = sensitivity[i] * (_variance_factor(lower) - _variance_factor(bits[i]))
             freed = (bits[i] - lower) * numels[i]
             heapq.heappush(heap, (extra_var / freed, i, lower))

@@ -61,8 +61,8 @@ class MesaMethod:
         self.clip: dict[str, torch.Tensor] = {}
 
     def _update_range(self, key: str, x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.float().movedim(axis, -1).reshape(-1, x.shape[axis])
-        lo, hi = flat.amin(dim=0), flat.amax(dim=0)
+        others = tuple(d for d in range(x.ndim) if d != axis)  # reduce in place: no fp32 copy of x
+        lo, hi = x.amin(dim=others).float(), x.amax(dim=others).float()
         shift, clip = self.shift.get(key), self.clip.get(key)
         if shift is not None and shift.device != lo.device:  # resumed from a CPU checkpoint
             shift, clip = shift.to(lo.device), clip.to(lo.device)
