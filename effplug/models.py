@@ -8,12 +8,20 @@ from torch import nn
 from effplug._optional import require
 
 
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "hardtanh":
+        return nn.Hardtanh(inplace=True)
+    raise ValueError(f"activation={name!r} is not supported; use relu or hardtanh")
+
+
 class _BasicBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, activation: str = "relu"):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = _activation(activation)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
 
@@ -24,16 +32,20 @@ class _BasicBlock(nn.Module):
 
 
 class DigitsResNet(nn.Module):
-    """A small ResNet for 1x8x8 digits: stem, two residual stages around a max-pool, global average pool."""
+    """A small ResNet for 1x8x8 digits: stem, two residual stages around a max-pool, global average pool.
 
-    def __init__(self, width: int = 32, num_classes: int = 10):
+    ``activation="hardtanh"`` gives the binary-network variant (IR-Net's ResNets): sign() of a ReLU output
+    would be constant.
+    """
+
+    def __init__(self, width: int = 32, num_classes: int = 10, activation: str = "relu"):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), _activation(activation)
         )
-        self.stage1 = _BasicBlock(width)
+        self.stage1 = _BasicBlock(width, activation)
         self.pool = nn.MaxPool2d(2)
-        self.stage2 = _BasicBlock(width)
+        self.stage2 = _BasicBlock(width, activation)
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):

@@ -1,5 +1,6 @@
 """Lightning doors. Importing this package needs pytorch-lightning (``pip install 'effplug[lightning]'``)."""
 
 from effplug.callbacks.activation import ActivationCompression
+from effplug.callbacks.quant import Binarization, QuantizationAwareTraining
 
-__all__ = ["ActivationCompression"]
+__all__ = ["ActivationCompression", "Binarization", "QuantizationAwareTraining"]

@@ -57,28 +57,3 @@ class ActivationCompressionCallback(transformers.TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.engine is not None:
             self.engine.detach()
-
-
-class EffTrainer(transformers.Trainer):
-    """``transformers.Trainer`` plus effplug doors that need to see the loss before backward.
-
-    ``EffTrainer(model, args, ..., activation_compression=CompressionConfig(method="gact", bits=2))``
-    """
-
-    def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None, **kwargs):
-        config = activation_compression
-        if isinstance(config, dict):
-            config = CompressionConfig(**config)  # validate before the Trainer does any work
-        super().__init__(*args, **kwargs)
-        self.activation_callback = None
-        if config is not None:
-            self.activation_callback = ActivationCompressionCallback(config=config)
-            self.activation_callback.can_calibrate = True
-            self.add_callback(self.activation_callback)
-
-    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        engine = self.activation_callback.engine if self.activation_callback is not None else None
-        if engine is not None and engine.calibration_pending:
-            engine.calibrate(result[0] if return_outputs else result)
-        return result

@@ -121,21 +121,30 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
     plans, skipped = plan_layers(model, config)
     if not plans and not skipped:
         raise ValueError("no quantizable layers (nn.Linear, nn.Conv1d/2d, HF Conv1D) were found in the model")
-    modules = dict(model.named_modules())
-    for plan in plans:
-        module = modules[plan.name]
-        cls = quant_class_for(module)
+    def build(plan, module, cls):
         nested = config.bit_widths is not None and cls is not QuantEmbedding and not plan.edge
         weight_quant = _weight_quantizer(config, module, plan.weight_bits, cls.weight_channel_dim, nested)
         act_quant = _act_quantizer(config, plan.act_bits) if plan.act_bits is not None else None
-        quantized = cls.from_float(module, weight_quant, act_quant)
-        quantized.to(module.weight.device)
-        parent_name, _, child = plan.name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, quantized)
+        return weight_quant, act_quant
+
+    replace_layers(model, plans, build)
     for name, reason in skipped:
         log.info("effplug.quant: %s stays in floating point (%s)", name or "<root>", reason)
     model._effplug_qat_plan = plans
     return model
+
+
+def replace_layers(model: nn.Module, plans: list[LayerPlan], build) -> None:
+    """Swap each planned layer for its quantized class; ``build(plan, module, cls)`` gives the quantizers."""
+    modules = dict(model.named_modules())
+    for plan in plans:
+        module = modules[plan.name]
+        cls = quant_class_for(module)
+        weight_quant, act_quant = build(plan, module, cls)
+        quantized = cls.from_float(module, weight_quant, act_quant)
+        quantized.to(module.weight.device)
+        parent_name, _, child = plan.name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, quantized)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -285,7 +285,8 @@ class FakeQuantize(nn.Module):
         qmin, qmax = self.code_range()
         if self.estimator in ("lsq", "lsq+"):
             scale, zero = self.qparams(xf)
-            codes = torch.clamp(_round_ste(xf / scale) + zero, qmin, qmax)
+            # clamp before rounding: LSQ's inside/outside test is on x/s, not on the rounded value
+            codes = _round_ste(torch.clamp(xf / scale + zero, qmin, qmax))
             return ((codes - zero) * scale).to(dtype)
         if self.estimator == "pact":
             alpha = self._shape(xf, self.alpha.abs())

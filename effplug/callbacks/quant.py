@@ -1,0 +1,138 @@
+"""Lightning doors to ``effplug.quant``: ``QuantizationAwareTraining`` and ``Binarization``.
+
+Both swap layers in ``setup()`` (before ``configure_optimizers``, so learned step sizes are optimized) and
+keep their state in the Lightning checkpoint; both work with ``class_path`` in LightningCLI.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from effplug._optional import require
+from effplug.quant import QATConfig, multi_bit_loss, quantize_model, quantized_layers
+from effplug.quant import binary as _binary
+
+pl = require("pytorch_lightning", extra="lightning")
+
+
+def _loss_of(output):
+    return output["loss"] if isinstance(output, dict) else output
+
+
+class QuantizationAwareTraining(pl.Callback):
+    """Fake-quantize weights and layer inputs while training: ``Trainer(callbacks=[QuantizationAwareTraining(
+    weight_bits=4, act_bits=4, weight_estimator="lsq")])``, or pass ``config=QATConfig(...)``.
+
+    With ``bit_widths=[2, 3, 4, 8]`` (once-QAT) each ``training_step`` is run once per width and the
+    losses are summed (the paper's multi-objective loss); ``effplug.quant.set_bits(model, b)`` picks a
+    width afterwards. Learned scales and observer ranges are module state: the checkpoint carries them.
+    """
+
+    def __init__(self, weight_bits: int = 4, act_bits: int | None = 8, weight_estimator: str = "octav",
+                 act_estimator: str = "minmax", backend: str = "generic", per_channel: bool | None = None,
+                 first_last_bits: int | None = 8, exclude: list[str] | None = None, bits: dict | None = None,
+                 bit_widths: list[int] | None = None, quantize_embeddings: bool = False,
+                 config: QATConfig | None = None, log_stats: bool = True):
+        self.config = config if config is not None else QATConfig(
+            weight_bits=weight_bits, act_bits=act_bits, weight_estimator=weight_estimator,
+            act_estimator=act_estimator, backend=backend, per_channel=per_channel, first_last_bits=first_last_bits,
+            exclude=tuple(exclude or ()), bits=dict(bits or {}),
+            bit_widths=tuple(bit_widths) if bit_widths else None, quantize_embeddings=quantize_embeddings,
+        )
+        self.log_stats = log_stats
+        self._original_step = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(weight_bits=self.config.weight_bits, act_bits=self.config.act_bits)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if not quantized_layers(pl_module):  # every stage: a test/predict run loads quantized weights too
+            quantize_model(pl_module, self.config)
+        if self.config.bit_widths is not None and stage == "fit" and self._original_step is None:
+            self._wrap_training_step(pl_module)
+
+    def _wrap_training_step(self, pl_module) -> None:
+        original = self._original_step = pl_module.training_step
+        callback = self
+
+        def training_step(*args, **kwargs):
+            total, per_width = multi_bit_loss(pl_module, lambda: _loss_of(original(*args, **kwargs)))
+            if callback.log_stats:
+                pl_module.log_dict({f"qat/loss_{b}bit": v for b, v in per_width.items()}, on_step=True,
+                                   on_epoch=False, batch_size=1)
+            return total
+
+        pl_module.training_step = training_step
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._original_step is not None:
+            del pl_module.training_step  # drop the instance attribute: the class method shows through again
+            self._original_step = None
+        super().teardown(trainer, pl_module, stage)
+
+    def state_dict(self) -> dict:
+        return {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.__dict__.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("config")
+        if saved and saved.get("weight_bits") != self.config.weight_bits:
+            raise ValueError(f"this checkpoint was trained with weight_bits={saved.get('weight_bits')}, "
+                             f"the callback has {self.config.weight_bits}; use the same QAT settings to resume")
+
+
+class Binarization(pl.Callback):
+    """DIR-Net binarization: ``Trainer(callbacks=[Binarization()])`` on a model trained in float.
+
+    ``setup`` keeps a frozen float copy as the RBD teacher, binarizes the inner layers and runs DTE's
+    schedule over ``trainer.estimated_stepping_batches``. ``method="sign_ste"`` is the plain BNN baseline.
+    """
+
+    def __init__(self, method: str = "dirnet", distill_weight: float = 1.0, keep_first_last: bool = True,
+                 binarize_activations: bool = True, t_min: float = 0.1, t_max: float = 10.0,
+                 exclude: list[str] | None = None, config: _binary.BinarizationConfig | None = None,
+                 log_stats: bool = True):
+        self.config = config if config is not None else _binary.BinarizationConfig(
+            method=method, distill_weight=distill_weight, keep_first_last=keep_first_last,
+            binarize_activations=binarize_activations, t_min=t_min, t_max=t_max, exclude=tuple(exclude or ()))
+        self.log_stats = log_stats
+        self.engine: _binary.Binarization | None = None
+        self._pending_state: dict | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.engine is not None:
+            return
+        trainer_ref = pl_module._trainer
+        pl_module._trainer = None  # the teacher copy must not deep-copy the Trainer
+        try:
+            teacher = copy.deepcopy(pl_module) if self.config.method == "dirnet" and self.config.distill_weight else None
+        finally:
+            pl_module._trainer = trainer_ref
+        self.engine = _binary.Binarization(pl_module, self.config, teacher=teacher)
+        if self._pending_state is not None:
+            self.engine.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        total = max(int(trainer.estimated_stepping_batches), 1)
+        self.engine.set_progress(trainer.global_step / total)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.log_stats and self.engine is not None:
+            pl_module.log_dict({"bin/distill_loss": self.engine.last_distill_loss, "bin/t": self.engine.t},
+                               on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict:
+        return self.engine.state_dict() if self.engine is not None else dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        if self.engine is not None:
+            self.engine.load_state_dict(state_dict)
+        else:
+            self._pending_state = state_dict

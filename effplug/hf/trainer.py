@@ -1,0 +1,55 @@
+"""``EffTrainer``: ``transformers.Trainer`` plus the effplug doors that need to see or shape the loss."""
+
+from __future__ import annotations
+
+from effplug._optional import require
+from effplug.compress import CompressionConfig
+from effplug.hf.activation import ActivationCompressionCallback
+from effplug.hf.quant import apply_quantization
+from effplug.quant import QATConfig, multi_bit_loss
+
+transformers = require("transformers", extra="hf")
+
+
+class EffTrainer(transformers.Trainer):
+    """``EffTrainer(model, args, ..., activation_compression=..., quantization=...)``.
+
+    - ``activation_compression``: a ``CompressionConfig`` (or dict); GACT/COMET calibrate from the loss here.
+    - ``quantization``: a ``QATConfig`` (or dict); the model is converted before the optimizer exists. With
+      ``bit_widths`` (once-QAT) the loss is the sum over widths (``effplug.quant.multi_bit_loss``).
+    """
+
+    def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None,
+                 quantization: QATConfig | dict | None = None, **kwargs):
+        # validate before the Trainer does any work
+        compression = CompressionConfig(**activation_compression) if isinstance(activation_compression, dict) \
+            else activation_compression
+        self.quantization = QATConfig(**quantization) if isinstance(quantization, dict) else quantization
+        if self.quantization is not None:
+            model = kwargs.get("model", args[0] if args else None)
+            if model is None:
+                raise ValueError("EffTrainer(quantization=...) needs the model passed to the constructor")
+            apply_quantization(model, self.quantization)
+        super().__init__(*args, **kwargs)
+        self.activation_callback = None
+        if compression is not None:
+            self.activation_callback = ActivationCompressionCallback(config=compression)
+            self.activation_callback.can_calibrate = True
+            self.add_callback(self.activation_callback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        if self.quantization is not None and self.quantization.bit_widths is not None and model.training:
+            outputs = {}
+
+            def loss_at_width():
+                loss, outputs["last"] = super(EffTrainer, self).compute_loss(model, inputs, return_outputs=True, **kwargs)
+                return loss
+
+            loss, per_width = multi_bit_loss(model, loss_at_width)
+            result = (loss, outputs["last"]) if return_outputs else loss
+        else:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        engine = self.activation_callback.engine if self.activation_callback is not None else None
+        if engine is not None and engine.calibration_pending:
+            engine.calibrate(result[0] if return_outputs else result)
+        return result

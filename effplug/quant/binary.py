@@ -1,0 +1,251 @@
+"""DIR-Net binarization (Qin et al., IJCV 2022; after IR-Net, CVPR 2020): 1-bit weights and activations.
+
+Three parts, each following the paper's description and IR-Net's public formulation:
+
+- **IMB** (information-maximizing binarization, IR-Net's Libra-PB): per output channel the weight is
+  balanced and standardized, ``w^ = (w - mean_c(w)) / std_c(w)``, then ``Q_w = sign(w^) * s_c`` with the
+  power-of-two scale ``s_c = 2^round(log2(mean_c |w^|))`` (a bit shift at inference). ``Q_a = sign(a)``.
+- **DTE** (the two-stage estimator): forward ``sign(x)``, backward the derivative of ``k tanh(t x)``,
+  ``k t (1 - tanh^2(t x))``, with ``t = T_min 10^(p log10(T_max / T_min))`` over training progress ``p`` and
+  ``k = max(1/t, 1)``: stage one (``t < 1``) is near-identity, stage two sharpens towards ``sign``.
+- **RBD** (representation distillation): each binarized layer's output is pulled towards the
+  full-precision teacher's output for the same input, ``L_d = sum_l mean_i || f_s/|f_s| - f_t/|f_t| ||^2``.
+  The teacher is a frozen copy of the model taken before binarization. The term's gradient is added to the
+  student's activations during backward (the same as adding ``lambda L_d`` to the loss), so no door has to
+  change the user's loss.
+
+``method="sign_ste"`` gives the plain BNN baseline (Hubara et al. 2016): ``sign`` with a clipped
+straight-through estimator, no balance, scale or distillation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from effplug.quant.convert import LayerPlan, _matches, quantized_layers, replace_layers
+from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+
+METHODS = ("dirnet", "sign_ste")
+
+
+@dataclass(frozen=True)
+class BinarizationConfig:
+    """``method``: ``dirnet`` or ``sign_ste``; ``keep_first_last``: the first and last layers stay in
+    floating point (standard BNN practice, as in IR-Net); ``distill_weight``: lambda of RBD (0 turns it off);
+    ``t_min``/``t_max``: DTE's schedule end points; ``exclude``: fnmatch name patterns left in float."""
+
+    method: str = "dirnet"
+    keep_first_last: bool = True
+    binarize_activations: bool = True
+    distill_weight: float = 1.0
+    t_min: float = 0.1
+    t_max: float = 10.0
+    exclude: tuple = ()
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not supported; use one of {', '.join(METHODS)}")
+        if not 0 < self.t_min < self.t_max:
+            raise ValueError(f"need 0 < t_min < t_max; got t_min={self.t_min}, t_max={self.t_max}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight={self.distill_weight} must be >= 0 (0 turns distillation off)")
+        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
+
+
+class _SignDTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, t, k):
+        ctx.save_for_backward(x)
+        ctx.t, ctx.k = t, k
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.k * ctx.t * (1 - torch.tanh(ctx.t * x) ** 2), None, None
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1)
+
+
+class Binarizer(nn.Module):
+    """sign() with DTE or clipped-STE gradients; for weights, IMB's balance/standardize/pow2 scale first."""
+
+    def __init__(self, role: str, method: str, channel_dim: int = 0):
+        super().__init__()
+        self.role, self.method, self.channel_dim = role, method, channel_dim
+        self.bits = 1
+        self.enabled = True
+        self.t, self.k = 1.0, 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.role}, {self.method}, t={self.t:.3g}, k={self.k:.3g}"
+
+    def _sign(self, x):
+        return _SignSTE.apply(x) if self.method == "sign_ste" else _SignDTE.apply(x, self.t, self.k)
+
+    def forward(self, x):
+        if not self.enabled:
+            return x
+        if self.role == "act" or self.method == "sign_ste":
+            return self._sign(x)
+        w = x.movedim(self.channel_dim, 0)
+        rows = w.reshape(w.shape[0], -1)
+        shape = [-1] + [1] * (w.dim() - 1)
+        mean = rows.mean(dim=1).reshape(shape)
+        std = rows.std(dim=1).clamp_min(1e-8).reshape(shape)
+        balanced = (w - mean) / std
+        scale = torch.exp2(torch.round(torch.log2(balanced.abs().reshape(w.shape[0], -1).mean(dim=1)))).detach()
+        return (self._sign(balanced) * scale.reshape(shape)).movedim(0, self.channel_dim)
+
+
+def dte_schedule(progress: float, t_min: float, t_max: float) -> tuple[float, float]:
+    """DTE's ``(t, k)`` at training progress ``progress`` in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    t = t_min * 10 ** (p * math.log10(t_max / t_min))
+    return t, max(1.0 / t, 1.0)
+
+
+class Binarization:
+    """Binarize ``model`` in place and run DTE's schedule and RBD's distillation.
+
+    ``engine = Binarization(model, BinarizationConfig())``; call ``engine.set_progress(step / total)``
+    each step (the doors do). ``engine.last_distill_loss`` holds the latest ``L_d``.
+    """
+
+    def __init__(self, model: nn.Module, config: BinarizationConfig | None = None, teacher: nn.Module | None = None,
+                 **kwargs):
+        self.config = config if config is not None else BinarizationConfig(**kwargs)
+        self.model = model
+        self.teacher = None
+        if self.config.method == "dirnet" and self.config.distill_weight > 0:
+            # the float model before binarization; pass ``teacher`` when ``model`` cannot be deep-copied
+            self.teacher = (teacher if teacher is not None else copy.deepcopy(model)).eval().requires_grad_(False)
+        plans = self._plan()
+        if not plans:
+            raise ValueError("no layers to binarize: nn.Linear/nn.Conv1d/2d/HF Conv1D needed (first and last stay "
+                             "in float with keep_first_last=True)")
+        self.layer_names = [p.name for p in plans]
+        method = self.config.method
+
+        def build(plan, module, cls):
+            act = Binarizer("act", method) if self.config.binarize_activations else None
+            return Binarizer("weight", method, cls.weight_channel_dim), act
+
+        replace_layers(model, plans, build)
+        self.progress = 0.0
+        self.last_distill_loss = 0.0
+        self._teacher_out: dict = {}
+        self._depth = 0
+        self._handles = []
+        self._distill_sum = None
+        self.set_progress(0.0)
+        if self.teacher is not None:
+            self._attach_distillation()
+
+    def _plan(self) -> list[LayerPlan]:
+        names = [n for n, m in self.model.named_modules()
+                 if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
+                 and _matches(n, self.config.exclude) is None]
+        if self.config.keep_first_last:
+            names = names[1:-1]
+        return [LayerPlan(n, "", 1, 1 if self.config.binarize_activations else None) for n in names]
+
+    def binarizers(self):
+        return [m for m in self.model.modules() if isinstance(m, Binarizer)]
+
+    @property
+    def t(self) -> float:
+        return dte_schedule(self.progress, self.config.t_min, self.config.t_max)[0]
+
+    def set_progress(self, progress: float) -> None:
+        """Move DTE's schedule to ``progress`` (fraction of training done)."""
+        self.progress = float(progress)
+        t, k = dte_schedule(self.progress, self.config.t_min, self.config.t_max)
+        for b in self.binarizers():
+            b.t, b.k = t, k
+
+    # ---- RBD -----------------------------------------------------------------------------------------
+    def _attach_distillation(self) -> None:
+        teacher_modules = dict(self.teacher.named_modules())
+        for name in self.layer_names:
+            self._handles.append(teacher_modules[name].register_forward_hook(self._record_teacher(name)))
+        layers = quantized_layers(self.model)
+        for name in self.layer_names:
+            self._handles.append(layers[name].register_forward_hook(self._pull_towards_teacher(name)))
+        for name, module in self.model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+
+    def _enter(self, name: str):
+        def hook(module, args, kwargs):
+            if self._depth == 0 and module.training:
+                self._teacher_out = {}
+                self._distill_sum = 0.0
+                teacher = self.teacher.get_submodule(name) if name else self.teacher
+                device = next(module.parameters(), torch.empty(0)).device
+                if next(self.teacher.parameters()).device != device:
+                    self.teacher.to(device)
+                with torch.no_grad():
+                    teacher(*args, **kwargs)
+            self._depth += 1
+        return hook
+
+    def _leave(self, module, args, output):
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._distill_sum is not None:
+            self.last_distill_loss = float(self._distill_sum)
+
+    def _record_teacher(self, name: str):
+        def hook(module, args, output):
+            self._teacher_out[name] = output.detach()
+        return hook
+
+    def _pull_towards_teacher(self, name: str):
+        def hook(module, args, output):
+            target = self._teacher_out.pop(name, None)
+            if target is None or not output.requires_grad or target.shape != output.shape:
+                return None
+            with torch.enable_grad():
+                student = output.detach().float().requires_grad_(True)
+                s = student.reshape(student.shape[0], -1)
+                t = target.float().reshape(target.shape[0], -1)
+                diff = s / s.norm(dim=1, keepdim=True).clamp_min(1e-12) - t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                loss = self.config.distill_weight * diff.pow(2).sum(dim=1).mean()
+                (extra,) = torch.autograd.grad(loss, student)
+            self._distill_sum = (self._distill_sum or 0.0) + loss.detach()
+            extra = extra.to(output.dtype)
+            output.register_hook(lambda grad: grad + extra)
+            return None
+        return hook
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def state_dict(self) -> dict:
+        """DTE's progress and the teacher's weights (a resumed run has no float model to copy)."""
+        state = {"progress": torch.tensor(self.progress)}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_progress(float(state["progress"]))
+        if self.teacher is not None and "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])

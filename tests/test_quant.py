@@ -1,0 +1,414 @@
+"""effplug.quant: estimators against their formulas, fake quantizers, conversion, export parity, once-QAT, DIR-Net."""
+
+import math
+
+import pytest
+import torch
+
+from effplug.quant import (
+    FakeQuantize,
+    QATConfig,
+    binary,
+    export_quantized,
+    integer_model,
+    multi_bit_loss,
+    nested,
+    octav_clip,
+    quantize_model,
+    quantized_layers,
+    set_bits,
+)
+
+
+def _samples(dist: str, n: int = 50_000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dist == "gaussian":
+        return torch.randn(n, generator=g, dtype=torch.float64)
+    u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
+    if dist == "laplace":
+        return -torch.sign(u) * torch.log1p(-2 * u.abs())
+    # Student-t with 3 degrees of freedom: heavy tails
+    z = torch.randn(n, generator=g, dtype=torch.float64)
+    chi2 = torch.randn(3, n, generator=g, dtype=torch.float64).pow(2).sum(0)
+    return z / torch.sqrt(chi2 / 3)
+
+
+def _paper_mse(x: torch.Tensor, clips: torch.Tensor, bits: int) -> torch.Tensor:
+    """MSE of OCTAV's quantizer Q(x; s) = clip(s 2^(1-B) round(x 2^(B-1) / s), -s, s), for each clip."""
+    step = clips[:, None] * 2.0 ** (1 - bits)
+    q = torch.maximum(torch.minimum(step * torch.round(x[None] / step), clips[:, None]), -clips[:, None])
+    return (q - x[None]).pow(2).mean(dim=1)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "laplace", "student_t3"])
+def test_octav_clip_is_within_one_percent_of_brute_force_optimum(dist):
+    x = _samples(dist)
+    top = float(x.abs().max())
+    for bits in range(2, 9):
+        s = octav_clip(x.float(), bits).double()
+        coarse = torch.linspace(top / 400, top, 400, dtype=torch.float64)
+        errors = torch.cat([_paper_mse(x, c, bits) for c in coarse.split(50)])
+        best = coarse[errors.argmin()]
+        fine = torch.linspace(float(best) - top / 200, float(best) + top / 200, 400, dtype=torch.float64).clamp_min(1e-6)
+        oracle = torch.cat([_paper_mse(x, c, bits) for c in fine.split(50)]).min()
+        oracle = min(float(oracle), float(errors.min()))
+        ratio = float(_paper_mse(x, s.reshape(1), bits)) / oracle
+        assert ratio < 1.01, (dist, bits, ratio)
+
+
+def test_octav_clip_per_channel_equals_per_row_calls():
+    w = torch.randn(6, 50) * torch.arange(1, 7)[:, None]
+    per_channel = octav_clip(w, 4, per_channel_dim=0)
+    rows = torch.stack([octav_clip(w[i], 4) for i in range(6)])
+    assert per_channel.shape == (6,)
+    torch.testing.assert_close(per_channel, rows)
+    torch.testing.assert_close(octav_clip(w.t(), 4, per_channel_dim=1), rows)
+
+
+def test_octav_fixed_point_satisfies_its_equation():
+    x = _samples("laplace").float()
+    s = octav_clip(x, 4)
+    outside = x.abs() > s
+    rhs = x.abs()[outside].sum() / (4.0**-4 / 3 * (~outside).sum() + outside.sum())
+    assert abs(float(rhs - s)) <= 1e-4 * float(s)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 9, 3.5, True, "4"])
+def test_bad_bits_are_rejected_with_the_allowed_range(bad):
+    with pytest.raises(ValueError, match="weight_bits=.*use an integer from 2 to 8"):
+        QATConfig(weight_bits=bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"backend": "tpu9"}, "backend='tpu9' is not supported; use one of generic, tensorrt"),
+    ({"weight_estimator": "pact"}, "weight_estimator='pact' is not supported"),
+    ({"act_estimator": "dorefa"}, "act_estimator='dorefa' is not supported"),
+    ({"act_bits": 12}, "act_bits=12"),
+    ({"bit_widths": [4]}, "at least two widths"),
+    ({"bit_widths": [2, 4], "weight_estimator": "dorefa"}, "needs a symmetric weight grid"),
+    ({"bits": {"head": (4, 4, 4)}}, "give one integer or"),
+    ({"weight_gradient": "pwl"}, "weight_gradient='pwl'"),
+])
+def test_bad_configs_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QATConfig(**kwargs)
+
+
+def test_model_without_quantizable_layers_is_an_error():
+    with pytest.raises(ValueError, match="no quantizable layers"):
+        quantize_model(torch.nn.Sequential(torch.nn.ReLU()), QATConfig())
+
+
+def test_lsq_gradients_match_the_closed_form():
+    torch.manual_seed(0)
+    fq = FakeQuantize(4, "lsq", role="weight", mode="symmetric")
+    x = torch.randn(300) * 2
+    fq(x)  # initializes the step
+    with torch.no_grad():
+        fq.step.fill_(0.3)
+    x.requires_grad_(True)
+    fq(x).sum().backward()
+    qmin, qmax = -8, 7
+    v = x.detach() / 0.3
+    expected = torch.where(v <= qmin, float(qmin), torch.where(v >= qmax, float(qmax), torch.round(v) - v))
+    g = 1 / math.sqrt(x.numel() * qmax)  # LSQ's gradient scale
+    torch.testing.assert_close(fq.step.grad, (expected.sum() * g).reshape(1), rtol=1e-5, atol=1e-6)
+    inside = (v > qmin) & (v < qmax)
+    torch.testing.assert_close(x.grad, inside.float())
+
+
+def test_lsq_init_follows_the_paper():
+    w = torch.randn(3, 40)
+    fq = FakeQuantize(4, "lsq", role="weight", mode="symmetric", channel_dim=0, channels=3)
+    fq(w)
+    torch.testing.assert_close(fq.step.detach(), 2 * w.abs().mean(dim=1) / math.sqrt(7))
+
+
+def test_pact_gradients_match_the_paper():
+    torch.manual_seed(0)
+    fq = FakeQuantize(4, "pact", role="act", mode="unsigned")
+    x = torch.randn(500).relu() * 3
+    fq(x)
+    with torch.no_grad():
+        fq.alpha.fill_(2.0)
+    x.requires_grad_(True)
+    out = fq(x)
+    out.sum().backward()
+    assert torch.equal(fq.alpha.grad, (x.detach() >= 2.0).float().sum().reshape(1))  # PACT eq. 3
+    torch.testing.assert_close(x.grad, ((x.detach() >= 0) & (x.detach() < 2.0)).float())
+    levels = torch.round(out.detach() / (2.0 / 15))
+    torch.testing.assert_close(out.detach(), levels * (2.0 / 15))
+    assert float(out.detach().max()) <= 2.0 + 1e-6
+
+
+def test_mad_gradient_is_clip_over_magnitude_outside_the_range():
+    fq = FakeQuantize(4, "minmax", role="weight", mode="symmetric", gradient="mad")
+    with torch.no_grad():
+        fq(torch.tensor([-1.0, 1.0]))  # clip = 1
+    x = torch.tensor([0.5, -0.9, 2.0, -4.0], requires_grad=True)
+    fq.initialized.fill_(True)
+    fq._cache_key = fq._weight_cache_key(x)  # keep clip = 1 for this input
+    fq(x).sum().backward()
+    scale = 1.0 / 8
+    high, low = 7 * scale, -1.0
+    expected = torch.tensor([1.0, 1.0, high / 2.0, abs(low) / 4.0])
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_dorefa_weights_lie_on_its_grid():
+    w = torch.randn(8, 16) * 0.3
+    fq = FakeQuantize(3, "dorefa", role="weight")
+    out = fq(w)
+    unit = (out / w.abs().max() + 1) / 2 * 7  # back to quantize_k's integer levels
+    torch.testing.assert_close(unit, torch.round(unit), atol=1e-5, rtol=0)
+    assert out.abs().max() <= w.abs().max() + 1e-6
+
+
+def test_auto_mode_picks_unsigned_after_relu_and_symmetric_otherwise():
+    a, b = FakeQuantize(4, "minmax", role="act", mode="auto"), FakeQuantize(4, "minmax", role="act", mode="auto")
+    a(torch.rand(100))
+    b(torch.randn(100))
+    assert (a.mode, a.code_range()) == ("unsigned", (0, 15))
+    assert (b.mode, b.code_range()) == ("symmetric", (-8, 7))
+
+
+def test_activation_ranges_follow_an_ema_and_eval_uses_it():
+    fq = FakeQuantize(8, "minmax", role="act", mode="symmetric", momentum=0.5)
+    fq(torch.full((10,), 2.0))
+    fq(torch.full((10,), 4.0))
+    assert float(fq.clip) == pytest.approx(3.0)
+    fq.eval()
+    fq(torch.full((10,), 100.0))
+    assert float(fq.clip) == pytest.approx(3.0)
+
+
+def test_bf16_in_bf16_out():
+    fq = FakeQuantize(4, "octav", role="weight", channel_dim=0, channels=4)
+    out = fq(torch.randn(4, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+
+
+def _digits_resnet(**kw):
+    from effplug.models import DigitsResNet
+
+    torch.manual_seed(0)
+    return DigitsResNet(width=8, **kw)
+
+
+def test_conversion_follows_preset_rules_first_last_exclude_and_per_layer_bits():
+    model = quantize_model(_digits_resnet(), QATConfig(weight_bits=4, act_bits=4, backend="tensorrt",
+                                                       exclude=("stage2.conv2",), bits={"stage1.conv2": (3, 6)}))
+    layers = quantized_layers(model)
+    assert "stage2.conv2" not in layers and type(model.stage2.conv2) is torch.nn.Conv2d
+    assert (layers["stem.0"].weight_quant.bits, layers["stem.0"].act_quant.bits) == (8, 8)
+    assert (layers["head"].weight_quant.bits, layers["head"].act_quant.bits) == (8, 8)
+    assert (layers["stage1.conv2"].weight_quant.bits, layers["stage1.conv2"].act_quant.bits) == (3, 6)
+    assert (layers["stage1.conv1"].weight_quant.bits, layers["stage1.conv1"].act_quant.bits) == (4, 4)
+    w = layers["stage1.conv1"].weight_quant
+    assert w.channel_dim == 0 and w.code_range() == (-7, 7)  # tensorrt: per-channel, restricted range
+    assert layers["stage1.conv1"].act_quant.mode == "symmetric"
+    model(torch.randn(4, 1, 8, 8))
+    codes, _, zero = w.integer_codes(layers["stage1.conv1"].weight)
+    assert codes.min() >= -7 and codes.max() <= 7 and float(zero) == 0
+
+
+def test_presets_fbgemm_reduce_range_vitis_power_of_two_snpe_affine_weights():
+    fb = quantized_layers(quantize_model(_digits_resnet(), QATConfig(weight_bits=8, act_bits=8, backend="fbgemm",
+                                                                    act_estimator="octav")))
+    act = fb["stage1.conv1"].act_quant
+    assert act.mode == "asymmetric" and act.code_range() == (0, 127) and act.estimator == "minmax"
+    vitis = quantize_model(_digits_resnet(), QATConfig(weight_bits=4, act_bits=4, backend="vitis"))
+    vitis(torch.randn(4, 1, 8, 8))
+    for layer in quantized_layers(vitis).values():
+        _, scale, _ = layer.weight_quant.integer_codes(layer.weight)
+        assert torch.equal(torch.log2(scale), torch.round(torch.log2(scale)))
+        assert layer.weight_quant.channel_dim is None
+    snpe = quantized_layers(quantize_model(_digits_resnet(), QATConfig(backend="snpe")))
+    assert snpe["stage1.conv1"].weight_quant.mode == "asymmetric"
+
+
+@pytest.mark.parametrize("weight_estimator, act_estimator, backend", [
+    ("octav", "minmax", "generic"), ("lsq", "lsq", "generic"), ("minmax", "pact", "tensorrt"),
+    ("dorefa", "minmax", "fbgemm"), ("lsq", "lsq+", "snpe"), ("mse", "percentile", "vitis"),
+    ("percentile", "octav", "onednn"),
+])
+def test_export_integer_forward_matches_fake_quant_forward(weight_estimator, act_estimator, backend):
+    model = quantize_model(_digits_resnet(), QATConfig(weight_bits=4, act_bits=4, weight_estimator=weight_estimator,
+                                                       act_estimator=act_estimator, backend=backend))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):  # move learned scales and EMA ranges off their initial values
+        opt.zero_grad()
+        model(torch.randn(16, 1, 8, 8)).logsumexp(-1).sum().backward()
+        opt.step()
+    model.eval()
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        exported = export_quantized(model)
+        got = integer_model(model, exported)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert exported["stage1.conv1.weight_int"].dtype in (torch.int8, torch.uint8)
+    assert all(isinstance(v, torch.Tensor) for v in exported.values())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])
+def test_hf_models_convert_and_the_optimizer_covers_every_parameter(arch):
+    from effplug import models
+
+    torch.manual_seed(0)
+    model = {"gpt2": models.tiny_gpt2, "bert": lambda: models.tiny_bert(vocab_size=128), "llama": models.tiny_llama}[arch]()
+    before = {id(p) for p in model.parameters()}
+    quantize_model(model, QATConfig(weight_bits=4, act_bits=8, weight_estimator="lsq", act_estimator="lsq",
+                                    quantize_embeddings=True))
+    params = list(model.parameters())
+    assert before <= {id(p) for p in params}  # the float weights are the same objects
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    covered = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert covered == {id(p) for p in model.parameters()}
+    ids = torch.randint(0, 128, (2, 12))
+    out = model(ids).logits
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None for p in params)
+    kinds = {type(m).__name__ for m in quantized_layers(model).values()}
+    assert "QuantEmbedding" in kinds and ("QuantConv1D" in kinds if arch == "gpt2" else "QuantLinear" in kinds)
+    if arch == "gpt2":
+        assert model.lm_head.weight is model.transformer.wte.weight  # tying survives
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(integer_model(model, export_quantized(model))(ids).logits, model(ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_converting_twice_is_a_no_op():
+    model = quantize_model(_digits_resnet(), QATConfig())
+    first = {n: type(m) for n, m in model.named_modules()}
+    quantize_model(model, QATConfig())
+    assert {n: type(m) for n, m in model.named_modules()} == first
+
+
+def test_state_dict_round_trip_restores_learned_scales(tmp_path):
+    config = QATConfig(weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="pact")
+    model = quantize_model(_digits_resnet(), config)
+    x = torch.randn(8, 1, 8, 8)
+    model(x)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("step", "alpha")):
+                p.mul_(1.7)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    fresh = quantize_model(_digits_resnet(), config)
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+
+
+# ---- once-QAT ---------------------------------------------------------------------------------------------
+
+def test_cascade_codes_are_nested_bit_planes():
+    q = nested.NestedWeightQuantizer((2, 3, 4, 8), channel_dim=0, channels=5)
+    w = torch.randn(5, 64)
+    q(w)
+    top = q.codes(w, 8).long()
+    for b in (2, 3, 4):
+        assert torch.equal(q.codes(w, b).long(), top >> (8 - b))
+        assert q.codes(w, b).max() <= 2**b - 1
+    # each width is the mid-rise quantizer of its own step (cascade of floors == one floor)
+    step = q.step.detach().reshape(-1, 1)
+    for b in (2, 4, 8):
+        q.bits = b
+        s_b = step * 2 ** (8 - b)
+        direct = torch.clamp(torch.floor(w / s_b + 2 ** (b - 1)), 0, 2**b - 1)
+        torch.testing.assert_close(q(w), (direct + 0.5 - 2 ** (b - 1)) * s_b)
+
+
+def test_once_qat_switches_widths_sums_losses_and_exports_every_width():
+    model = quantize_model(_digits_resnet(), QATConfig(bit_widths=[2, 4, 8], act_bits=8))
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    model(x)  # train-mode forward: ranges initialized; eval keeps them fixed for the comparison
+    model.eval()
+    losses = {}
+    for b in (2, 4, 8):
+        set_bits(model, b)
+        losses[b] = float(torch.nn.functional.cross_entropy(model(x), y))
+    total, per_width = multi_bit_loss(model, lambda: torch.nn.functional.cross_entropy(model(x), y))
+    assert float(total) == pytest.approx(sum(losses.values()), rel=1e-5)
+    assert {b: float(v) for b, v in per_width.items()} == pytest.approx(losses, rel=1e-5)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for b in (2, 4, 8):
+        set_bits(model, b)
+        with torch.no_grad():
+            torch.testing.assert_close(integer_model(model, export_quantized(model))(x), model(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="bits=3 is not one of this model's bit_widths"):
+        set_bits(model, 3)
+    with pytest.raises(ValueError, match="no once-QAT layers"):
+        set_bits(quantize_model(_digits_resnet(), QATConfig()), 4)
+
+
+# ---- DIR-Net ----------------------------------------------------------------------------------------------
+
+def test_imb_weights_are_balanced_signs_with_power_of_two_scales():
+    b = binary.Binarizer("weight", "dirnet", channel_dim=0)
+    w = torch.randn(6, 3, 3, 3) + torch.arange(6).reshape(6, 1, 1, 1)
+    out = b(w)
+    for c in range(6):
+        values = out[c].unique()
+        assert len(values) == 2 and float(values[0]) == -float(values[1])
+        assert math.log2(float(values[1])) == round(math.log2(float(values[1])))
+        standardized = (w[c] - w[c].mean()) / w[c].std()
+        assert torch.equal(out[c] > 0, standardized >= 0)
+
+
+def test_dte_schedule_and_gradient():
+    assert binary.dte_schedule(0.0, 0.1, 10.0) == pytest.approx((0.1, 10.0))
+    assert binary.dte_schedule(1.0, 0.1, 10.0) == pytest.approx((10.0, 1.0))
+    t, k = binary.dte_schedule(0.5, 0.1, 10.0)
+    assert (t, k) == pytest.approx((1.0, 1.0))
+    b = binary.Binarizer("act", "dirnet")
+    b.t, b.k = 2.0, 1.0
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    b(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2.0 * (1 - torch.tanh(2.0 * x.detach()) ** 2))
+    ste = binary.Binarizer("act", "sign_ste")
+    x2 = x.detach().clone().requires_grad_(True)
+    ste(x2).sum().backward()
+    assert torch.equal(x2.grad, (x2.detach().abs() <= 1).float())
+
+
+def test_rbd_gradient_equals_adding_the_distillation_loss():
+    model = _digits_resnet(activation="hardtanh")
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    teacher = __import__("copy").deepcopy(model).eval()
+    engine = binary.Binarization(model, binary.BinarizationConfig(distill_weight=0.5))
+    assert engine.layer_names == ["stage1.conv1", "stage1.conv2", "stage2.conv1", "stage2.conv2"]
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    hooked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # the same loss written out by hand, with the hooks off
+    engine.detach()
+    model.zero_grad()
+    features, targets = {}, {}
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: features.__setitem__(n, o))
+               for n in engine.layer_names]
+    handles += [teacher.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: targets.__setitem__(n, o))
+                for n in engine.layer_names]
+    with torch.no_grad():
+        teacher(x)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    for n in engine.layer_names:
+        s, t = features[n].flatten(1), targets[n].flatten(1)
+        loss = loss + 0.5 * (s / s.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)).pow(2).sum(1).mean()
+    loss.backward()
+    for h in handles:
+        h.remove()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(hooked[n], p.grad, rtol=1e-4, atol=1e-6)
+    assert engine.last_distill_loss > 0
+
+
+def test_binarization_config_errors():
+    with pytest.raises(ValueError, match="method='xnor' is not supported; use one of dirnet, sign_ste"):
+        binary.BinarizationConfig(method="xnor")
+    with pytest.raises(ValueError, match="no layers to binarize"):
+        binary.Binarization(torch.nn.Sequential(torch.nn.Linear(2, 2)))
