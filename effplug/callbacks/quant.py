@@ -55,6 +55,7 @@ class QuantizationAwareTraining(pl.Callback):
 
     def _wrap_training_step(self, pl_module) -> None:
         original = self._original_step = pl_module.training_step
+        self._step_was_patched = "training_step" in pl_module.__dict__  # someone else's instance override
         callback = self
 
         def training_step(*args, **kwargs):
@@ -68,7 +69,10 @@ class QuantizationAwareTraining(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._original_step is not None:
-            del pl_module.training_step  # drop the instance attribute: the class method shows through again
+            if self._step_was_patched:
+                pl_module.training_step = self._original_step
+            else:
+                del pl_module.training_step  # the class method shows through again
             self._original_step = None
         super().teardown(trainer, pl_module, stage)
 

@@ -49,6 +49,24 @@ def _pow2_ste(scale: torch.Tensor) -> torch.Tensor:
     return scale + (torch.exp2(torch.ceil(torch.log2(scale))) - scale).detach()
 
 
+def _agree_across_ranks(values: tuple, asymmetric: bool) -> tuple:
+    """Data-parallel ranks see different batches: average clips (min/max for affine ranges) so every rank
+    keeps the same activation ranges, as DDP keeps the same weights."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    out = []
+    for i, v in enumerate(values):
+        v = v.clone()
+        if asymmetric:
+            dist.all_reduce(v, op=dist.ReduceOp.MIN if i == 0 else dist.ReduceOp.MAX)
+        else:
+            dist.all_reduce(v)
+            v /= dist.get_world_size()
+        out.append(v)
+    return tuple(out)
+
+
 class _QuantizeDequantize(torch.autograd.Function):
     """Round-to-nearest on a fixed grid; backward is clipped STE or magnitude-aware (MAD)."""
 
@@ -192,6 +210,8 @@ class FakeQuantize(nn.Module):
         else:
             new = (self._estimate_clip(x).reshape(-1),)
             old = (self.clip,)
+        if self.role == "act":
+            new = _agree_across_ranks(new, asymmetric=self.mode == "asymmetric")
         weight = 1.0 if (self.role == "weight" or not bool(self.initialized)) else self.momentum
         for buffer, value in zip(old, new, strict=True):
             buffer.mul_(1 - weight).add_(value.to(buffer.dtype) * weight)

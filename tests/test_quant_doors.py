@@ -1,0 +1,222 @@
+"""QAT and binarization through their doors: real Lightning (and LightningCLI), real HF Trainer, DDP on gloo."""
+
+import os
+
+import pytest
+import torch
+
+from effplug.quant import QATConfig, quantize_model, quantized_layers, set_bits
+
+pl = pytest.importorskip("pytorch_lightning")
+transformers = pytest.importorskip("transformers")
+
+
+def _digits(batch_size=64, n=512, **model_kw):
+    from effplug.data import digits
+    from effplug.lit_modules import ClassifierModule
+    from effplug.models import DigitsResNet
+
+    split = digits()
+    data = torch.utils.data.TensorDataset(split.train_x[:n], split.train_y[:n])
+    return ClassifierModule(DigitsResNet(width=16, **model_kw)), torch.utils.data.DataLoader(data, batch_size=batch_size)
+
+
+def _trainer(root, steps, callbacks, **kw):
+    return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=root, callbacks=callbacks, **kw)
+
+
+def _learned(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if n.endswith(("step", "alpha"))}
+
+
+def test_lightning_qat_trains_optimizes_scales_checkpoints_and_resumes(tmp_path):
+    from effplug.callbacks import QuantizationAwareTraining
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits()
+    callback = QuantizationAwareTraining(weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="pact")
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=4)
+    trainer = _trainer(tmp_path, 4, [callback, ckpt], accumulate_grad_batches=2)
+    trainer.fit(module, loader)
+    optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in module.parameters()}  # learned scales are in the optimizer
+    learned = _learned(module)
+    assert len(learned) == 2 * len(quantized_layers(module))
+    initial = _learned(quantize_model(_digits()[0], callback.config))
+    assert any(not torch.equal(learned[n], initial[n]) for n in learned if n in initial)  # they moved
+
+    resumed_cb = QuantizationAwareTraining(weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="pact")
+    module2, _ = _digits()
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("learned", _learned(pl_module))
+
+    _trainer(tmp_path, 6, [resumed_cb, Probe()], accumulate_grad_batches=2).fit(
+        module2, loader, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert seen["learned"].keys() == learned.keys()
+    assert all(torch.equal(seen["learned"][n], learned[n]) for n in learned)
+
+    with pytest.raises(ValueError, match="trained with weight_bits=4, the callback has 2"):
+        QuantizationAwareTraining(weight_bits=2).load_state_dict(
+            torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"][callback.state_key])
+
+
+def test_lightning_once_qat_runs_every_width_and_restores_training_step(tmp_path):
+    from effplug.callbacks import QuantizationAwareTraining
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits()
+    calls = []
+    original = module.training_step
+
+    def counting_step(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    module.training_step = counting_step
+    callback = QuantizationAwareTraining(bit_widths=[2, 4, 8], act_bits=8, log_stats=False)
+    _trainer(tmp_path, 3, [callback]).fit(module, loader)
+    assert len(calls) == 9  # three widths per step
+    assert module.training_step is counting_step  # the callback's wrapper is gone after fit
+    module.eval()
+    x = loader.dataset.tensors[0][:64]
+    outputs = {}
+    for b in (2, 4, 8):
+        set_bits(module, b)
+        with torch.no_grad():
+            outputs[b] = module(x)
+    assert not torch.equal(outputs[2], outputs[8])
+
+
+def test_lightning_binarization_keeps_teacher_and_progress_across_resume(tmp_path):
+    from effplug.callbacks import Binarization
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits(activation="hardtanh")
+    callback = Binarization()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3)
+    _trainer(tmp_path, 3, [callback, ckpt]).fit(module, loader)
+    assert callback.engine.last_distill_loss > 0
+    assert callback.engine.progress == pytest.approx(2 / 3)
+    teacher = {k: v.clone() for k, v in callback.engine.teacher.state_dict().items()}
+    module2, _ = _digits(activation="hardtanh")
+    resumed = Binarization()
+    _trainer(tmp_path, 4, [resumed]).fit(module2, loader, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert resumed.engine.progress == pytest.approx(3 / 4)
+    restored = resumed.engine.teacher.state_dict()
+    assert all(torch.equal(restored[k], teacher[k]) for k in teacher)  # not module2's fresh float weights
+
+
+def test_lightning_cli_accepts_both_callbacks_by_class_path(tmp_path):
+    from pytorch_lightning.cli import LightningCLI
+
+    from effplug.lit_modules import ClassifierModule
+
+    args = [
+        "--model.model.class_path=effplug.models.DigitsResNet", "--model.model.init_args.width=8",
+        "--trainer.accelerator=cpu", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=effplug.callbacks.QuantizationAwareTraining",
+        "--trainer.callbacks.weight_bits=3", "--trainer.callbacks.weight_estimator=lsq",
+        "--trainer.callbacks+=effplug.callbacks.Binarization", "--trainer.callbacks.method=sign_ste",
+    ]
+    cli = LightningCLI(ClassifierModule, run=False, args=args, save_config_kwargs={"overwrite": True})
+    kinds = {type(c).__name__: c for c in cli.trainer.callbacks}
+    assert kinds["QuantizationAwareTraining"].config.weight_bits == 3
+    assert kinds["QuantizationAwareTraining"].config.weight_estimator == "lsq"
+    assert kinds["Binarization"].config.method == "sign_ste"
+
+
+def _char_lm_rows(n=48, block=32):
+    from effplug.data import stdlib_text
+
+    corpus = stdlib_text(max_chars=50_000)
+    x, _ = corpus.windows("train", block, n, seed=0)
+    return corpus.vocab_size, [{"input_ids": a, "labels": a} for a in x]
+
+
+def _hf_args(path, **kw):
+    return transformers.TrainingArguments(output_dir=str(path), per_device_train_batch_size=8, learning_rate=3e-3,
+                                          report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps",
+                                          save_steps=2, logging_steps=1, **kw)
+
+
+def test_hf_apply_quantization_callback_and_eff_trainer_once_qat(tmp_path):
+    from effplug.hf import BinarizationCallback, EffTrainer, QuantizationCallback, apply_quantization
+    from effplug.models import tiny_gpt2
+
+    vocab, rows = _char_lm_rows()
+    config = QATConfig(weight_bits=4, act_bits=8, weight_estimator="lsq", act_estimator="lsq")
+    torch.manual_seed(0)
+    model = apply_quantization(tiny_gpt2(vocab_size=vocab, n_positions=32), config)
+    trainer = transformers.Trainer(model=model, args=_hf_args(tmp_path / "fn", max_steps=2), train_dataset=rows)
+    trainer.train()
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in model.parameters()}
+
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    trainer = transformers.Trainer(model=model, args=_hf_args(tmp_path / "cb", max_steps=2), train_dataset=rows,
+                                   callbacks=[QuantizationCallback(config)])
+    assert quantized_layers(model)  # converted in on_init_end, before the optimizer exists
+    trainer.train()
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    eff = EffTrainer(model=model, args=_hf_args(tmp_path / "once", max_steps=2), train_dataset=rows,
+                     quantization={"bit_widths": [2, 4, 8], "act_bits": 8})
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    eff.train()
+    assert len(calls) == 6
+
+    binarizer = BinarizationCallback(method="dirnet")
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    transformers.Trainer(model=model, args=_hf_args(tmp_path / "bin", max_steps=2), train_dataset=rows,
+                         callbacks=[binarizer]).train()
+    assert binarizer.engine.last_distill_loss > 0 and binarizer.engine.progress == pytest.approx(0.5)
+    assert (tmp_path / "bin" / "checkpoint-2" / "effplug_binarization.pt").exists()
+
+    with pytest.raises(ValueError, match="use effplug.hf.EffTrainer"):
+        QuantizationCallback(QATConfig(bit_widths=[2, 4]))
+    with pytest.raises(ValueError, match="act_bits=16"):
+        EffTrainer(model=torch.nn.Linear(2, 2), quantization={"act_bits": 16})
+
+
+def _ddp_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    from effplug.models import DigitsResNet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    net = quantize_model(DigitsResNet(width=8), QATConfig(weight_bits=4, act_bits=4, weight_estimator="octav"))
+    model = torch.nn.parallel.DistributedDataParallel(net)  # quantize before wrapping
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(rank)
+    for _ in range(3):
+        x, y = torch.randn(16, 1, 8, 8, generator=gen) * (1 + rank), torch.randint(0, 10, (16,), generator=gen)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    state = torch.cat([b.float().flatten() for n, b in net.named_buffers() if n.endswith("clip")])
+    gathered = [torch.zeros_like(state) for _ in range(world)]
+    dist.all_gather(gathered, state)
+    results[rank] = torch.equal(gathered[0], gathered[1])
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_keep_identical_activation_ranges():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    assert results[0] and results[1]
