@@ -25,8 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from effplug import data, models  # noqa: E402
+import tasks  # noqa: E402
+
+from effplug import models  # noqa: E402
 from effplug.compress import ActivationCompressor, CompressionConfig  # noqa: E402
 from effplug.envinfo import environment  # noqa: E402
 from effplug.profile import StepTimer, saved_bytes  # noqa: E402
@@ -59,60 +62,11 @@ class CheckpointedResNet(models.DigitsResNet):
 
 
 def digits_task(seed: int, checkpointed: bool, device):
-    split = data.digits()
-    torch.manual_seed(seed)
-    model = (CheckpointedResNet if checkpointed else models.DigitsResNet)(width=32).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    train_x, train_y = split.train_x.to(device), split.train_y.to(device)
-
-    def batches(steps, batch=64):
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            idx = torch.randint(0, len(train_x), (batch,), generator=gen).to(device)
-            yield train_x[idx], train_y[idx]
-
-    def loss_fn(x, y):
-        return F.cross_entropy(model(x), y)
-
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        acc = (model(split.test_x.to(device)).argmax(-1) == split.test_y.to(device)).float().mean().item()
-        model.train()
-        return acc
-
-    return model, opt, batches, loss_fn, evaluate, "accuracy"
+    return tasks.digits_task(seed, device, model_class=CheckpointedResNet if checkpointed else models.DigitsResNet)
 
 
-def char_lm_task(seed: int, checkpointed: bool, device, block: int = 64):
-    corpus = data.stdlib_text(max_chars=1_000_000)
-    train_x, train_y = corpus.windows("train", block, 8192, seed=0)
-    val_x, val_y = corpus.windows("val", block, 256, seed=1)
-    torch.manual_seed(seed)
-    model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4).to(device)
-    if checkpointed:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-
-    def batches(steps, batch=32):
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            idx = torch.randint(0, len(train_x), (batch,), generator=gen)
-            yield train_x[idx].to(device), train_y[idx].to(device)
-
-    def loss_fn(x, y):  # the loss is computed outside the model, so it stays exact
-        logits = model(input_ids=x).logits
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        loss = sum(loss_fn(val_x[i : i + 64].to(device), val_y[i : i + 64].to(device)).item() for i in range(0, 256, 64)) / 4
-        model.train()
-        return loss
-
-    return model, opt, batches, loss_fn, evaluate, "val loss"
+def char_lm_task(seed: int, checkpointed: bool, device):
+    return tasks.char_lm_task(seed, device, checkpointed=checkpointed)
 
 
 TASKS = {"digits": digits_task, "char-gpt2": char_lm_task}

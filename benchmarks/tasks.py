@@ -1,0 +1,75 @@
+"""The embedded benchmark tasks, shared by every script in ``benchmarks/``.
+
+Each builder returns ``(model, optimizer, batches, loss_fn, evaluate, metric)``. ``prepare(model)`` runs
+before the optimizer is built (QAT conversion, binarization), so parameters it adds are optimized.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from effplug import data, models
+
+
+def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None, lr: float = 3e-3, **model_kw):
+    split = data.digits()
+    torch.manual_seed(seed)
+    model = model_class(width=model_kw.pop("width", 32), **model_kw).to(device)
+    if prepare is not None:
+        model = prepare(model) or model
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train_x, train_y = split.train_x.to(device), split.train_y.to(device)
+
+    def batches(steps, batch=64):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train_x), (batch,), generator=gen).to(device)
+            yield train_x[idx], train_y[idx]
+
+    def loss_fn(x, y):
+        return F.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def evaluate():
+        was_training = model.training
+        model.eval()
+        acc = (model(split.test_x.to(device)).argmax(-1) == split.test_y.to(device)).float().mean().item()
+        model.train(was_training)
+        return acc
+
+    return model, opt, batches, loss_fn, evaluate, "accuracy"
+
+
+def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, block: int = 64, lr: float = 3e-3):
+    corpus = data.stdlib_text(max_chars=1_000_000)
+    train_x, train_y = corpus.windows("train", block, 8192, seed=0)
+    val_x, val_y = corpus.windows("val", block, 256, seed=1)
+    torch.manual_seed(seed)
+    model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4).to(device)
+    if checkpointed:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if prepare is not None:
+        model = prepare(model) or model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def batches(steps, batch=32):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train_x), (batch,), generator=gen)
+            yield train_x[idx].to(device), train_y[idx].to(device)
+
+    def loss_fn(x, y):  # the loss is computed outside the model
+        logits = model(input_ids=x).logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate():
+        was_training = model.training
+        model.eval()
+        loss = sum(loss_fn(val_x[i : i + 64].to(device), val_y[i : i + 64].to(device)).item() for i in range(0, 256, 64)) / 4
+        model.train(was_training)
+        return loss
+
+    return model, opt, batches, loss_fn, evaluate, "val loss"
