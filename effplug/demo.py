@@ -106,6 +106,22 @@ register_demo_config(
 )
 
 
+def _qat_row(name: str, tasks: tuple = (), **settings) -> DemoConfig:
+    """A row for ``effplug.callbacks.QuantizationAwareTraining`` (first and last layers at 8 bits)."""
+
+    def trainer_kwargs():
+        from effplug.callbacks import QuantizationAwareTraining
+
+        return {"callbacks": [QuantizationAwareTraining(**settings)]}
+
+    return DemoConfig(name, trainer_kwargs, tasks=tasks)
+
+
+register_demo_config(_qat_row("lsq W4A4 QAT", weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="lsq"))
+register_demo_config(_qat_row("octav W4A4 QAT", tasks=("digits-resnet",), weight_bits=4, act_bits=4,
+                              weight_estimator="octav", act_estimator="octav"))
+
+
 def _default_saved_bytes(module, batch) -> int:
     module.train()
     return saved_bytes(lambda: module.compute_loss(batch), parameters=module).activation_bytes
