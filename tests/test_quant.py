@@ -330,7 +330,7 @@ def test_once_qat_switches_widths_sums_losses_and_exports_every_width():
     losses = {}
     for b in (2, 4, 8):
         set_bits(model, b)
-        losses[b] = float(torch.nn.functional.cross_entropy(model(x), y))
+        losses[b] = torch.nn.functional.cross_entropy(model(x), y).item()
     total, per_width = multi_bit_loss(model, lambda: torch.nn.functional.cross_entropy(model(x), y))
     assert float(total) == pytest.approx(sum(losses.values()), rel=1e-5)
     assert {b: float(v) for b, v in per_width.items()} == pytest.approx(losses, rel=1e-5)
