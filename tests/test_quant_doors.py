@@ -220,3 +220,22 @@ def test_ddp_ranks_keep_identical_activation_ranges():
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert results[0] and results[1]
+
+
+def test_recipes_run_end_to_end(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    results = load("lightning_qat_digits").main(["--max-steps", "3", "--bit-widths", "2", "8",
+                                                 "--out", str(tmp_path / "l")])
+    assert set(results) == {2, 8}
+    assert all(abs(fake - real) <= 0.01 for fake, real in results.values())  # export keeps the predictions
+    assert (tmp_path / "l" / "export_w2.pt").exists()
+    out = load("hf_qat_gpt2").main(["--max-steps", "2", "--out", str(tmp_path / "h")])
+    assert out["parity"] < 1e-3 and out["eval_loss"] > 0
