@@ -97,7 +97,7 @@ def run_binary(seed: int, steps: int, device) -> list:
 
         def prepare(model, settings=settings, engines=engines):
             model.load_state_dict(pretrained)
-            engines.append(binary.Binarization(model, binary.BinarizationConfig(**settings)))
+            engines.append(binary.Binarizer(model, binary.BinarizationConfig(**settings)))
             return model
 
         parts = tasks.digits_task(seed, device, prepare=prepare, activation="hardtanh")

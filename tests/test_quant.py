@@ -349,7 +349,7 @@ def test_once_qat_switches_widths_sums_losses_and_exports_every_width():
 # ---- DIR-Net ----------------------------------------------------------------------------------------------
 
 def test_imb_weights_are_balanced_signs_with_power_of_two_scales():
-    b = binary.Binarizer("weight", "dirnet", channel_dim=0)
+    b = binary.SignQuantizer("weight", "dirnet", channel_dim=0)
     w = torch.randn(6, 3, 3, 3) + torch.arange(6).reshape(6, 1, 1, 1)
     out = b(w)
     for c in range(6):
@@ -365,12 +365,12 @@ def test_dte_schedule_and_gradient():
     assert binary.dte_schedule(1.0, 0.1, 10.0) == pytest.approx((10.0, 1.0))
     t, k = binary.dte_schedule(0.5, 0.1, 10.0)
     assert (t, k) == pytest.approx((1.0, 1.0))
-    b = binary.Binarizer("act", "dirnet")
+    b = binary.SignQuantizer("act", "dirnet")
     b.t, b.k = 2.0, 1.0
     x = torch.linspace(-2, 2, 41, requires_grad=True)
     b(x).sum().backward()
     torch.testing.assert_close(x.grad, 2.0 * (1 - torch.tanh(2.0 * x.detach()) ** 2))
-    ste = binary.Binarizer("act", "sign_ste")
+    ste = binary.SignQuantizer("act", "sign_ste")
     x2 = x.detach().clone().requires_grad_(True)
     ste(x2).sum().backward()
     assert torch.equal(x2.grad, (x2.detach().abs() <= 1).float())
@@ -380,7 +380,7 @@ def test_rbd_gradient_equals_adding_the_distillation_loss():
     model = _digits_resnet(activation="hardtanh")
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     teacher = __import__("copy").deepcopy(model).eval()
-    engine = binary.Binarization(model, binary.BinarizationConfig(distill_weight=0.5))
+    engine = binary.Binarizer(model, binary.BinarizationConfig(distill_weight=0.5))
     assert engine.layer_names == ["stage1.conv1", "stage1.conv2", "stage2.conv1", "stage2.conv2"]
     model.train()
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -411,4 +411,4 @@ def test_binarization_config_errors():
     with pytest.raises(ValueError, match="method='xnor' is not supported; use one of dirnet, sign_ste"):
         binary.BinarizationConfig(method="xnor")
     with pytest.raises(ValueError, match="no layers to binarize"):
-        binary.Binarization(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        binary.Binarizer(torch.nn.Sequential(torch.nn.Linear(2, 2)))

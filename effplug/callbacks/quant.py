@@ -101,7 +101,7 @@ class Binarization(pl.Callback):
             method=method, distill_weight=distill_weight, keep_first_last=keep_first_last,
             binarize_activations=binarize_activations, t_min=t_min, t_max=t_max, exclude=tuple(exclude or ()))
         self.log_stats = log_stats
-        self.engine: _binary.Binarization | None = None
+        self.engine: _binary.Binarizer | None = None
         self._pending_state: dict | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -114,7 +114,7 @@ class Binarization(pl.Callback):
             teacher = copy.deepcopy(pl_module) if self.config.method == "dirnet" and self.config.distill_weight else None
         finally:
             pl_module._trainer = trainer_ref
-        self.engine = _binary.Binarization(pl_module, self.config, teacher=teacher)
+        self.engine = _binary.Binarizer(pl_module, self.config, teacher=teacher)
         if self._pending_state is not None:
             self.engine.load_state_dict(self._pending_state)
             self._pending_state = None

@@ -50,13 +50,13 @@ class BinarizationCallback(transformers.TrainerCallback):
 
     def __init__(self, config: _binary.BinarizationConfig | None = None, **kwargs):
         self.config = config if config is not None else _binary.BinarizationConfig(**kwargs)
-        self.engine: _binary.Binarization | None = None
+        self.engine: _binary.Binarizer | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("BinarizationCallback needs the model; use it with transformers.Trainer")
         if self.engine is None:
-            self.engine = _binary.Binarization(model, self.config)
+            self.engine = _binary.Binarizer(model, self.config)
 
     def on_train_begin(self, args, state, control, **kwargs):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", BINARIZATION_STATE_FILE)

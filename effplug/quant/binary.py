@@ -82,7 +82,7 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1)
 
 
-class Binarizer(nn.Module):
+class SignQuantizer(nn.Module):
     """sign() with DTE or clipped-STE gradients; for weights, IMB's balance/standardize/pow2 scale first."""
 
     def __init__(self, role: str, method: str, channel_dim: int = 0):
@@ -120,10 +120,10 @@ def dte_schedule(progress: float, t_min: float, t_max: float) -> tuple[float, fl
     return t, max(1.0 / t, 1.0)
 
 
-class Binarization:
+class Binarizer:
     """Binarize ``model`` in place and run DTE's schedule and RBD's distillation.
 
-    ``engine = Binarization(model, BinarizationConfig())``; call ``engine.set_progress(step / total)``
+    ``engine = Binarizer(model, BinarizationConfig())``; call ``engine.set_progress(step / total)``
     each step (the doors do). ``engine.last_distill_loss`` holds the latest ``L_d``.
     """
 
@@ -143,8 +143,8 @@ class Binarization:
         method = self.config.method
 
         def build(plan, module, cls):
-            act = Binarizer("act", method) if self.config.binarize_activations else None
-            return Binarizer("weight", method, cls.weight_channel_dim), act
+            act = SignQuantizer("act", method) if self.config.binarize_activations else None
+            return SignQuantizer("weight", method, cls.weight_channel_dim), act
 
         replace_layers(model, plans, build)
         self.progress = 0.0
@@ -166,7 +166,7 @@ class Binarization:
         return [LayerPlan(n, "", 1, 1 if self.config.binarize_activations else None) for n in names]
 
     def binarizers(self):
-        return [m for m in self.model.modules() if isinstance(m, Binarizer)]
+        return [m for m in self.model.modules() if isinstance(m, SignQuantizer)]
 
     @property
     def t(self) -> float:

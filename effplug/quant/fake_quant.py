@@ -172,7 +172,6 @@ class FakeQuantize(nn.Module):
         if self.estimator == "percentile":
             return estimators.percentile_clip(data, self.percentile, self.channel_dim)
         if self.estimator == "mse":
-            qmin, qmax = self.code_range()
             return estimators.mse_clip(data, divisor, self.mode == "symmetric", self.channel_dim)
         if self.estimator == "octav":
             init = self.clip if bool(self.initialized) else None

@@ -67,7 +67,7 @@ class NestedWeightQuantizer(nn.Module):
         """Integer codes at ``bits`` by cascade downsampling from the top width (exact integers)."""
         bits = self.bits if bits is None else bits
         with torch.no_grad():
-            u = self.top_codes(w.float(), self._shape(w, self.step.abs()))
+            u = self.top_codes(w.float(), self._shape(w, self.step.abs().clamp_min(1e-8)))
             for _ in range(self.top - bits):
                 u = torch.floor(u / 2)
         return u
