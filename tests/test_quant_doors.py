@@ -78,7 +78,7 @@ def test_lightning_once_qat_runs_every_width_and_restores_training_step(tmp_path
 
     module.training_step = counting_step
     callback = QuantizationAwareTraining(bit_widths=[2, 4, 8], act_bits=8, log_stats=False)
-    _trainer(tmp_path, 3, [callback]).fit(module, loader)
+    _trainer(tmp_path, 3, [callback], precision="bf16-mixed").fit(module, loader)
     assert len(calls) == 9  # three widths per step
     assert module.training_step is counting_step  # the callback's wrapper is gone after fit
     module.eval()
