@@ -5,6 +5,7 @@ import torch
 
 from effplug.kernels import (
     dispatch,
+    fake_quantize,
     log_quantize,
     packed_nbytes,
     pow2_decode,
@@ -217,6 +218,36 @@ def test_triton_topk_matches_reference(use_backend, dtype, ratio):
     for name, x in inputs.items():
         (rv, ri), (tv, ti) = _run_both(use_backend, lambda: topk_select(x, ratio))
         assert torch.equal(ri, ti) and _bits_equal(rv, tv), name
+
+
+@pytestmark_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_fake_quantize_matches_reference(use_backend, dtype):
+    for name, x in odd_inputs(dtype).items():
+        cases = [(torch.tensor(0.37), torch.tensor(0.0), -8, 7, None), (torch.tensor(0.05), torch.tensor(3.0), 0, 15, None)]
+        if x.dim() == 2 and x.numel():
+            cases.append((torch.rand(x.shape[0]) + 0.1, torch.zeros(x.shape[0]), -128, 127, 0))
+            cases.append((torch.rand(x.shape[1]) + 0.1, torch.arange(x.shape[1]).float() % 4, 0, 255, 1))
+        for scale, zero, qmin, qmax, dim in cases:
+            ref, tri = _run_both(use_backend, lambda: fake_quantize(x, scale, zero, qmin, qmax, dim))
+            assert ref.shape == tri.shape == x.shape and ref.dtype == tri.dtype == x.dtype
+            if dtype == torch.bfloat16:  # interpreter truncation: 1 ulp
+                ulp = ref.float().abs().clamp_min(1e-30) * 2.0**-7
+                assert ((ref.float() - tri.float()).abs() <= ulp).all(), name
+            else:
+                assert _bits_equal(ref, tri), (name, dim)
+
+
+def test_fake_quantize_rounds_half_to_even_and_clamps(backend):
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 100.0, -100.0, 0.24])
+    out = fake_quantize(x, torch.tensor(1.0), torch.tensor(0.0), -8, 7)
+    assert out.tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 7.0, -8.0, 0.0]
+    affine = fake_quantize(torch.tensor([0.0, 0.1, 1.0]), 0.1, 2.0, 0, 7)  # zero maps to code 2 exactly
+    assert affine[0] == 0 and abs(float(affine[1]) - 0.1) < 1e-7 and abs(float(affine[2]) - 0.5) < 1e-6
+    with pytest.raises(ValueError, match="one per channel"):
+        fake_quantize(torch.randn(4, 3), torch.ones(2), 0.0, -8, 7, channel_dim=0)
+    with pytest.raises(ValueError, match="qmin < qmax"):
+        fake_quantize(torch.randn(4), 1.0, 0.0, 7, -8)
 
 
 # -- pow2 and LUQ semantics -----------------------------------------------------------------------------

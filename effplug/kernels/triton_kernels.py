@@ -224,3 +224,31 @@ def topk_select(flat, threshold, k):
         flat, values, indices, n, thr, needed_ties, above_before, ties_before, BLOCK=block
     )
     return values, indices
+
+
+@triton.jit
+def _fake_quantize_kernel(x_ptr, out_ptr, inv_ptr, scale_ptr, zero_ptr, n, channels, inner, qmin, qmax,
+                          BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    channel = (offs // inner) % channels
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    inv = tl.load(inv_ptr + channel, mask=mask, other=1.0)
+    scale = tl.load(scale_ptr + channel, mask=mask, other=1.0)
+    zero = tl.load(zero_ptr + channel, mask=mask, other=0.0)
+    v = x * inv
+    r = tl.floor(v + 0.5)  # round half to even, as torch.round: step back from odd results of exact ties
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    r = tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
+    codes = tl.minimum(tl.maximum(r + zero, tl.cast(qmin, tl.float32)), tl.cast(qmax, tl.float32))
+    out = (codes - zero) * scale
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def fake_quantize(x, inv_scale, scale, zero, qmin, qmax, channels, inner):
+    n = x.numel()
+    out = torch.empty_like(x)
+    block = interpreter_block(n, gpu_block=1024)
+    _fake_quantize_kernel[(triton.cdiv(n, block),)](x, out, inv_scale, scale, zero, n, channels, inner, qmin, qmax,
+                                                    BLOCK=block)
+    return out

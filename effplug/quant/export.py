@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from effplug import kernels
 from effplug.quant.convert import quantized_layers
 from effplug.quant.modules import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear
 
@@ -94,7 +95,7 @@ class IntegerLayer(nn.Module):
         dtype = x.dtype
         if self.input is not None:
             scale, zero, qmin, qmax = self.input
-            codes = torch.clamp(torch.round(x.float() / scale) + zero, float(qmin), float(qmax))
+            codes = kernels.quantization_codes(x, scale, zero, int(qmin), int(qmax))
             x, x_scale = (codes - zero).double(), scale.double()  # exact integers
         else:
             x, x_scale = x.double(), torch.ones((), dtype=torch.float64, device=x.device)

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from effplug import kernels
 from effplug.quant import estimators
 
 MODES = ("symmetric", "unsigned", "asymmetric", "auto")
@@ -68,25 +69,25 @@ def _agree_across_ranks(values: tuple, asymmetric: bool) -> tuple:
 
 
 class _QuantizeDequantize(torch.autograd.Function):
-    """Round-to-nearest on a fixed grid; backward is clipped STE or magnitude-aware (MAD)."""
+    """Round-to-nearest on a fixed grid (``effplug.kernels.fake_quantize``: Triton on CUDA); backward is
+    the clipped STE or magnitude-aware (MAD)."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, mad):
-        codes = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
-        low, high = (qmin - zero_point) * scale, (qmax - zero_point) * scale
-        ctx.save_for_backward(x, low, high)
+    def forward(ctx, x, scale, zero_point, qmin, qmax, mad, channel_dim):
+        out = kernels.fake_quantize(x, scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, channel_dim)
+        ctx.save_for_backward(x, (qmin - zero_point) * scale, (qmax - zero_point) * scale)
         ctx.mad = mad
-        return (codes - zero_point) * scale
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, low, high = ctx.saved_tensors
         inside = (x >= low) & (x <= high)
         if not ctx.mad:
-            return grad * inside, None, None, None, None, None
+            return grad * inside, None, None, None, None, None, None
         bound = torch.where(x > high, high, low).abs()
         factor = torch.where(inside, torch.ones_like(x), bound / x.abs().clamp_min(1e-30))
-        return grad * factor, None, None, None, None, None
+        return grad * factor, None, None, None, None, None, None
 
 
 class FakeQuantize(nn.Module):
@@ -273,7 +274,8 @@ class FakeQuantize(nn.Module):
                 return self._dorefa(x.float(), codes_only=True)
             scale, zero = self.qparams(x.float())
             qmin, qmax = self.code_range()
-            codes = torch.clamp(torch.round(x.float() / scale) + zero, qmin, qmax)
+            dim = self.channel_dim if scale.dim() else None
+            codes = kernels.quantization_codes(x, scale.reshape(-1), zero.reshape(-1), qmin, qmax, dim)
             return codes, scale, zero
 
     def _dorefa(self, w: torch.Tensor, codes_only: bool = False):
@@ -305,15 +307,18 @@ class FakeQuantize(nn.Module):
         if self.estimator in ("lsq", "lsq+"):
             scale, zero = self.qparams(xf)
             # clamp before rounding: LSQ's inside/outside test is on x/s, not on the rounded value
-            codes = _round_ste(torch.clamp(xf / scale + zero, qmin, qmax))
+            codes = _round_ste(torch.clamp(xf * scale.reciprocal() + zero, qmin, qmax))
             return ((codes - zero) * scale).to(dtype)
         if self.estimator == "pact":
             alpha = self._shape(xf, self.alpha.abs())
             clipped = torch.minimum(xf, alpha)
             clipped = torch.maximum(clipped, -alpha) if self.mode == "symmetric" else clipped.clamp_min(0)
             scale, _ = self.qparams(xf)
-            quantized = torch.clamp(torch.round(clipped / scale), qmin, qmax) * scale
+            dim = self.channel_dim if scale.dim() else None
+            quantized = kernels.fake_quantize(clipped.detach(), scale.reshape(-1), 0.0, qmin, qmax, dim)
             return (clipped + (quantized - clipped).detach()).to(dtype)
         scale, zero = self.qparams(xf)
-        out = _QuantizeDequantize.apply(xf, scale, zero, qmin, qmax, self.gradient == "mad")
+        dim = self.channel_dim if scale.dim() else None
+        out = _QuantizeDequantize.apply(xf, scale.detach(), torch.as_tensor(zero, device=xf.device).detach(),
+                                        qmin, qmax, self.gradient == "mad", dim)
         return out.to(dtype)
