@@ -412,3 +412,28 @@ def test_binarization_config_errors():
         binary.BinarizationConfig(method="xnor")
     with pytest.raises(ValueError, match="no layers to binarize"):
         binary.Binarizer(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_once_qat_keeps_batchnorm_statistics_per_width_through_a_checkpoint(tmp_path):
+    config = QATConfig(bit_widths=[2, 8], act_bits=8)
+    model = quantize_model(_digits_resnet(), config)
+    x = torch.randn(32, 1, 8, 8)
+    for _ in range(3):
+        multi_bit_loss(model, lambda: model(x).logsumexp(-1).mean())[0].backward()
+    bn = model.stage1.bn1
+    assert bn.running_var is bn.running_var_w8  # the live statistics are the current width's slot
+    assert not torch.allclose(bn.running_var_w2, bn.running_var_w8)
+    set_bits(model, 2)
+    assert bn.running_var is bn.running_var_w2 and int(bn.effplug_width) == 2
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    torch.save(model.state_dict(), tmp_path / "once.pt")  # saved at width 2
+    fresh = quantize_model(_digits_resnet(), config)
+    fresh.load_state_dict(torch.load(tmp_path / "once.pt", weights_only=True))
+    fresh.eval()
+    assert fresh.stage1.bn1.running_var is fresh.stage1.bn1.running_var_w2
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected)
+    set_bits(fresh, 8)
+    torch.testing.assert_close(fresh.stage1.bn1.running_var, bn.running_var_w8)

@@ -11,7 +11,7 @@ from torch import nn
 from effplug.quant.config import QATConfig
 from effplug.quant.fake_quant import FakeQuantize
 from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
-from effplug.quant.nested import NestedWeightQuantizer
+from effplug.quant.nested import NestedWeightQuantizer, prepare_width_statistics
 
 log = logging.getLogger("effplug.quant")
 
@@ -128,6 +128,8 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
         return weight_quant, act_quant
 
     replace_layers(model, plans, build)
+    if config.bit_widths is not None:
+        prepare_width_statistics(model, config.bit_widths)
     for name, reason in skipped:
         log.info("effplug.quant: %s stays in floating point (%s)", name or "<root>", reason)
     model._effplug_qat_plan = plans

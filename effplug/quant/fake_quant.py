@@ -272,6 +272,8 @@ class FakeQuantize(nn.Module):
         with torch.no_grad():
             if self.estimator == "dorefa":
                 return self._dorefa(x.float(), codes_only=True)
+            if self.role == "weight":
+                self.observe(x.float())  # the range the next forward would use (refreshed if the weight moved)
             scale, zero = self.qparams(x.float())
             qmin, qmax = self.code_range()
             dim = self.channel_dim if scale.dim() else None

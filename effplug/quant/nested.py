@@ -7,6 +7,10 @@ bit-planes of the ``B``-bit codes (the paper's basic layer plus ``b - min`` enha
 puts each code at the centre of the ``B``-bit codes it stands for, ``w_b = (u_b + 1/2 - 2^(b-1)) s 2^(B-b)``.
 Training minimises the paper's multi-objective loss ``sum_b lambda_b L(f(x; w_b))`` (``multi_bit_loss``).
 The step ``s`` is learned with LSQ's straight-through gradient and gradient scale.
+
+BatchNorm keeps one set of running statistics per width, switched by ``set_bits`` (as in any-precision
+networks, Jin et al. 2020): each width's activations have their own scale, and one shared running
+variance fits none of them in eval. Affine BN parameters stay shared.
 """
 
 from __future__ import annotations
@@ -36,11 +40,19 @@ class NestedWeightQuantizer(nn.Module):
         super().__init__()
         self.bit_widths = tuple(sorted(bit_widths))
         self.top = self.bit_widths[-1]
-        self.bits = self.top
+        self.register_buffer("active_bits", torch.tensor(self.top))  # a buffer: checkpoints keep the width
         self.channel_dim = channel_dim
         self.enabled = True
         self.step = nn.Parameter(torch.ones(channels if channel_dim is not None else 1))
         self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def bits(self) -> int:
+        return int(self.active_bits)
+
+    @bits.setter
+    def bits(self, value: int) -> None:
+        self.active_bits.fill_(value)
 
     def extra_repr(self) -> str:
         return f"bit_widths={list(self.bit_widths)}, bits={self.bits}"
@@ -105,13 +117,57 @@ def bit_widths_of(model: nn.Module) -> tuple:
     return quantizers[0].bit_widths
 
 
+_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _tracked_batchnorms(model: nn.Module) -> list:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+
+
+def prepare_width_statistics(model: nn.Module, bit_widths: tuple) -> None:
+    """Give every BatchNorm one slot of running statistics per width (buffers, so checkpoints keep them).
+
+    The live buffers (``running_mean``...) are the *same tensors* as the current width's slot, and a switch
+    re-points them: no in-place copy, so a switch between forward and backward never touches a tensor
+    autograd saved.
+    """
+    top = max(bit_widths)
+    for bn in _tracked_batchnorms(model):
+        if hasattr(bn, "effplug_width"):
+            continue
+        for b in bit_widths:
+            for name in _BN_STATS:
+                live = getattr(bn, name)
+                bn.register_buffer(f"{name}_w{b}", live if b == top else live.detach().clone())
+        bn.register_buffer("effplug_width", torch.tensor(top))
+        bn.register_load_state_dict_post_hook(_realias_after_load)
+
+
+def _point_live_statistics(bn: nn.Module, bits: int) -> None:
+    for name in _BN_STATS:
+        bn._buffers[name] = bn._buffers[f"{name}_w{bits}"]
+
+
+def _realias_after_load(bn, incompatible_keys) -> None:
+    _point_live_statistics(bn, int(bn.effplug_width))
+
+
+def _switch_width_statistics(model: nn.Module, bits: int) -> None:
+    for bn in _tracked_batchnorms(model):
+        if hasattr(bn, "effplug_width") and int(bn.effplug_width) != bits:
+            _point_live_statistics(bn, bits)
+            bn.effplug_width.fill_(bits)
+
+
 def set_bits(model: nn.Module, bits: int) -> nn.Module:
-    """Switch every once-QAT layer of ``model`` to ``bits`` (one of the converted ``bit_widths``)."""
+    """Switch every once-QAT layer of ``model`` (and its BatchNorm statistics) to ``bits``."""
     widths = bit_widths_of(model)
     if bits not in widths:
         raise ValueError(f"bits={bits!r} is not one of this model's bit_widths {list(widths)}")
     for q in nested_quantizers(model):
         q.bits = bits
+    _switch_width_statistics(model, bits)
     return model
 
 
