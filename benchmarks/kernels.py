@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from effplug.envinfo import environment  # noqa: E402
 from effplug.kernels import (  # noqa: E402
     dispatch,
+    fake_quantize,
     log_quantize,
     packed_nbytes,
     pow2_encode,
@@ -59,6 +60,8 @@ def cases(x: torch.Tensor):
     yield "pow2_round", lambda: pow2_round(x, seed=1), 2 * n * elem
     yield "pow2_encode (8-bit codes)", lambda: pow2_encode(x, seed=1), n * elem + n
     yield "log_quantize 4-bit", lambda: log_quantize(x, 4, seed=1), 2 * n * elem
+    scale = torch.tensor(0.05, device=x.device)
+    yield "fake_quantize per-tensor", lambda: fake_quantize(x, scale, 0.0, -8, 7), 2 * n * elem
     k = max(1, n // 100)
     yield "topk_select 1%", lambda: topk_select(x, 0.01), n * elem + k * (elem + 8)
 

@@ -437,3 +437,18 @@ def test_once_qat_keeps_batchnorm_statistics_per_width_through_a_checkpoint(tmp_
         torch.testing.assert_close(fresh(x), expected)
     set_bits(fresh, 8)
     torch.testing.assert_close(fresh.stage1.bn1.running_var, bn.running_var_w8)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("triton"), reason="triton not installed")
+def test_fake_quant_model_is_bit_identical_on_triton_and_torch_kernels(use_backend):
+    outputs = {}
+    for name in ("torch", "triton"):
+        use_backend(name)
+        model = quantize_model(_digits_resnet(), QATConfig(weight_bits=4, act_bits=4, weight_estimator="octav",
+                                                           act_estimator="minmax", backend="tensorrt"))
+        x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        out = model(x)
+        out.square().sum().backward()
+        outputs[name] = (out.detach(), x.grad)
+    assert torch.equal(outputs["torch"][0], outputs["triton"][0])
+    assert torch.equal(outputs["torch"][1], outputs["triton"][1])
