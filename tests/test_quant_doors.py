@@ -178,6 +178,13 @@ def test_hf_apply_quantization_callback_and_eff_trainer_once_qat(tmp_path):
                          callbacks=[binarizer]).train()
     assert binarizer.engine.last_distill_loss > 0 and binarizer.engine.progress == pytest.approx(0.5)
     assert (tmp_path / "bin" / "checkpoint-2" / "effplug_binarization.pt").exists()
+    teacher = {k: v.clone() for k, v in binarizer.engine.teacher.state_dict().items()}
+    resumed = BinarizationCallback(method="dirnet")
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)  # fresh float weights: not the teacher
+    transformers.Trainer(model=model, args=_hf_args(tmp_path / "bin", max_steps=3), train_dataset=rows,
+                         callbacks=[resumed]).train(resume_from_checkpoint=str(tmp_path / "bin" / "checkpoint-2"))
+    restored = resumed.engine.teacher.state_dict()
+    assert all(torch.equal(restored[k], teacher[k]) for k in teacher)
 
     with pytest.raises(ValueError, match="use effplug.hf.EffTrainer"):
         QuantizationCallback(QATConfig(bit_widths=[2, 4]))
