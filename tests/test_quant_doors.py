@@ -246,3 +246,22 @@ def test_recipes_run_end_to_end(tmp_path):
     assert (tmp_path / "l" / "export_w2.pt").exists()
     out = load("hf_qat_gpt2").main(["--max-steps", "2", "--out", str(tmp_path / "h")])
     assert out["parity"] < 1e-2 and out["eval_loss"] > 0  # float32 vs exact integer sums: rare one-code flips
+
+
+@pytest.mark.parametrize("qat_first", [True, False])
+def test_qat_composes_with_activation_compression(tmp_path, qat_first):
+    from effplug.callbacks import ActivationCompression, QuantizationAwareTraining
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits()
+    qat = QuantizationAwareTraining(weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="lsq")
+    act = ActivationCompression(method="actnn", bits=4, seed=0)
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["ratio"] = act.engine.last_report.ratio
+            seen["layers"] = len(quantized_layers(pl_module))
+
+    _trainer(tmp_path, 2, [qat, act, Probe()] if qat_first else [act, qat, Probe()]).fit(module, loader)
+    assert seen["layers"] == 6 and seen["ratio"] > 3
