@@ -246,7 +246,8 @@ class FakeQuantize(nn.Module):
             if self.role == "act":
                 n = x[0].numel() if x.dim() > 1 else x.numel()  # LSQ: N is the number of features
             step = _scale_grad(self.step, 1.0 / math.sqrt(n * max(qmax, 1)))
-            scale = self._shape(x, step)
+            # |s|, floored: an optimizer step can push s through zero (Adam moves it by ~lr whatever its size)
+            scale = self._shape(x, step.abs().clamp_min(1e-8))
             zero = torch.zeros((), device=x.device)
         elif self.estimator == "lsq+":
             n = x[0].numel() if (self.role == "act" and x.dim() > 1) else x.numel()
