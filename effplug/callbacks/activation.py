@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from effplug._optional import require
+from effplug.callbacks._engine_state import EngineStateMixin
 from effplug.compress import ActivationCompressor, CompressionConfig
 
 pl = require("pytorch_lightning", extra="lightning")
 
 
-class ActivationCompression(pl.Callback):
+class ActivationCompression(EngineStateMixin, pl.Callback):
     """Store the activations your LightningModule saves for backward in 1-8 bits.
 
     ``Trainer(callbacks=[ActivationCompression(method="gact", bits=2)])``. The engine attaches to the
@@ -31,9 +32,7 @@ class ActivationCompression(pl.Callback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.engine is None:
             self.engine = ActivationCompressor(pl_module, self.config).attach()
-            if self._pending_state is not None:
-                self.engine.load_state_dict(self._pending_state)
-                self._pending_state = None
+            self._restore_pending_state()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and self.engine is not None:
@@ -52,15 +51,3 @@ class ActivationCompression(pl.Callback):
             stats = {f"act/{k}": float(v) for k, v in self.engine.summary().items()}
             pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
 
-    def state_dict(self) -> dict:
-        if self.engine is not None:
-            return self.engine.state_dict()
-        return dict(self._pending_state or {})
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if not state_dict:
-            return
-        if self.engine is not None:
-            self.engine.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict

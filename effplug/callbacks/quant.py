@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 from effplug._optional import require
+from effplug.callbacks._engine_state import EngineStateMixin
 from effplug.quant import QATConfig, multi_bit_loss, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
 
@@ -86,7 +87,7 @@ class QuantizationAwareTraining(pl.Callback):
                              f"the callback has {self.config.weight_bits}; use the same QAT settings to resume")
 
 
-class Binarization(pl.Callback):
+class Binarization(EngineStateMixin, pl.Callback):
     """DIR-Net binarization: ``Trainer(callbacks=[Binarization()])`` on a model trained in float.
 
     ``setup`` keeps a frozen float copy as the RBD teacher, binarizes the inner layers and runs DTE's
@@ -115,9 +116,7 @@ class Binarization(pl.Callback):
         finally:
             pl_module._trainer = trainer_ref
         self.engine = _binary.Binarizer(pl_module, self.config, teacher=teacher)
-        if self._pending_state is not None:
-            self.engine.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self._restore_pending_state()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
@@ -129,14 +128,3 @@ class Binarization(pl.Callback):
         if self.log_stats and self.engine is not None:
             pl_module.log_dict({"bin/distill_loss": self.engine.last_distill_loss, "bin/t": self.engine.t},
                                on_step=True, on_epoch=False, batch_size=1)
-
-    def state_dict(self) -> dict:
-        return self.engine.state_dict() if self.engine is not None else dict(self._pending_state or {})
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if not state_dict:
-            return
-        if self.engine is not None:
-            self.engine.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict

@@ -37,6 +37,15 @@ def code_range(bits: int, mode: str, restricted: bool = False, reduce_range: boo
     return 0, top
 
 
+def broadcast_channels(x: torch.Tensor, v: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast against ``x`` (a scalar when ``channel_dim`` is None)."""
+    if channel_dim is None:
+        return v.reshape(())
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
+    return v.reshape(shape)
+
+
 def _round_ste(v: torch.Tensor) -> torch.Tensor:
     return v + (torch.round(v) - v).detach()
 
@@ -153,12 +162,7 @@ class FakeQuantize(nn.Module):
         return -qmin if self.mode == "symmetric" else qmax
 
     def _shape(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Broadcast a per-channel vector against ``x``."""
-        if self.channel_dim is None:
-            return v.reshape(())
-        shape = [1] * x.dim()
-        shape[self.channel_dim] = -1
-        return v.reshape(shape)
+        return broadcast_channels(x, v, self.channel_dim)
 
     def extra_repr(self) -> str:
         per = "per-tensor" if self.channel_dim is None else f"per-channel(dim={self.channel_dim})"

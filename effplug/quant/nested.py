@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from effplug.quant import estimators
-from effplug.quant.fake_quant import _scale_grad
+from effplug.quant.fake_quant import _scale_grad, broadcast_channels
 
 
 def _floor_ste(v: torch.Tensor) -> torch.Tensor:
@@ -58,11 +58,7 @@ class NestedWeightQuantizer(nn.Module):
         return f"bit_widths={list(self.bit_widths)}, bits={self.bits}"
 
     def _shape(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.channel_dim is None:
-            return v.reshape(())
-        shape = [1] * w.dim()
-        shape[self.channel_dim] = -1
-        return v.reshape(shape)
+        return broadcast_channels(w, v, self.channel_dim)
 
     @torch.no_grad()
     def _init_step(self, w: torch.Tensor) -> None:
