@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from effplug import kernels
 from effplug.quant.convert import quantized_layers
-from effplug.quant.modules import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear
+from effplug.quant.modules import QuantConv1d, QuantConv2d, QuantEmbedding
 
 
 def _codes_dtype(codes: torch.Tensor) -> torch.dtype:
@@ -124,4 +124,4 @@ def integer_model(model: nn.Module, exported: dict) -> nn.Module:
     return copied
 
 
-__all__ = ["IntegerLayer", "QuantLinear", "export_quantized", "integer_model"]
+__all__ = ["IntegerLayer", "export_quantized", "integer_model"]
