@@ -452,3 +452,18 @@ def test_fake_quant_model_is_bit_identical_on_triton_and_torch_kernels(use_backe
         outputs[name] = (out.detach(), x.grad)
     assert torch.equal(outputs["torch"][0], outputs["triton"][0])
     assert torch.equal(outputs["torch"][1], outputs["triton"][1])
+
+
+def test_export_before_any_forward_and_hf_inference_quantized_models_are_refused():
+    model = quantize_model(_digits_resnet(), QATConfig(weight_bits=4, act_bits=4))
+    with pytest.raises(ValueError, match="run a forward pass before exporting"):
+        export_quantized(model)
+    with pytest.raises(ValueError, match="call effplug.quant.quantize_model"):
+        export_quantized(_digits_resnet())
+    transformers = pytest.importorskip("transformers")  # noqa: F841
+    from effplug.hf import apply_quantization
+
+    float_model = _digits_resnet()
+    float_model.is_quantized = True  # what HF sets for a model loaded with quantization_config
+    with pytest.raises(ValueError, match="QAT needs the float model"):
+        apply_quantization(float_model, QATConfig())
