@@ -1,0 +1,130 @@
+"""LUQ: 4-bit forward and backward training (Chmiel, Banner, Hoffer, Ben-Yaacov, Soudry, ICLR 2023,
+"Accurate Neural Training with 4-bit Matrix Multiplications at Standard Formats", arXiv:2112.10769).
+
+- **Forward** (sec. 5): weights and layer inputs on INT4 grids with SAWB clipping (Choi et al. 2018),
+  ``clip = c1 sqrt(E[x^2]) - c2 E|x|`` with LUQ's 4-bit coefficients ``c1 = 12.1, c2 = 12.2``; signed codes
+  ``[-8, 7]`` (unsigned ``[0, 15]`` for non-negative inputs), straight-through gradient inside the clip.
+- **Backward** (sec. 4, eqs. 9-11): each quantized layer's neural gradient (``grad_output``) goes through
+  ``effplug.kernels.log_quantize``: radix-2, 1 sign + 3 exponent bits, underflow threshold
+  ``alpha = max|g| / 2^7``, stochastic underflow pruning below it and unbiased stochastic rounding between
+  neighbouring powers of two; both GEMMs of the backward pass use the quantized gradient.
+- **SMP** (sec. 6): the mean of ``smp`` independent draws, cutting the variance by ``smp``.
+- **FNT**: ``set_luq_enabled(model, False)`` runs the model in full precision (the final fine-tune phase).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from effplug.codecs import SeedStream
+from effplug.kernels import log_quantize
+from effplug.quant.convert import LayerPlan, _matches, replace_layers
+from effplug.quant.fake_quant import _round_ste
+from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+
+SAWB_4BIT = (12.1, 12.2)
+
+
+@dataclass(frozen=True)
+class LUQConfig:
+    """``bits`` of the forward INT grid and of the gradient format (4 in the paper); ``smp`` samples per
+    gradient; ``exclude`` fnmatch names left in float; ``keep_first_last`` leaves the first and last layers
+    in float (the paper quantizes every layer: default False); ``seed`` for the stochastic rounding."""
+
+    bits: int = 4
+    smp: int = 1
+    exclude: tuple = ()
+    keep_first_last: bool = False
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.bits != 4:
+            raise ValueError(f"bits={self.bits!r} is not supported; LUQ's SAWB coefficients and radix-2 gradient "
+                             "format are defined for 4 bits: use bits=4")
+        if isinstance(self.smp, bool) or not isinstance(self.smp, int) or self.smp < 1:
+            raise ValueError(f"smp={self.smp!r} must be a positive integer (samples averaged per gradient)")
+        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
+
+
+def sawb_clip(x: torch.Tensor, coefficients: tuple = SAWB_4BIT) -> torch.Tensor:
+    """SAWB's clip ``c1 sqrt(E[x^2]) - c2 E|x|`` (at least a tiny positive value)."""
+    xf = x.detach().float()
+    c1, c2 = coefficients
+    return (c1 * xf.pow(2).mean().sqrt() - c2 * xf.abs().mean()).clamp_min(1e-12)
+
+
+class SAWBQuantizer(nn.Module):
+    """INT4 fake quantization with SAWB's clip, recomputed from every tensor; STE inside the clip."""
+
+    def __init__(self, role: str):
+        super().__init__()
+        self.role, self.bits, self.enabled = role, 4, True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        clip = sawb_clip(x)
+        unsigned = self.role == "act" and bool((x >= 0).all())
+        qmin, qmax = (0, 15) if unsigned else (-8, 7)
+        scale = clip / (qmax if unsigned else 8)
+        v = torch.clamp(x.float() / scale, qmin, qmax)
+        return (_round_ste(v) * scale).to(x.dtype)
+
+
+class _LogQuantizeGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, smp, seeds):
+        ctx.smp, ctx.seeds = smp, seeds
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not torch.isfinite(grad).all():
+            return grad, None, None  # leave a non-finite gradient for the loss scaler / anomaly checks to see
+        samples = [log_quantize(grad.contiguous(), 4, seed=ctx.seeds.draw()) for _ in range(ctx.smp)]
+        return torch.stack(samples).mean(0) if ctx.smp > 1 else samples[0], None, None
+
+
+class GradientQuantizer:
+    """Forward hook that routes a layer's output gradient through LUQ's quantizer."""
+
+    def __init__(self, smp: int, seeds: SeedStream):
+        self.smp, self.seeds, self.enabled = smp, seeds, True
+
+    def __call__(self, module, args, output):
+        if self.enabled and torch.is_tensor(output) and output.requires_grad:
+            return _LogQuantizeGradient.apply(output, self.smp, self.seeds)
+        return None
+
+
+def prepare_luq(model: nn.Module, config: LUQConfig | None = None, **kwargs) -> nn.Module:
+    """Swap Linear/Conv layers for INT4-forward, LUQ-backward versions in place; returns ``model``."""
+    config = config if config is not None else LUQConfig(**kwargs)
+    names = [n for n, m in model.named_modules()
+             if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
+             and _matches(n, config.exclude) is None]
+    if config.keep_first_last:
+        names = names[1:-1]
+    if not names:
+        raise ValueError("no layers to quantize for LUQ: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
+    replace_layers(model, [LayerPlan(n, "", 4, 4) for n in names],
+                   lambda plan, module, cls: (SAWBQuantizer("weight"), SAWBQuantizer("act")))
+    seeds = SeedStream(config.seed)
+    for n in names:
+        layer = model.get_submodule(n)
+        layer.gradient_quantizer = GradientQuantizer(config.smp, seeds)
+        layer.register_forward_hook(layer.gradient_quantizer)
+    return model
+
+
+def set_luq_enabled(model: nn.Module, enabled: bool) -> nn.Module:
+    """Turn LUQ's forward and backward quantization on or off (off: the high-precision fine-tune phase)."""
+    for m in model.modules():
+        if isinstance(m, SAWBQuantizer):
+            m.enabled = enabled
+        if isinstance(getattr(m, "gradient_quantizer", None), GradientQuantizer):
+            m.gradient_quantizer.enabled = enabled
+    return model
