@@ -59,3 +59,67 @@ def lns_quantize(x: torch.Tensor, bits: int = 8, gamma: int = 8) -> torch.Tensor
     """Round ``x`` to the nearest (in log2) point of the LNS grid; same shape and dtype."""
     fmt = LNSFormat(bits, gamma)
     return fmt.decode(*fmt.encode(x)).to(x.dtype)
+
+
+class _LNSRoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fmt):
+        return fmt.decode(*fmt.encode(x)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _LNSGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fmt):
+        ctx.fmt = fmt
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.fmt.decode(*ctx.fmt.encode(grad)).to(grad.dtype), None
+
+
+class LNSQuantizer(torch.nn.Module):
+    """Rounds a tensor to the LNS grid in the forward pass (straight-through backward)."""
+
+    def __init__(self, fmt: LNSFormat):
+        super().__init__()
+        self.fmt, self.enabled = fmt, True
+        self.bits = fmt.bits
+
+    def forward(self, x):
+        return _LNSRoundSTE.apply(x, self.fmt) if self.enabled else x
+
+
+def prepare_lns(model: torch.nn.Module, bits: int = 8, gamma: int = 8, weights: bool = True,
+                activations: bool = False, gradients: bool = False, exclude: tuple = ()) -> torch.nn.Module:
+    """LNS-Madam's model side: layer weights (and optionally inputs and output gradients) on the LNS grid.
+
+    Pair it with ``effplug.optim.LNSMadam``, which keeps the stored weights on the same grid. Returns ``model``.
+    """
+    from effplug.quant.convert import LayerPlan, _matches, replace_layers
+    from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+
+    fmt = LNSFormat(bits, gamma)
+    if not (weights or activations or gradients):
+        raise ValueError("nothing to quantize: set weights, activations or gradients to True")
+    names = [n for n, m in model.named_modules()
+             if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
+             and _matches(n, tuple(exclude)) is None]
+    if not names:
+        raise ValueError("no layers to quantize: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
+
+    def build(plan, module, cls):
+        weight_quant = LNSQuantizer(fmt)
+        weight_quant.enabled = weights
+        return weight_quant, (LNSQuantizer(fmt) if activations else None)
+
+    replace_layers(model, [LayerPlan(n, "", bits, bits if activations else None) for n in names], build)
+    if gradients:
+        for n in names:
+            model.get_submodule(n).register_forward_hook(
+                lambda module, args, output: _LNSGradient.apply(output, fmt) if output.requires_grad else None)
+    return model

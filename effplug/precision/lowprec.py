@@ -1,0 +1,70 @@
+"""``LUQPrecision`` and ``LNSPrecision``: Lightning precision plugins over ``effplug.quant.luq`` / ``.lns``.
+
+``Trainer(plugins=[LUQPrecision()])``. Each swaps layers in ``convert_module`` (before the optimizer is
+built) and calls ``super()`` in every hook it overrides, so callback hooks still fire. Lightning allows one
+precision plugin per Trainer: these do not combine with ``DeepSpeedPrecision`` (use the HF/plain-loop
+functions ``prepare_luq`` / ``prepare_lns`` there).
+"""
+
+from __future__ import annotations
+
+from effplug._optional import require
+from effplug.quant.lns import prepare_lns
+from effplug.quant.luq import LUQConfig, prepare_luq, set_luq_enabled
+
+require("pytorch_lightning", extra="lightning")
+from pytorch_lightning.plugins.precision import Precision  # noqa: E402
+
+
+class LUQPrecision(Precision):
+    """4-bit forward and backward (LUQ). ``high_precision_steps``: the last N optimizer steps run in full
+    precision (LUQ's fine-tune phase), counted from ``trainer.estimated_stepping_batches``."""
+
+    precision = "32-true"
+
+    def __init__(self, bits: int = 4, smp: int = 1, high_precision_steps: int = 0, keep_first_last: bool = False,
+                 exclude: list[str] | None = None, seed: int = 0):
+        super().__init__()
+        if high_precision_steps < 0:
+            raise ValueError(f"high_precision_steps={high_precision_steps!r} must be >= 0")
+        self.config = LUQConfig(bits=bits, smp=smp, keep_first_last=keep_first_last, exclude=tuple(exclude or ()),
+                                seed=seed)
+        self.high_precision_steps = high_precision_steps
+        self.module = None
+        self.full_precision = False
+
+    def convert_module(self, module):
+        module = super().convert_module(module)
+        self.module = prepare_luq(module, self.config)
+        return module
+
+    def optimizer_step(self, optimizer, model, closure, **kwargs):
+        self._maybe_switch_to_full_precision(model)
+        return super().optimizer_step(optimizer, model, closure, **kwargs)
+
+    def _maybe_switch_to_full_precision(self, model) -> None:
+        trainer = getattr(model, "_trainer", None)
+        if not self.high_precision_steps or trainer is None or self.full_precision:
+            return
+        if trainer.global_step >= int(trainer.estimated_stepping_batches) - self.high_precision_steps:
+            set_luq_enabled(self.module, False)
+            self.full_precision = True
+
+
+class LNSPrecision(Precision):
+    """LNS weights (and optionally layer inputs and output gradients); pair with ``effplug.optim.LNSMadam``."""
+
+    precision = "32-true"
+
+    def __init__(self, bits: int = 8, gamma: int = 8, weights: bool = True, activations: bool = False,
+                 gradients: bool = False, exclude: list[str] | None = None):
+        super().__init__()
+        self.settings = dict(bits=bits, gamma=gamma, weights=weights, activations=activations, gradients=gradients,
+                             exclude=tuple(exclude or ()))
+        from effplug.quant.lns import LNSFormat
+
+        LNSFormat(bits, gamma)  # validate now, before the Trainer runs
+
+    def convert_module(self, module):
+        module = super().convert_module(module)
+        return prepare_lns(module, **self.settings)

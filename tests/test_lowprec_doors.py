@@ -1,0 +1,68 @@
+"""LUQ and LNS-Madam through their Lightning precision plugins and their plain/HF functions."""
+
+import pytest
+import torch
+
+pl = pytest.importorskip("pytorch_lightning")
+
+
+def _digits(n=256, **kw):
+    from effplug.data import digits
+    from effplug.lit_modules import ClassifierModule
+    from effplug.models import DigitsResNet
+
+    split = digits()
+    data = torch.utils.data.TensorDataset(split.train_x[:n], split.train_y[:n])
+    return ClassifierModule(DigitsResNet(width=8), **kw), torch.utils.data.DataLoader(data, batch_size=32)
+
+
+def _trainer(root, steps, **kw):
+    return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=root, **kw)
+
+
+def test_luq_precision_trains_keeps_callbacks_and_ends_in_full_precision(tmp_path):
+    from effplug.precision import LUQPrecision
+    from effplug.quant.luq import SAWBQuantizer
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits()
+    plugin = LUQPrecision(smp=2, high_precision_steps=2)
+    states = []
+
+    class Probe(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            quantizers = [m for m in pl_module.modules() if isinstance(m, SAWBQuantizer)]
+            states.append(all(q.enabled for q in quantizers) and len(quantizers) == 12)
+
+    _trainer(tmp_path, 5, plugins=[plugin], callbacks=[Probe()]).fit(module, loader)
+    assert states == [True, True, True, False, False]  # the hook fired every step; last 2 in full precision
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_lns_precision_with_lns_madam_keeps_weights_on_the_grid(tmp_path):
+    from effplug.optim import LNSMadam
+    from effplug.precision import LNSPrecision
+
+    pl.seed_everything(0, verbose=False)
+    module, loader = _digits(lr=1 / 8)
+    module.optimizer_class = LNSMadam
+    trainer = _trainer(tmp_path, 4, plugins=[LNSPrecision(activations=True, gradients=True)])
+    trainer.fit(module, loader)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, LNSMadam)
+    weight = module.model.stage1.conv1.weight
+    state = optimizer.state[weight]
+    codes = -torch.log2(weight.detach().abs() / state["max"]) * 8
+    torch.testing.assert_close(codes, torch.round(codes), atol=1e-3, rtol=0)
+
+
+def test_lowprec_plugins_reject_bad_settings():
+    from effplug.precision import LNSPrecision, LUQPrecision
+
+    with pytest.raises(ValueError, match="use bits=4"):
+        LUQPrecision(bits=2)
+    with pytest.raises(ValueError, match="high_precision_steps=-1"):
+        LUQPrecision(high_precision_steps=-1)
+    with pytest.raises(ValueError, match="gamma=0"):
+        LNSPrecision(gamma=0)
