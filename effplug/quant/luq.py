@@ -50,10 +50,17 @@ class LUQConfig:
 
 
 def sawb_clip(x: torch.Tensor, coefficients: tuple = SAWB_4BIT) -> torch.Tensor:
-    """SAWB's clip ``c1 sqrt(E[x^2]) - c2 E|x|`` (at least a tiny positive value)."""
+    """SAWB's clip ``c1 sqrt(E[x^2]) - c2 E|x|``.
+
+    SAWB's coefficients are fitted to zero-mean bell-shaped data, where the clip is ~3x E|x|. On data far
+    from that (pooled positive features: ``sqrt(E[x^2]) ~ E|x|``) the formula goes to zero or below and
+    would clip everything; when it falls under ``E|x|`` we use ``max|x|`` instead (our deviation).
+    """
     xf = x.detach().float()
     c1, c2 = coefficients
-    return (c1 * xf.pow(2).mean().sqrt() - c2 * xf.abs().mean()).clamp_min(1e-12)
+    mean_abs = xf.abs().mean()
+    clip = c1 * xf.pow(2).mean().sqrt() - c2 * mean_abs
+    return torch.where(clip < mean_abs, xf.abs().amax(), clip).clamp_min(1e-12)
 
 
 class SAWBQuantizer(nn.Module):
