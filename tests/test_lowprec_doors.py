@@ -17,8 +17,9 @@ def _digits(n=256, **kw):
 
 
 def _trainer(root, steps, **kw):
+    kw.setdefault("enable_checkpointing", False)
     return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=root, **kw)
+                      enable_model_summary=False, default_root_dir=root, **kw)
 
 
 def test_luq_precision_trains_keeps_callbacks_and_ends_in_full_precision(tmp_path):
@@ -66,3 +67,37 @@ def test_lowprec_plugins_reject_bad_settings():
         LUQPrecision(high_precision_steps=-1)
     with pytest.raises(ValueError, match="gamma=0"):
         LNSPrecision(gamma=0)
+
+
+def test_both_plugins_compose_with_accumulation_and_resume(tmp_path):
+    from effplug.optim import LNSMadam
+    from effplug.precision import LNSPrecision, LUQPrecision
+
+    for name, make_plugin in (("luq", lambda: LUQPrecision(high_precision_steps=1)), ("lns", lambda: LNSPrecision())):
+        pl.seed_everything(0, verbose=False)
+        module, loader = _digits(lr=1 / 8)
+        if name == "lns":
+            module.optimizer_class = LNSMadam
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_last=True, every_n_train_steps=2)
+        trainer = _trainer(tmp_path / name, 2, plugins=[make_plugin()], callbacks=[ckpt], accumulate_grad_batches=2,
+                           enable_checkpointing=True)
+        trainer.fit(module, loader)
+        saved = {n: p.detach().clone() for n, p in module.named_parameters()}
+        module2, _ = _digits(lr=1 / 8)
+        if name == "lns":
+            module2.optimizer_class = LNSMadam
+        seen = {}
+
+        class Probe(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                seen.setdefault("params", {n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+        plugin = make_plugin()
+        resumed = _trainer(tmp_path / name, 4, plugins=[plugin], callbacks=[Probe()], accumulate_grad_batches=2)
+        resumed.fit(module2, loader, ckpt_path=str(tmp_path / name / "last.ckpt"))
+        assert all(torch.equal(seen["params"][n], saved[n]) for n in saved), name
+        assert resumed.global_step == 4
+        if name == "luq":
+            assert plugin.full_precision  # the last step ran in high precision after the resume too
+        else:
+            assert "codes" in next(iter(resumed.optimizers[0].state.values()))

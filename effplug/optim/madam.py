@@ -95,6 +95,9 @@ class LNSMadam(torch.optim.Optimizer):
                     state["negative"], state["codes"], _ = fmt.encode(p, state["max"])
                     state["step"] = 0
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                if state["codes"].dtype != torch.int16:  # Optimizer.load_state_dict casts state to the param dtype
+                    state["codes"] = state["codes"].round().to(torch.int16)
+                    state["negative"] = state["negative"].bool()
                 normed = _normalized_gradient(state, p.grad.float(), group["beta"])
                 normed = normed.clamp(-group["g_bound"], group["g_bound"]).round()
                 sign = torch.where(state["negative"], -1.0, 1.0)
