@@ -122,6 +122,38 @@ register_demo_config(_qat_row("octav W4A4 QAT", tasks=("digits-resnet",), weight
                               weight_estimator="octav", act_estimator="octav"))
 
 
+def _luq_row() -> DemoConfig:
+    def trainer_kwargs():
+        from effplug.precision import LUQPrecision
+
+        return {"plugins": [LUQPrecision()]}
+
+    return DemoConfig("LUQ 4-bit fwd+bwd", trainer_kwargs, tasks=("digits-resnet",))
+
+
+def _lns_madam_row() -> DemoConfig:
+    def trainer_kwargs():
+        import pytorch_lightning as pl
+
+        from effplug.optim import LNSMadam
+        from effplug.precision import LNSPrecision
+
+        class UseLNSMadam(pl.Callback):  # the demo modules build their optimizer from these attributes
+            def setup(self, trainer, pl_module, stage):
+                super().setup(trainer, pl_module, stage)
+                pl_module.optimizer_class, pl_module.lr = LNSMadam, 1 / 8
+
+        return {"plugins": [LNSPrecision()], "callbacks": [UseLNSMadam()]}
+
+    return DemoConfig("LNS-Madam 8-bit", trainer_kwargs, tasks=("digits-resnet",))
+
+
+# Digits only: on this CPU the torch path of LUQ's gradient quantizer makes GPT-2 several times slower;
+# benchmarks/lowprec.py covers the transformer.
+register_demo_config(_luq_row())
+register_demo_config(_lns_madam_row())
+
+
 def _default_saved_bytes(module, batch) -> int:
     module.train()
     return saved_bytes(lambda: module.compute_loss(batch), parameters=module).activation_bytes
