@@ -101,3 +101,31 @@ def test_both_plugins_compose_with_accumulation_and_resume(tmp_path):
             assert plugin.full_precision  # the last step ran in high precision after the resume too
         else:
             assert "codes" in next(iter(resumed.optimizers[0].state.values()))
+
+
+def test_hf_trainer_doors_prepare_luq_and_lns_madam(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from effplug.data import stdlib_text
+    from effplug.models import tiny_gpt2
+    from effplug.optim import LNSMadam
+    from effplug.quant.lns import prepare_lns
+    from effplug.quant.luq import SAWBQuantizer, prepare_luq
+
+    corpus = stdlib_text(max_chars=30_000)
+    x, _ = corpus.windows("train", 32, 32, seed=0)
+    rows = [{"input_ids": a, "labels": a} for a in x]
+
+    def args(name):
+        return transformers.TrainingArguments(output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=8,
+                                              report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no")
+
+    torch.manual_seed(0)
+    model = prepare_luq(tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=32))
+    assert sum(isinstance(m, SAWBQuantizer) for m in model.modules()) == 2 * 9
+    out = transformers.Trainer(model=model, args=args("luq"), train_dataset=rows).train()
+    assert out.training_loss > 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+    model = prepare_lns(tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=32))
+    optimizer = LNSMadam(model.parameters(), lr=1 / 8)
+    transformers.Trainer(model=model, args=args("lns"), train_dataset=rows, optimizers=(optimizer, None)).train()
+    assert all("codes" in optimizer.state[p] for p in model.parameters() if p.grad is not None)
