@@ -15,7 +15,6 @@ table and writes JSON (machine, versions, command line, rows).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,6 @@ import tasks  # noqa: E402
 
 from effplug import models  # noqa: E402
 from effplug.compress import ActivationCompressor, CompressionConfig  # noqa: E402
-from effplug.envinfo import environment  # noqa: E402
 from effplug.profile import StepTimer, saved_bytes  # noqa: E402
 
 CONFIGS = {
@@ -166,7 +164,7 @@ def main(argv=None) -> None:
     rows = []
     start = time.perf_counter()
     for task in args.tasks:
-        seeds = args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2])
+        seeds = tasks.default_seeds(args, task)
         for seed in seeds:
             for config in configs:
                 row = run(task, config, seed, steps, device)
@@ -175,11 +173,7 @@ def main(argv=None) -> None:
                       f"{row['metric']} {row['value']:.4f}, {row['step_ms']:.1f} ms/step", file=sys.stderr, flush=True)
     summary = summarize(rows)
     print(format_table(summary))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
-                               "summary": summary, "rows": rows}, indent=1))
-    print(f"\nwrote {out}", file=sys.stderr)
+    tasks.write_report(args.json, rows, steps, device, summary=summary)
 
 
 if __name__ == "__main__":

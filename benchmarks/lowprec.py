@@ -12,7 +12,6 @@ order and step count for every row. Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tasks  # noqa: E402
 
-from effplug.envinfo import environment  # noqa: E402
 from effplug.optim import LNSMadam, Madam  # noqa: E402
 from effplug.quant.lns import prepare_lns  # noqa: E402
 from effplug.quant.luq import LUQConfig, prepare_luq, set_luq_enabled  # noqa: E402
@@ -97,17 +95,13 @@ def main(argv=None) -> None:
     configs = ["fp32 + Adam", *[c for c in args.configs if c != "fp32 + Adam"]]
     rows, start = [], time.perf_counter()
     for task in args.tasks:
-        for seed in args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2]):
+        for seed in tasks.default_seeds(args, task):
             for name in configs:
                 rows.append(run(task, name, seed, steps, device))
                 print(f"[{time.perf_counter() - start:6.0f}s] {task} seed {seed} {name}: {rows[-1]['value']:.4f}",
                       file=sys.stderr, flush=True)
     print(table(rows))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
-                               "rows": rows}, indent=1))
-    print(f"\nwrote {out}", file=sys.stderr)
+    tasks.write_report(args.json, rows, steps, device)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tasks  # noqa: E402
 
-from effplug.envinfo import environment  # noqa: E402
 from effplug.quant import QATConfig, binary, multi_bit_loss, quantize_model, set_bits  # noqa: E402
 
 ALGORITHMS = {
@@ -171,7 +169,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
 
     def seeds_for(task):
-        return args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2])
+        return tasks.default_seeds(args, task)
 
     def note(text):
         print(f"[{time.perf_counter() - start:6.0f}s] {text}", file=sys.stderr, flush=True)
@@ -200,11 +198,7 @@ def main(argv=None) -> None:
         rows += bins
         tables.append("### Binarization (digits)\n\n" + binary_table(bins))
     print("\n\n".join(tables))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
-                               "rows": rows}, indent=1))
-    print(f"\nwrote {out}", file=sys.stderr)
+    tasks.write_report(args.json, rows, steps, device)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ before the optimizer is built (QAT conversion, binarization), so parameters it a
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +77,19 @@ def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, bl
         return loss
 
     return model, opt, batches, loss_fn, evaluate, "val loss"
+
+
+def default_seeds(args, task: str) -> list:
+    """``--seeds`` if given; else one seed for ``--quick`` and for the transformer, three for digits."""
+    return args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2])
+
+
+def write_report(path: str, rows: list, steps: int, device, **extra) -> None:
+    """The benchmark JSON: environment, command line, step count, device, rows (and any extra fields)."""
+    from effplug.envinfo import environment
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
+                               **extra, "rows": rows}, indent=1))
+    print(f"\nwrote {out}", file=sys.stderr)

@@ -27,16 +27,8 @@ def _normalized_gradient(state: dict, grad: torch.Tensor, beta: float) -> torch.
     return torch.nan_to_num(normed, nan=0.0, posinf=0.0, neginf=0.0)  # 0/0 where a gradient was always 0
 
 
-class Madam(torch.optim.Optimizer):
-    """``Madam(model.parameters(), lr=0.01)``: multiplicative updates; weights keep their sign."""
-
-    def __init__(self, params, lr: float = 0.01, p_scale: float = 3.0, g_bound: float | None = None,
-                 beta: float = 0.999):
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0 (Madam's default is 0.01)")
-        if not p_scale > 0:
-            raise ValueError(f"p_scale={p_scale!r} must be > 0 (the weight bound is p_scale * rms(w0))")
-        super().__init__(params, dict(lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta))
+class _MultiplicativeOptimizer(torch.optim.Optimizer):
+    """The loop both share: closure, first-step state (``w_max``, the g^2 EMA), the normalized gradient."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -53,15 +45,36 @@ class Madam(torch.optim.Optimizer):
                     state["max"] = group["p_scale"] * p.float().pow(2).mean().sqrt().clamp_min(1e-12)
                     state["step"] = 0
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                normed = _normalized_gradient(state, p.grad.float(), group["beta"])
-                if group["g_bound"] is not None:
-                    normed.clamp_(-group["g_bound"], group["g_bound"])
-                updated = p.float() * torch.exp(-group["lr"] * normed * torch.sign(p.float()))
-                p.copy_(torch.maximum(torch.minimum(updated, state["max"]), -state["max"]))
+                    self._init_state(p, state, group)
+                self._update(p, state, group, _normalized_gradient(state, p.grad.float(), group["beta"]))
         return loss
 
+    def _init_state(self, p, state: dict, group: dict) -> None:
+        pass
 
-class LNSMadam(torch.optim.Optimizer):
+    def _update(self, p, state: dict, group: dict, normed: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class Madam(_MultiplicativeOptimizer):
+    """``Madam(model.parameters(), lr=0.01)``: multiplicative updates; weights keep their sign."""
+
+    def __init__(self, params, lr: float = 0.01, p_scale: float = 3.0, g_bound: float | None = None,
+                 beta: float = 0.999):
+        if not lr > 0:
+            raise ValueError(f"lr={lr!r} must be > 0 (Madam's default is 0.01)")
+        if not p_scale > 0:
+            raise ValueError(f"p_scale={p_scale!r} must be > 0 (the weight bound is p_scale * rms(w0))")
+        super().__init__(params, dict(lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta))
+
+    def _update(self, p, state, group, normed):
+        if group["g_bound"] is not None:
+            normed.clamp_(-group["g_bound"], group["g_bound"])
+        updated = p.float() * torch.exp(-group["lr"] * normed * torch.sign(p.float()))
+        p.copy_(torch.maximum(torch.minimum(updated, state["max"]), -state["max"]))
+
+
+class LNSMadam(_MultiplicativeOptimizer):
     """``LNSMadam(model.parameters(), lr=1/8, bits=8, gamma=8)``: Madam on an 8-bit LNS grid.
 
     The first step puts each weight on the grid (``w_max = p_scale * rms(w_0)``); afterwards only integer
@@ -75,34 +88,21 @@ class LNSMadam(torch.optim.Optimizer):
         if not lr > 0 or abs(steps - round(steps)) > 1e-9:
             raise ValueError(f"lr={lr!r} must be a positive multiple of 1/gamma = 1/{gamma} so weights stay on "
                              f"the LNS grid (e.g. lr={1 / gamma:g})")
+        # plain ints in the group, not the format object: checkpoints load with weights_only=True
         super().__init__(params, dict(lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, bits=fmt.bits, gamma=gamma))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            fmt = LNSFormat(group["bits"], group["gamma"])  # plain ints in the group: checkpoints load weights_only
-            steps = round(group["lr"] * fmt.gamma)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["max"] = group["p_scale"] * p.float().pow(2).mean().sqrt().clamp_min(1e-12)
-                    state["negative"], state["codes"], _ = fmt.encode(p, state["max"])
-                    state["step"] = 0
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                if state["codes"].dtype != torch.int16:  # Optimizer.load_state_dict casts state to the param dtype
-                    state["codes"] = state["codes"].round().to(torch.int16)
-                    state["negative"] = state["negative"].bool()
-                normed = _normalized_gradient(state, p.grad.float(), group["beta"])
-                normed = normed.clamp(-group["g_bound"], group["g_bound"]).round()
-                sign = torch.where(state["negative"], -1.0, 1.0)
-                codes = state["codes"]
-                moved = (codes.float() + steps * normed * sign).clamp(0, fmt.max_code).to(codes.dtype)
-                state["codes"] = torch.where(codes == fmt.zero_code, codes, moved)  # zero stays zero
-                p.copy_(fmt.decode(state["negative"], state["codes"], state["max"]).to(p.dtype))
-        return loss
+    def _init_state(self, p, state, group):
+        state["negative"], state["codes"], _ = LNSFormat(group["bits"], group["gamma"]).encode(p, state["max"])
+
+    def _update(self, p, state, group, normed):
+        fmt = LNSFormat(group["bits"], group["gamma"])
+        if state["codes"].dtype != torch.int16:  # Optimizer.load_state_dict casts state to the param dtype
+            state["codes"] = state["codes"].round().to(torch.int16)
+            state["negative"] = state["negative"].bool()
+        normed = normed.clamp(-group["g_bound"], group["g_bound"]).round()
+        sign = torch.where(state["negative"], -1.0, 1.0)
+        codes = state["codes"]
+        steps = round(group["lr"] * fmt.gamma)
+        moved = (codes.float() + steps * normed * sign).clamp(0, fmt.max_code).to(codes.dtype)
+        state["codes"] = torch.where(codes == fmt.zero_code, codes, moved)  # zero stays zero
+        p.copy_(fmt.decode(state["negative"], state["codes"], state["max"]).to(p.dtype))
