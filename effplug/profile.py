@@ -1,4 +1,4 @@
-"""Meters shared by tests, benchmarks and the demo: saved-activation bytes, peak memory, step time."""
+"""Meters shared by tests, benchmarks and the demo: saved-activation bytes, peak memory, step time, comm bytes."""
 
 from __future__ import annotations
 
@@ -148,3 +148,66 @@ class StepTimer:
         if not self.times_s:
             raise RuntimeError(f"StepTimer saw no steps after its {self.warmup} warm-up steps")
         return statistics.median(self.times_s)
+
+
+def ring_allreduce_bytes(nbytes: int, world_size: int) -> float:
+    """Bytes one rank sends in a ring all-reduce of ``nbytes``: reduce-scatter plus all-gather, 2(W-1)/W * n."""
+    return 2 * (world_size - 1) * nbytes / world_size
+
+
+def allgather_bytes(nbytes: int, world_size: int) -> int:
+    """Bytes one rank sends when every rank must receive its ``nbytes`` payload: (W-1) * n (ring or direct)."""
+    return (world_size - 1) * nbytes
+
+
+def alltoall_bytes(nbytes: int, world_size: int) -> float:
+    """Bytes one rank sends in an all-to-all of ``nbytes`` split evenly over ranks: (W-1)/W * n."""
+    return (world_size - 1) * nbytes / world_size
+
+
+class CommMeter:
+    """Bytes each rank sends per step, next to what dense all-reduce of the same gradients would send.
+
+    Every collective a compressor issues is recorded with the size of the tensors it hands over; the sent
+    bytes follow the standard algorithms (ring all-reduce, ring/direct all-gather, direct all-to-all), see
+    the ``*_bytes`` functions. ``collective_s`` is the wall time spent waiting on collectives.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.sent_bytes = 0.0
+        self.dense_bytes = 0.0
+        self.collective_s = 0.0
+        self.calls: dict[str, int] = {}
+
+    def record(self, op: str, nbytes: int, world_size: int) -> None:
+        formula = {"all_reduce": ring_allreduce_bytes, "all_gather": allgather_bytes, "all_to_all": alltoall_bytes}[op]
+        self.sent_bytes += formula(nbytes, world_size)
+        self.calls[op] = self.calls.get(op, 0) + 1
+
+    def record_dense(self, nbytes: int, world_size: int) -> None:
+        self.dense_bytes += ring_allreduce_bytes(nbytes, world_size)
+
+    def end_step(self) -> None:
+        self.steps += 1
+
+    @property
+    def bytes_per_step(self) -> float:
+        return self.sent_bytes / max(self.steps, 1)
+
+    @property
+    def dense_bytes_per_step(self) -> float:
+        return self.dense_bytes / max(self.steps, 1)
+
+    @property
+    def ratio(self) -> float:
+        """Dense bytes over sent bytes (how many times fewer bytes went on the wire)."""
+        return self.dense_bytes / self.sent_bytes if self.sent_bytes else float("inf")
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "bytes_per_step": self.bytes_per_step,
+                "dense_bytes_per_step": self.dense_bytes_per_step, "ratio": self.ratio,
+                "collective_s": self.collective_s, "calls": dict(self.calls)}

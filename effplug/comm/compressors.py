@@ -1,0 +1,511 @@
+"""Gradient compressors for data-parallel training (framework-free; the DDP hook adapter is ``ddp_hooks``).
+
+Each compressor averages a flat gradient vector across the ranks of a process group in fewer bytes:
+
+* ``TopKCompressor``: top-k sparsification with error feedback (Alistarh et al., NeurIPS 2018; Stich et
+  al. 2018). Per rank: ``acc = g + e``; send ``(acc[S], S)`` for the k largest ``|acc|``; ``e = acc - sent``.
+  Sparse vectors do not sum, so the exchange is an all-gather of values and indices.
+* ``NaturalCompressor``: natural compression C_nat (Horvath et al. 2022, eq. 3), unbiased stochastic rounding
+  to a power of two sent as 8-bit sign+exponent codes. Exchanged as a compressed reduce-scatter (all-to-all of
+  codes, each rank averages its chunk) and a compressed all-gather: the paper's bidirectional scheme, where the
+  aggregated chunk is compressed again by its owner, so the bytes stay ~4x below dense at any world size.
+* ``CGXCompressor``: CGX (Markov et al. 2022) bucketed max-min quantization, b-bit stochastic rounding with one
+  scale and zero per bucket of 1024, exchanged as a quantized reduce-scatter then all-gather. Tensors that are
+  1-D or smaller than ``min_compress_size`` are all-reduced exactly (CGX's layer filter).
+* ``PowerSGDCompressor``: torch's PowerSGD hook (Vogels et al. 2019), the production baseline, with its state
+  checkpointed.
+
+Anything a compressor leaves uncompressed goes through a plain all-reduce, exactly as DDP would, and is
+reported once. Per-rank state (residuals, seed positions) is ``state_dict()``: plain dicts of tensors and ints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from effplug.codecs import SeedStream
+from effplug.kernels import pow2 as _pow2
+from effplug.kernels import quant as _quant
+from effplug.kernels import topk as _topk
+from effplug.profile import CommMeter
+
+log = logging.getLogger("effplug.comm")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One parameter's gradient inside a flat bucket: ``flat[start:start+numel]``."""
+
+    key: str
+    start: int
+    numel: int
+    compress: bool
+
+
+class _Collectives:
+    """The collectives a compressor issues, metered; a world of one (no process group) is the identity."""
+
+    def __init__(self, group, meter: CommMeter):
+        self.group, self.meter = group, meter
+        self.world_size = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank(group) if self.world_size > 1 or dist.is_initialized() else 0
+
+    def _timed(self, op: str, nbytes: int, run):
+        start = time.perf_counter()
+        if self.world_size > 1:
+            run()
+        self.meter.collective_s += time.perf_counter() - start
+        self.meter.record(op, nbytes, self.world_size)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._timed("all_reduce", _nbytes(tensor), lambda: dist.all_reduce(tensor, group=self.group))
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if self.world_size == 1:
+            self._timed("all_gather", _nbytes(tensor), lambda: None)
+            return [tensor]
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        self._timed("all_gather", _nbytes(tensor), lambda: dist.all_gather(out, tensor, group=self.group))
+        return out
+
+    def all_to_all(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Chunk ``j`` of ``tensor`` (split evenly) goes to rank ``j``; returns the chunks received, rank order."""
+        out = torch.empty_like(tensor) if self.world_size > 1 else tensor
+        self._timed("all_to_all", _nbytes(tensor),
+                    lambda: dist.all_to_all_single(out, tensor, group=self.group))
+        return out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _rank_seed(seed: int | None, rank: int) -> int | None:
+    """Independent seed streams per rank from one user seed (None stays None: fresh private seeds)."""
+    if seed is None:
+        return None
+    return (seed * 0x9E3779B97F4A7C15 + (rank + 1) * 0xBF58476D1CE4E5B9) % 2**63
+
+
+class GradientCompressor:
+    """Base: splits a bucket into compressible and exact parts and averages both across ranks.
+
+    ``min_compress_size`` and ``compress_1d`` decide which tensors are compressed; the rest are all-reduced
+    exactly. Subclasses implement ``_average_compressed(flat, segments, comm)``.
+    """
+
+    name = "dense"
+
+    def __init__(self, min_compress_size: int = 0, compress_1d: bool = True):
+        if isinstance(min_compress_size, bool) or not isinstance(min_compress_size, int) or min_compress_size < 0:
+            raise ValueError(f"min_compress_size={min_compress_size!r}: use a non-negative int (elements)")
+        self.min_compress_size, self.compress_1d = min_compress_size, compress_1d
+        self.meter = CommMeter()
+        self.process_group = None
+        self.param_names: dict[int, str] = {}
+        self.uncompressed: dict[str, int] = {}  # name -> numel of tensors sent exactly
+        self._reported = False
+
+    # -- wiring -------------------------------------------------------------------------------------------
+
+    def bind(self, module: torch.nn.Module, process_group=None) -> GradientCompressor:
+        """Name the parameters (state is keyed by name, so it survives DDP's bucket rebuild and resume)."""
+        self.param_names = {id(p): name for name, p in module.named_parameters()}
+        self.process_group = process_group
+        return self
+
+    def should_compress(self, param: torch.Tensor) -> bool:
+        return param.numel() >= self.min_compress_size and (self.compress_1d or param.dim() > 1)
+
+    def segments(self, params: list[torch.Tensor]) -> list[Segment]:
+        segments, start = [], 0
+        for i, p in enumerate(params):
+            key = self.param_names.get(id(p), f"param{i}")
+            segments.append(Segment(key, start, p.numel(), self.should_compress(p)))
+            start += p.numel()
+        return segments
+
+    # -- the reduction ------------------------------------------------------------------------------------
+
+    def hook(self, bucket) -> torch.futures.Future:
+        """The DDP communication hook body (``ddp_hooks.comm_hook`` calls it with this compressor as state)."""
+        flat = bucket.buffer()
+        segments = self.segments(bucket.parameters())
+        if sum(s.numel for s in segments) != flat.numel():  # a layout we do not know: one stream per bucket
+            segments = [Segment(f"bucket{bucket.index()}", 0, flat.numel(), True)]
+        out = self.average(flat, segments, end_step=bucket.is_last())
+        future = torch.futures.Future(devices=[flat.device]) if flat.is_cuda else torch.futures.Future()
+        future.set_result(out)
+        return future
+
+    def average(self, flat: torch.Tensor, segments: list[Segment] | None = None, end_step: bool = True) -> torch.Tensor:
+        """Average ``flat`` (this rank's gradients) across the group; returns a new tensor, same shape.
+
+        ``segments`` (default: one compressible segment) lay out the parameters inside ``flat``.
+        """
+        if segments is None:
+            segments = [Segment("flat", 0, flat.numel(), True)]
+        comm = _Collectives(self.process_group, self.meter)
+        self.meter.record_dense(_nbytes(flat), comm.world_size)
+        self._report_uncompressed(segments, comm.rank)
+        out = torch.empty_like(flat)
+        exact = [s for s in segments if not s.compress]
+        packed = [s for s in segments if s.compress]
+        if packed and not bool(torch.isfinite(flat).all()):
+            # inf/NaN (e.g. an fp16 overflow the GradScaler will skip): average exactly so it propagates
+            self._warn_nonfinite(comm.rank)
+            exact, packed = segments, []
+        if exact:  # like DDP's default hook: divide, then sum
+            dense = torch.cat([flat[s.start:s.start + s.numel] for s in exact]).div_(comm.world_size)
+            _scatter_back(out, exact, comm.all_reduce_sum(dense))
+        if packed:
+            values = torch.cat([flat[s.start:s.start + s.numel] for s in packed])
+            _scatter_back(out, packed, self._average_compressed(values, packed, comm))
+        if end_step:
+            self.meter.end_step()
+        return out
+
+    def _average_compressed(self, flat: torch.Tensor, segments: list[Segment], comm: _Collectives) -> torch.Tensor:
+        return comm.all_reduce_sum(flat.div(comm.world_size))
+
+    def _report_uncompressed(self, segments: list[Segment], rank: int) -> None:
+        for s in segments:
+            if not s.compress:
+                self.uncompressed[s.key] = s.numel
+        if not self._reported and self.uncompressed:
+            self._reported = True
+            if rank == 0:
+                total = sum(self.uncompressed.values())
+                log.info("effplug.comm %s: %d tensors (%d elements) are 1-D or below min_compress_size=%d and go "
+                         "through exact all-reduce: %s", self.name, len(self.uncompressed), total,
+                         self.min_compress_size, ", ".join(sorted(self.uncompressed)))
+
+    def _warn_nonfinite(self, rank: int) -> None:
+        if not getattr(self, "_warned_nonfinite", False) and rank == 0:
+            log.warning("effplug.comm %s: a bucket held inf/NaN gradients; it was averaged exactly (no compression, "
+                        "no error-feedback update) so the overflow reaches the optimizer or GradScaler", self.name)
+        self._warned_nonfinite = True
+
+    # -- checkpoint state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def merge_rank_states(self, states: list[dict], new_world_size: int, new_rank: int) -> dict:
+        """The state this rank resumes with, from the per-rank states of a run with another world size."""
+        log.warning("effplug.comm %s: resuming on %d ranks from a checkpoint of %d; per-rank state restarts",
+                    self.name, new_world_size, len(states))
+        return {}
+
+    def __repr__(self) -> str:
+        params = inspect.signature(type(self).__init__).parameters
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in params if k != "self" and hasattr(self, k))
+        return f"{type(self).__name__}({args})"
+
+
+def _scatter_back(out: torch.Tensor, segments: list[Segment], values: torch.Tensor) -> None:
+    offset = 0
+    for s in segments:
+        out[s.start:s.start + s.numel] = values[offset:offset + s.numel]
+        offset += s.numel
+
+
+class TopKCompressor(GradientCompressor):
+    """Top-k with error feedback; ``ratio=0.01`` sends the largest 1% of ``|g + e|`` as (fp value, int32 index).
+
+    Residuals are kept per parameter (keyed by name), so they survive DDP rebuilding its buckets after the
+    first step and a resume. ``decode(sent) + e_new == g + e_old`` exactly.
+    """
+
+    name = "topk"
+
+    def __init__(self, ratio: float = 0.01, error_feedback: bool = True, min_compress_size: int = 0,
+                 compress_1d: bool = True):
+        _topk.validate_ratio(ratio)
+        super().__init__(min_compress_size, compress_1d)
+        self.ratio, self.error_feedback = float(ratio), error_feedback
+        self.residuals: dict[str, torch.Tensor] = {}
+
+    def _residual(self, flat: torch.Tensor, segments: list[Segment]) -> torch.Tensor | None:
+        if not self.error_feedback or not self.residuals:
+            return None
+        parts = []
+        for s in segments:
+            r = self.residuals.get(s.key)
+            parts.append(r.to(flat) if r is not None and r.numel() == s.numel else flat.new_zeros(s.numel))
+        return torch.cat(parts)
+
+    def select(self, flat: torch.Tensor, segments: list[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Error-feedback selection on this rank: (values, int32 indices); updates the residuals."""
+        residual = self._residual(flat, segments)
+        accumulated = flat if residual is None else flat + residual
+        values, indices = _topk.topk_select(accumulated, self.ratio)
+        if self.error_feedback:
+            remainder = accumulated.detach().clone()
+            remainder[indices] = 0
+            offset = 0
+            for s in segments:
+                self.residuals[s.key] = remainder[offset:offset + s.numel]
+                offset += s.numel
+        return values, indices.to(torch.int32)
+
+    def _average_compressed(self, flat, segments, comm):
+        values, indices = self.select(flat, segments)
+        all_values, all_indices = comm.all_gather(values), comm.all_gather(indices)
+        out = torch.zeros_like(flat)
+        for v, i in zip(all_values, all_indices, strict=True):  # rank order, so every rank sums identically
+            out.index_add_(0, i.long(), v.div(comm.world_size))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"residuals": {k: v.detach().cpu().clone() for k, v in self.residuals.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.residuals = {k: v.clone() for k, v in state.get("residuals", {}).items()}
+
+    def merge_rank_states(self, states, new_world_size, new_rank):
+        # What the residuals would add to the averaged update is sum_r e_r / W; giving every new rank
+        # sum_r e_r / W keeps that pending correction exact on any world size.
+        merged: dict[str, torch.Tensor] = {}
+        for state in states:
+            for key, value in state.get("residuals", {}).items():
+                merged[key] = merged[key] + value if key in merged else value.clone()
+        return {"residuals": {k: v / len(states) for k, v in merged.items()}}
+
+
+class _ReduceScatterAllGather(GradientCompressor):
+    """Compressed reduce-scatter (all-to-all of encoded chunks, owner averages) then compressed all-gather."""
+
+    chunk_multiple = 1
+
+    def __init__(self, seed: int | None, min_compress_size: int, compress_1d: bool):
+        super().__init__(min_compress_size, compress_1d)
+        self.seed = seed
+        self._seeds: SeedStream | None = None
+
+    def _seed_stream(self, rank: int) -> SeedStream:
+        if self._seeds is None:
+            self._seeds = SeedStream(_rank_seed(self.seed, rank))
+        return self._seeds
+
+    # subclasses: encode a flat vector into W equal byte chunks, decode one chunk's bytes
+    def _encode_chunks(self, flat: torch.Tensor, world_size: int, seed: int) -> torch.Tensor: ...
+
+    def _decode_chunk(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor: ...
+
+    def _average_compressed(self, flat, segments, comm):
+        world, seeds = comm.world_size, self._seed_stream(comm.rank)
+        multiple = world * self.chunk_multiple
+        padded = flat.new_zeros(-(-flat.numel() // multiple) * multiple)
+        padded[:flat.numel()] = flat
+        chunk = padded.numel() // world
+        received = comm.all_to_all(self._encode_chunks(padded, world, seeds.draw()))
+        parts = received.view(world, -1)
+        mine = self._decode_chunk(parts[0], chunk, flat.dtype)
+        for r in range(1, world):  # rank order, as a ring reduction would
+            mine = mine + self._decode_chunk(parts[r], chunk, flat.dtype)
+        mine = mine.div_(world)
+        gathered = comm.all_gather(self._encode_chunks(mine, 1, seeds.draw()))
+        return torch.cat([self._decode_chunk(g, chunk, flat.dtype) for g in gathered])[:flat.numel()]
+
+    def state_dict(self) -> dict:
+        return {"next_seed": self._seeds.next_seed} if self._seeds is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "next_seed" in state:
+            self._seeds = SeedStream(int(state["next_seed"]))
+
+
+class NaturalCompressor(_ReduceScatterAllGather):
+    """Natural compression: every element becomes ``±2**e`` (unbiased), sent as one byte plus a base exponent."""
+
+    name = "natural"
+
+    def __init__(self, seed: int | None = None, min_compress_size: int = 0, compress_1d: bool = True):
+        super().__init__(seed, min_compress_size, compress_1d)
+
+    def _encode_chunks(self, flat, world_size, seed):
+        encoded = _pow2.pow2_encode(flat, seed=seed)
+        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=flat.device).view(torch.uint8)
+        # every chunk carries the 4-byte base exponent, so each owner decodes on its own
+        return torch.cat([encoded.codes.view(world_size, -1), base.expand(world_size, 4)], dim=1).reshape(-1)
+
+    def _decode_chunk(self, payload, numel, dtype):
+        lo_exp = int(payload[numel:numel + 4].clone().view(torch.int32).item())  # clone: byte offset may be odd
+        return _pow2.pow2_decode(_pow2.Pow2Codes(payload[:numel], lo_exp, dtype))
+
+
+class CGXCompressor(_ReduceScatterAllGather):
+    """CGX: ``bits``-bit stochastic max-min quantization per bucket of ``bucket_size`` values.
+
+    Per bucket: ``zero = min``, ``scale = (max - min) / (2**bits - 1)`` (bf16, so gradients never underflow
+    the scale), ``q = floor((x - zero) / scale + u)``; an unbiased estimate of ``x``. Tensors that are 1-D or
+    below ``min_compress_size`` elements stay exact (CGX's layer filter).
+    """
+
+    name = "cgx"
+
+    def __init__(self, bits: int = 4, bucket_size: int = 1024, seed: int | None = None,
+                 min_compress_size: int = 1024, compress_1d: bool = False):
+        if bits not in _quant.ALLOWED_BITS:
+            raise ValueError(f"bits={bits!r} is not supported by cgx: use 1, 2, 4 or 8 (codes are bit-packed "
+                             "into bytes); 4 is CGX's default")
+        _quant.validate_quant_args(bits, bucket_size, torch.bfloat16)
+        super().__init__(seed, min_compress_size, compress_1d)
+        self.bits, self.bucket_size = bits, bucket_size
+        self.chunk_multiple = bucket_size
+
+    def _encode_chunks(self, flat, world_size, seed):
+        qt = _quant.quantize_pack(flat, self.bits, self.bucket_size, True, seed, torch.bfloat16)
+        data, scale, zero = qt.data.view(world_size, -1), qt.scale.view(world_size, -1), qt.zero.view(world_size, -1)
+        return torch.cat([data, scale.view(torch.uint8).view(world_size, -1), zero.view(torch.uint8).view(world_size, -1)],
+                         dim=1).reshape(-1)
+
+    def _decode_chunk(self, payload, numel, dtype):
+        code_bytes, groups = numel * self.bits // 8, numel // self.bucket_size
+        scale = payload[code_bytes:code_bytes + 2 * groups].view(torch.bfloat16)
+        zero = payload[code_bytes + 2 * groups:code_bytes + 4 * groups].view(torch.bfloat16)
+        qt = _quant.QuantizedTensor(payload[:code_bytes], scale, zero, self.bits, self.bucket_size,
+                                    torch.Size([numel]), dtype)
+        return _quant.unpack_dequantize(qt)
+
+
+class PowerSGDCompressor(GradientCompressor):
+    """torch's PowerSGD hook (rank-``rank`` P/Q with error feedback and warm start), metered and checkpointed.
+
+    ``start_iter`` dense steps come first (torch needs >= 2 with error feedback: DDP rebuilds its buckets
+    after step 1). After a resume, one dense step runs before the restored state is used, for the same reason:
+    torch keys that state by bucket index, and the first step of a new DDP uses the unrebuilt buckets.
+    """
+
+    name = "powersgd"
+
+    def __init__(self, rank: int = 2, start_iter: int = 10, min_compression_rate: float = 2.0,
+                 error_feedback: bool = True, warm_start: bool = True, seed: int = 0):
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank={rank!r}: PowerSGD's matrix approximation rank must be an int >= 1")
+        if start_iter < 2 and (error_feedback or warm_start):
+            raise ValueError("start_iter must be >= 2 with error_feedback or warm_start (DDP rebuilds its buckets "
+                             "after the first step)")
+        super().__init__(min_compress_size=0, compress_1d=True)
+        self.rank, self.start_iter, self.min_compression_rate = rank, start_iter, min_compression_rate
+        self.error_feedback, self.warm_start, self.seed = error_feedback, warm_start, seed
+        self.state = None
+        self._pending: dict | None = None
+        self._dense_steps_left = 0
+
+    def _torch_state(self, group):
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+        if self.state is None:
+            self.state = psgd.PowerSGDState(
+                process_group=group, matrix_approximation_rank=self.rank, start_powerSGD_iter=self.start_iter,
+                min_compression_rate=self.min_compression_rate, use_error_feedback=self.error_feedback,
+                warm_start=self.warm_start, random_seed=self.seed)
+            # torch's stats logger would print every few steps; the meter reports bytes instead
+            self.state.compression_stats_logging_frequency = 2**62
+            self.state.next_stats_report = 2**62
+        return self.state
+
+    def hook(self, bucket) -> torch.futures.Future:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+        group = self.process_group
+        world = dist.get_world_size(group)
+        state = self._torch_state(group)
+        flat = bucket.buffer()
+        self.meter.record_dense(_nbytes(flat), world)
+        if self._pending is not None and self._dense_steps_left == 0:
+            self._apply(self._pending, flat.device)
+            self._pending = None
+        if self._dense_steps_left > 0:  # the first step after a resume: buckets are not rebuilt yet
+            if bucket.is_last():
+                self._dense_steps_left -= 1
+            future = _dense_future(flat, group, world, self.meter)
+        elif state.iter < state.start_powerSGD_iter:
+            future = psgd.powerSGD_hook(state, bucket)
+            self.meter.record("all_reduce", _nbytes(flat), world)
+        else:
+            before = state.total_numel_after_compression
+            future = psgd.powerSGD_hook(state, bucket)
+            sent = (state.total_numel_after_compression - before) * flat.element_size()
+            self.meter.record("all_reduce", sent, world)
+        if bucket.is_last():
+            self.meter.end_step()
+        return future
+
+    def state_dict(self) -> dict:
+        if self._pending is not None:
+            return dict(self._pending)
+        if self.state is None:
+            return {}
+        keys, pos, has_gauss, cached = self.state.rng.get_state()[1:]
+        return {
+            "iter": self.state.iter,
+            "error": {str(k): v.detach().cpu().clone() for k, v in self.state.error_dict.items()},
+            "p_memory": {str(k): v.detach().cpu().clone() for k, v in self.state.p_memory_dict.items()},
+            "q_memory": {str(k): v.detach().cpu().clone() for k, v in self.state.q_memory_dict.items()},
+            "rng": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "cached_gaussian": float(cached)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._pending, self._dense_steps_left = dict(state), 1
+
+    def _apply(self, saved: dict, device: torch.device) -> None:
+        import numpy as np
+
+        state = self.state
+        state.iter = int(saved["iter"])
+        for field in ("error", "p_memory", "q_memory"):
+            setattr(state, f"{field}_dict", {int(k): v.to(device) for k, v in saved[field].items()})
+        rng = saved["rng"]
+        state.rng.set_state(("MT19937", rng["keys"].numpy().astype(np.uint32), rng["pos"], rng["has_gauss"],
+                             rng["cached_gaussian"]))
+
+
+def _dense_future(flat, group, world, meter) -> torch.futures.Future:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    meter.record("all_reduce", _nbytes(flat), world)
+    return default_hooks._allreduce_fut(group, flat)
+
+
+COMPRESSORS: dict[str, type[GradientCompressor]] = {
+    "topk": TopKCompressor, "natural": NaturalCompressor, "cgx": CGXCompressor, "powersgd": PowerSGDCompressor,
+}
+
+
+def compressor_options(name: str) -> set[str]:
+    """The keyword options compressor ``name`` accepts."""
+    return {k for k in inspect.signature(_compressor_class(name).__init__).parameters if k != "self"}
+
+
+def _compressor_class(name: str) -> type[GradientCompressor]:
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown gradient compressor {name!r}; choose one of {sorted(COMPRESSORS)}")
+    return COMPRESSORS[name]
+
+
+def make_compressor(compressor: str | GradientCompressor, **options) -> GradientCompressor:
+    """A compressor from its name and options (or the instance itself, when no options are given)."""
+    if isinstance(compressor, GradientCompressor):
+        if options:
+            raise ValueError(f"options {sorted(options)} were given with a ready compressor instance; set them on it")
+        return compressor
+    unknown = set(options) - compressor_options(compressor)
+    if unknown:
+        raise ValueError(f"{compressor} compressor has no option(s) {sorted(unknown)}; it takes "
+                         f"{sorted(compressor_options(compressor))}")
+    return _compressor_class(compressor)(**options)

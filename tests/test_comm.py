@@ -1,0 +1,257 @@
+"""Gradient compressors: engine invariants in one process, then real DDP on 2 gloo processes."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+
+from effplug.comm import (
+    CGXCompressor,
+    NaturalCompressor,
+    PowerSGDCompressor,
+    Segment,
+    TopKCompressor,
+    make_compressor,
+)
+
+
+def test_error_feedback_residual_plus_sent_equals_input():
+    comp = TopKCompressor(ratio=0.05)
+    segments = [Segment("w", 0, 700, True), Segment("b", 700, 37, True)]
+    old = torch.zeros(737)
+    for step in range(4):
+        g = torch.randn(737, generator=torch.Generator().manual_seed(step))
+        values, indices = comp.select(g, segments)
+        sent = torch.zeros(737)
+        sent[indices.long()] = values
+        new = torch.cat([comp.residuals["w"], comp.residuals["b"]])
+        assert torch.equal(sent + new, g + old)  # exact: the residual is what was not sent
+        assert indices.numel() == math.ceil(0.05 * 737) and indices.dtype == torch.int32
+        old = new.clone()
+
+
+def test_topk_without_error_feedback_keeps_no_state():
+    comp = TopKCompressor(ratio=0.1, error_feedback=False)
+    comp.average(torch.randn(100))
+    assert comp.residuals == {} and comp.state_dict() == {"residuals": {}}
+
+
+@pytest.mark.parametrize("make", [lambda s: NaturalCompressor(seed=s),
+                                  lambda s: CGXCompressor(bits=2, bucket_size=64, seed=s, min_compress_size=0)])
+def test_stochastic_compressors_are_unbiased_over_seeds(make):
+    x = torch.randn(256, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 1, 256)
+    runs = torch.stack([make(seed).average(x) for seed in range(1500)])
+    err = (runs.mean(0) - x).abs()
+    spread = runs.std(0) / math.sqrt(len(runs))
+    assert (err <= 5 * spread + 1e-7).all()  # within 5 standard errors, every element (fixed seeds)
+    assert (runs.std(0) > 0).any()  # it really is random
+
+
+def test_natural_values_are_powers_of_two_and_cgx_uses_its_levels():
+    x = torch.randn(2048, generator=torch.Generator().manual_seed(1))
+    y = NaturalCompressor(seed=3).average(x)
+    nz = y[y != 0].abs()
+    assert torch.equal(torch.exp2(torch.log2(nz).round()), nz)
+    q = CGXCompressor(bits=2, bucket_size=1024, seed=3, min_compress_size=0).average(x)
+    for bucket in q.view(2, 1024):  # a single process quantizes once per stage: at most 4 levels per bucket
+        assert bucket.unique().numel() <= 4
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        TopKCompressor(ratio=0)
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        CGXCompressor(bits=3)
+    with pytest.raises(ValueError, match="choose one of"):
+        make_compressor("randomk")
+    with pytest.raises(ValueError, match="has no option"):
+        make_compressor("topk", bits=4)
+    with pytest.raises(ValueError, match=">= 1"):
+        PowerSGDCompressor(rank=0)
+    with pytest.raises(ValueError, match="start_iter"):
+        PowerSGDCompressor(start_iter=1)
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        from effplug.comm import register
+
+        register(torch.nn.Linear(2, 2), "topk")
+
+
+def test_merge_rank_states_keeps_the_pending_correction():
+    states = [{"residuals": {"w": torch.full((3,), float(r))}} for r in range(4)]
+    merged = TopKCompressor().merge_rank_states(states, new_world_size=2, new_rank=1)
+    # old ranks would add sum_r e_r / 4 = 1.5 to the averaged update; two new ranks with 1.5 each add the same
+    assert torch.equal(merged["residuals"]["w"], torch.full((3,), 1.5))
+
+
+def test_nonfinite_gradients_are_averaged_exactly(caplog):
+    comp = TopKCompressor(ratio=0.01)
+    g = torch.randn(500)
+    g[7] = float("inf")
+    with caplog.at_level("WARNING"):
+        out = comp.average(g)
+    assert torch.equal(out, g) and comp.residuals == {}
+    assert "inf/NaN" in caplog.text
+
+
+# -- real DDP on two gloo processes --------------------------------------------------------------------------
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def _grads_after_backward(model, rank, step=0):
+    gen = torch.Generator().manual_seed(100 * rank + step)
+    x, y = torch.randn(16, 64, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _ddp(compressor=None):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from effplug.comm import register
+
+    model = DistributedDataParallel(_mlp())
+    return model, register(model, compressor) if compressor is not None else None
+
+
+def _train(model, rank, steps, first=0):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(first, first + steps):
+        _grads_after_backward(model, rank, step)
+        opt.step()
+
+
+def _comm_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = {}
+    dense_model, _ = _ddp()
+    dense = _grads_after_backward(dense_model, rank)
+    # lossless settings reproduce DDP's own all-reduce bit for bit
+    for name, comp in {"topk_ratio_1": TopKCompressor(ratio=1.0),
+                       "cgx_uncompressed": CGXCompressor(min_compress_size=10**9)}.items():
+        model, comp = _ddp(comp)
+        grads = _grads_after_backward(model, rank)
+        out[name] = all(torch.equal(a, b) for a, b in zip(grads, dense, strict=True))
+    # bytes per rank per step, and that every rank ends with the same gradients
+    for name, comp in {"topk": TopKCompressor(ratio=0.01), "natural": NaturalCompressor(seed=5),
+                       "cgx": CGXCompressor(bits=4, seed=5)}.items():
+        model, comp = _ddp(comp)
+        flat = torch.cat([g.flatten() for g in _grads_after_backward(model, rank)])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        out[name] = {"meter": comp.meter.as_dict(), "same_on_ranks": torch.equal(gathered[0], gathered[1]),
+                     "uncompressed": dict(comp.uncompressed),
+                     "err": (flat - torch.cat([g.flatten() for g in dense])).abs().max().item()}
+    # natural compression across ranks is unbiased: mean over seeds approaches the dense average
+    dense_flat = torch.cat([g.flatten() for g in dense])
+    total = torch.zeros_like(dense_flat)
+    local = torch.cat([g.flatten() for g in _grads_after_backward(_mlp(), rank)])
+    for seed in range(300):
+        total += NaturalCompressor(seed=seed).average(local)
+    out["natural_mean_err"] = ((total / 300) - dense_flat).abs().max().item()
+    out["dense_scale"] = dense_flat.abs().max().item()
+    local_scale = local.abs().max()
+    dist.all_reduce(local_scale, op=dist.ReduceOp.MAX)
+    out["cgx_local_scale"] = local_scale.item()
+    # resume: residuals restored into a fresh DDP (new buckets) continue exactly like the original run
+    model, comp = _ddp(TopKCompressor(ratio=0.02))
+    _train(model, rank, 3)
+    saved_params = [p.detach().clone() for p in model.parameters()]
+    saved_state = comp.state_dict()
+    _train(model, rank, 2, first=3)
+    continued = [p.detach().clone() for p in model.parameters()]
+    for restore in (True, False):
+        fresh, fresh_comp = _ddp(TopKCompressor(ratio=0.02))
+        with torch.no_grad():
+            for p, s in zip(fresh.parameters(), saved_params, strict=True):
+                p.copy_(s)
+        if restore:
+            fresh_comp.load_state_dict(saved_state)
+        _train(fresh, rank, 2, first=3)
+        out[f"resume_{restore}"] = all(torch.equal(a, b) for a, b in zip(fresh.parameters(), continued, strict=True))
+    # PowerSGD: state round trip through plain tensors after compression started
+    model, comp = _ddp(PowerSGDCompressor(rank=1, start_iter=2))
+    _train(model, rank, 4)
+    state = comp.state_dict()
+    out["powersgd"] = {"iter": state["iter"], "plain": all(isinstance(v, torch.Tensor) for v in state["error"].values()),
+                       "meter": comp.meter.as_dict()}
+    fresh, fresh_comp = _ddp(PowerSGDCompressor(rank=1, start_iter=2))
+    fresh_comp.load_state_dict(state)
+    _train(fresh, rank, 2)
+    out["powersgd_resumed_iter"] = fresh_comp.state.iter
+    results[rank] = out
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results():
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_comm_worker, args=(2, port, results), nprocs=2, join=True)
+    return dict(results)
+
+
+def test_lossless_settings_reproduce_dense_allreduce(ddp_results):
+    for rank in range(2):
+        assert ddp_results[rank]["topk_ratio_1"]
+        assert ddp_results[rank]["cgx_uncompressed"]
+
+
+def _expected_bytes(world):
+    """Analytic bytes one rank sends per step for ``_mlp`` (2048 + 32 + 320 + 10 fp32 values, one bucket)."""
+    numel = 2048 + 32 + 320 + 10
+    ring = lambda n: 2 * (world - 1) * n / world  # noqa: E731
+    k = math.ceil(0.01 * numel)
+    topk = (world - 1) * (4 * k + 4 * k)  # all-gather of fp32 values and int32 indices
+    chunk = -(-numel // world)
+    natural = 2 * (world - 1) / world * world * (chunk + 4)  # codes + base exponent, reduce-scatter and all-gather
+    cgx_exact = ring(4 * (32 + 320 + 10))  # the two biases and the 320-element layer are below 1024
+    cgx_chunk = 2048 // world * 4 // 8 + 4 * (2048 // world // 1024)  # 4-bit codes + bf16 scale and zero
+    cgx = cgx_exact + 2 * (world - 1) / world * world * cgx_chunk
+    return {"dense": ring(4 * numel), "topk": topk, "natural": natural, "cgx": cgx}
+
+
+def test_bytes_meter_matches_the_analytic_count(ddp_results):
+    expected = _expected_bytes(2)
+    for name in ("topk", "natural", "cgx"):
+        meter = ddp_results[0][name]["meter"]
+        assert meter["steps"] == 1
+        assert meter["bytes_per_step"] == pytest.approx(expected[name], abs=1e-9), name
+        assert meter["dense_bytes_per_step"] == pytest.approx(expected["dense"], abs=1e-9)
+    assert ddp_results[0]["topk"]["meter"]["ratio"] > 45
+    assert ddp_results[0]["cgx"]["uncompressed"] == {"0.bias": 32, "2.weight": 320, "2.bias": 10}
+
+
+def test_ranks_agree_and_compression_error_is_bounded(ddp_results):
+    for name in ("topk", "natural", "cgx"):
+        assert ddp_results[0][name]["same_on_ranks"], name
+    # two stochastic roundings, each at most one 4-bit step of a bucket whose range is <= 2 * max|g|
+    assert ddp_results[0]["cgx"]["err"] <= 2 * 2 * ddp_results[0]["cgx_local_scale"] / 15
+    # 300 seeds: the seed-mean is far closer to the dense average than one draw can be
+    assert ddp_results[0]["natural_mean_err"] < 0.06 * ddp_results[0]["dense_scale"]
+
+
+def test_resume_restores_residuals(ddp_results):
+    for rank in range(2):
+        assert ddp_results[rank]["resume_True"]
+        assert not ddp_results[rank]["resume_False"]  # without the residuals the run really diverges
+
+
+def test_powersgd_state_is_plain_and_restores(ddp_results):
+    psgd = ddp_results[0]["powersgd"]
+    assert psgd["iter"] >= 3 and psgd["plain"]
+    assert psgd["meter"]["ratio"] > 1.2  # after start_iter, P and Q replace the dense matrices
+    assert ddp_results[0]["powersgd_resumed_iter"] == psgd["iter"] + 1  # one dense step, then the restored state
