@@ -2,5 +2,6 @@
 
 from effplug.callbacks.activation import ActivationCompression
 from effplug.callbacks.quant import Binarization, QuantizationAwareTraining
+from effplug import strategies  # noqa: F401  (registers the strategy names)
 
 __all__ = ["ActivationCompression", "Binarization", "QuantizationAwareTraining"]

@@ -1,8 +1,9 @@
 """HuggingFace doors. Importing this package needs transformers (``pip install 'effplug[hf]'``)."""
 
 from effplug.hf.activation import ActivationCompressionCallback
+from effplug.hf.comm import GradientCompressionCallback, compress_gradients
 from effplug.hf.quant import BinarizationCallback, QuantizationCallback, apply_quantization
 from effplug.hf.trainer import EffTrainer
 
-__all__ = ["ActivationCompressionCallback", "BinarizationCallback", "EffTrainer", "QuantizationCallback",
-           "apply_quantization"]
+__all__ = ["ActivationCompressionCallback", "BinarizationCallback", "EffTrainer", "GradientCompressionCallback",
+           "QuantizationCallback", "apply_quantization", "compress_gradients"]

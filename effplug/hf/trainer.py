@@ -5,6 +5,7 @@ from __future__ import annotations
 from effplug._optional import require
 from effplug.compress import CompressionConfig
 from effplug.hf.activation import ActivationCompressionCallback
+from effplug.hf.comm import compress_gradients
 from effplug.hf.quant import apply_quantization
 from effplug.quant import QATConfig, multi_bit_loss
 
@@ -17,10 +18,12 @@ class EffTrainer(transformers.Trainer):
     - ``activation_compression``: a ``CompressionConfig`` (or dict); GACT/COMET calibrate from the loss here.
     - ``quantization``: a ``QATConfig`` (or dict); the model is converted before the optimizer exists. With
       ``bit_widths`` (once-QAT) the loss is the sum over widths (``effplug.quant.multi_bit_loss``).
+    - ``comm``: a gradient compressor for DDP: a name (``"topk"``), a dict ``{"compressor": "cgx", "bits": 4}``
+      or a ``GradientCompressor``; see ``effplug.hf.compress_gradients``.
     """
 
     def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None,
-                 quantization: QATConfig | dict | None = None, **kwargs):
+                 quantization: QATConfig | dict | None = None, comm=None, **kwargs):
         # validate before the Trainer does any work
         compression = CompressionConfig(**activation_compression) if isinstance(activation_compression, dict) \
             else activation_compression
@@ -36,6 +39,10 @@ class EffTrainer(transformers.Trainer):
             self.activation_callback = ActivationCompressionCallback(config=compression)
             self.activation_callback.can_calibrate = True
             self.add_callback(self.activation_callback)
+        self.comm_callback = None
+        if comm is not None:
+            options = dict(comm) if isinstance(comm, dict) else {"compressor": comm}
+            self.comm_callback = compress_gradients(self, options.pop("compressor", "topk"), **options)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         if self.quantization is not None and self.quantization.bit_widths is not None and model.training:

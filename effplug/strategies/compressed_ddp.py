@@ -1,0 +1,91 @@
+"""``CompressedDDPStrategy``: Lightning's DDP with an effplug gradient compressor as its communication hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from effplug._optional import require
+from effplug.comm import GradientCompressor, comm_hook, compressor_options, make_compressor
+
+require("pytorch_lightning", extra="lightning")
+
+from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook  # noqa: E402
+from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
+
+CHECKPOINT_KEY = "effplug_comm"
+
+
+class CompressedDDPStrategy(DDPStrategy):
+    """DDP whose gradients are averaged by ``compressor`` (``"topk"``, ``"natural"``, ``"cgx"``, ``"powersgd"``).
+
+    ``CompressedDDPStrategy("topk", ratio=0.01, find_unused_parameters=False)``: options the compressor takes
+    go to it, the rest to ``DDPStrategy``. The strategy names ``ddp_topk``, ``ddp_natural``, ``ddp_cgx`` and
+    ``ddp_powersgd`` build it with defaults. The hook is registered on every device (stock Lightning registers
+    comm hooks only on CUDA). Each rank's compressor state (residuals, seed positions, PowerSGD memories) is
+    gathered into the checkpoint under ``"effplug_comm"`` and handed back to its rank on resume.
+    """
+
+    strategy_name = "ddp_compressed"
+
+    def __init__(self, compressor: str | GradientCompressor = "topk", **options: Any):
+        if isinstance(compressor, GradientCompressor):
+            compressor_kwargs = {}
+        else:
+            accepted = compressor_options(compressor)
+            compressor_kwargs = {k: options.pop(k) for k in list(options) if k in accepted}
+        self.compressor = make_compressor(compressor, **compressor_kwargs)
+        super().__init__(ddp_comm_state=self.compressor, ddp_comm_hook=comm_hook, **options)
+
+    def _register_ddp_hooks(self) -> None:
+        self.compressor.bind(self.model.module, self.model.process_group)
+        _register_ddp_comm_hook(model=self.model, ddp_comm_state=self._ddp_comm_state,
+                                ddp_comm_hook=self._ddp_comm_hook, ddp_comm_wrapper=self._ddp_comm_wrapper)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.gather_compressor_state()
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved:
+            self.restore_compressor_state(saved)
+        return checkpoint
+
+    def gather_compressor_state(self) -> dict:
+        """Every rank's compressor state, gathered (a collective: call it on all ranks)."""
+        state = self.compressor.state_dict()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
+            states: list = [None] * self.world_size
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        return {"compressor": self.compressor.name, "world_size": len(states), "ranks": states}
+
+    def restore_compressor_state(self, saved: dict) -> None:
+        if saved.get("compressor") != self.compressor.name:
+            raise ValueError(f"the checkpoint holds {saved.get('compressor')!r} compressor state but this run uses "
+                             f"{self.compressor.name!r}; resume with strategy='ddp_{saved.get('compressor')}' or "
+                             "drop the 'effplug_comm' key from the checkpoint")
+        states = saved["ranks"]
+        if len(states) == self.world_size:
+            self.compressor.load_state_dict(states[self.global_rank])
+        else:
+            self.compressor.load_state_dict(
+                self.compressor.merge_rank_states(states, self.world_size, self.global_rank))
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        for name, description in STRATEGY_NAMES.items():
+            if name not in strategy_registry:  # idempotent: importing the doors twice is fine
+                strategy_registry.register(name, cls, description=description, compressor=name.removeprefix("ddp_"))
+
+
+STRATEGY_NAMES = {
+    "ddp_topk": "DDP with top-k (1%) gradient sparsification and error feedback (effplug)",
+    "ddp_natural": "DDP with natural compression: gradients as 8-bit powers of two (effplug)",
+    "ddp_cgx": "DDP with CGX 4-bit bucketed gradient quantization (effplug)",
+    "ddp_powersgd": "DDP with torch's PowerSGD hook, checkpointed (effplug)",
+}

@@ -1,0 +1,57 @@
+"""Gradient compression through its doors: Lightning strategy names and the HF callback, 2 gloo processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("comm_doors_worker.py")
+
+
+@pytest.fixture(scope="module")
+def door_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("comm_doors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "NODE_RANK": "0", "LOCAL_WORLD_SIZE": "2",
+               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for rank, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_lightning_strategy_names_register_the_hook_on_cpu(door_results):
+    for result in door_results:
+        assert result["strategy_class"] == "CompressedDDPStrategy"
+        assert result["topk_steps"] == 6  # stock DDPStrategy would have registered nothing on CPU
+        assert result["topk_ratio"] > 40
+        for name in ("cgx", "natural", "powersgd"):
+            assert result[f"{name}_steps"] == 3, name
+        assert result["natural_ratio"] > 3.5 and result["cgx_ratio"] > 2.5  # 8-bit, small layers exact
+
+
+def test_lightning_checkpoint_gathers_and_restores_every_rank(door_results):
+    assert door_results[0]["ckpt_world_size"] == 2 and door_results[0]["ckpt_has_both_ranks"]
+    for result in door_results:
+        assert result["restored_nonempty"] and result["restored_equal"]
+        assert result["resumed_steps"] == 3  # 9 - 6 restored steps
+
+
+def test_hf_callback_registers_on_model_wrapped_and_resumes(door_results):
+    for result in door_results:
+        assert result["hf_wrapped"] == "DistributedDataParallel"
+        assert result["hf_steps"] == 3 and result["hf_ratio"] > 8
+        assert result["hf_state_file"]
+        assert result["hf_restored_equal"]
+        assert result["hf_resumed_steps"] == 1
