@@ -2,6 +2,7 @@
 
 Each builder returns ``(model, optimizer, batches, loss_fn, evaluate, metric)``. ``prepare(model)`` runs
 before the optimizer is built (QAT conversion, binarization), so parameters it adds are optimized.
+``data_seed`` (default: ``seed``) drives the batch order, e.g. a different stream per data-parallel rank.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from effplug import data, models
 
 
-def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None, lr: float = 3e-3, **model_kw):
+def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None, lr: float = 3e-3,
+                data_seed: int | None = None, **model_kw):
     split = data.digits()
     torch.manual_seed(seed)
     model = model_class(width=model_kw.pop("width", 32), **model_kw).to(device)
@@ -26,7 +28,7 @@ def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None
     train_x, train_y = split.train_x.to(device), split.train_y.to(device)
 
     def batches(steps, batch=64):
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
         for _ in range(steps):
             idx = torch.randint(0, len(train_x), (batch,), generator=gen).to(device)
             yield train_x[idx], train_y[idx]
@@ -45,7 +47,8 @@ def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None
     return model, opt, batches, loss_fn, evaluate, "accuracy"
 
 
-def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, block: int = 64, lr: float = 3e-3):
+def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, block: int = 64, lr: float = 3e-3,
+                 data_seed: int | None = None):
     corpus = data.stdlib_text(max_chars=1_000_000)
     train_x, train_y = corpus.windows("train", block, 8192, seed=0)
     val_x, val_y = corpus.windows("val", block, 256, seed=1)
@@ -59,7 +62,7 @@ def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, bl
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
 
     def batches(steps, batch=32):
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
         for _ in range(steps):
             idx = torch.randint(0, len(train_x), (batch,), generator=gen)
             yield train_x[idx].to(device), train_y[idx].to(device)
