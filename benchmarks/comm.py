@@ -11,13 +11,15 @@ and the ratio to dense, final accuracy / validation loss against dense, and the 
     T(link) = t_step + 8 * sent_bytes / link_bits_per_s
 
 on 1, 10 and 100 Gbit/s links, where ``t_step`` is the measured median step time on this machine (loopback
-gloo, so it already includes the encode/decode work and a little local communication). Prints a Markdown
-table and writes JSON.
+gloo, so it already includes the encode/decode work and a little local communication), and the link speed
+below which the compressor's projected step beats dense: 8 * (dense_bytes - sent_bytes) / (t_step - t_dense).
+Prints a Markdown table and writes JSON; ``--table-from results.json`` reprints the table of a saved run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -126,20 +128,31 @@ def summarize(rows: list) -> list:
                 for gbit in LINKS_GBIT:
                     entry[f"projected_ms_{gbit}g"] = (step + 8 * sent / (gbit * 1e9)) * 1e3
                     entry[f"dense_projected_ms_{gbit}g"] = (dense_step + 8 * dense_bytes / (gbit * 1e9)) * 1e3
+                # the link speed below which this compressor's projected step beats dense's
+                extra_s, saved_bits = step - dense_step, 8 * (dense_bytes - sent)
+                entry["break_even_mbit"] = (saved_bits / extra_s / 1e6 if extra_s > 0 else float("inf")) \
+                    if saved_bits > 0 else None
                 table.append(entry)
     return table
 
 
 def print_table(table: list) -> None:
     print("| W | task | compressor | bytes/step | vs dense | metric (mean [min, max]) | Δ vs dense | ms/step (measured) "
-          "| projected ms @1 / 10 / 100 Gbit/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| projected ms @1 / 10 / 100 Gbit/s | beats dense below |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for e in table:
         scale, unit = (100, " pt") if e["metric"] == "accuracy" else (1, "")
         proj = " / ".join(f"{e[f'projected_ms_{g}g']:.1f}" for g in LINKS_GBIT)
         print(f"| {e['world_size']} | {e['task']} | {e['compressor']} | {e['bytes_per_step']:,.0f} | "
               f"{e['ratio_vs_dense']:.1f}x | {e['score_mean'] * scale:.2f} [{e['score_min'] * scale:.2f}, "
-              f"{e['score_max'] * scale:.2f}] | {e['delta_vs_dense'] * scale:+.2f}{unit} | {e['step_ms']:.1f} | {proj} |")
+              f"{e['score_max'] * scale:.2f}] | {e['delta_vs_dense'] * scale:+.2f}{unit} | {e['step_ms']:.1f} | {proj} | "
+              f"{_mbit(e.get('break_even_mbit'))} |")
+
+
+def _mbit(value) -> str:
+    if value is None:
+        return "-"
+    return "any link" if value == float("inf") else f"{value:,.0f} Mbit/s"
 
 
 def main(argv=None) -> None:
@@ -150,8 +163,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: digits 400, char-gpt2 300)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/comm.json")
+    parser.add_argument("--json", default="bench_out/comm.json")
+    parser.add_argument("--table-from", metavar="JSON", help="print the table from a saved run's rows; no training")
     args = parser.parse_args(argv)
+    if args.table_from:
+        print_table(summarize(json.loads(Path(args.table_from).read_text())["rows"]))
+        return
     worlds = args.worlds or ([2] if args.quick else [2, 4])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     steps = {"digits": args.steps or (40 if args.quick else 400), "char-gpt2": args.steps or (30 if args.quick else 300)}
@@ -163,7 +180,7 @@ def main(argv=None) -> None:
     table = summarize(rows)
     print_table(table)
     print(f"\nT(link) = t_step + 8 * bytes_per_step / link; {time.perf_counter() - started:.0f} s wall", file=sys.stderr)
-    tasks.write_report(args.out, rows, steps, "cpu", worlds=worlds, seeds=seeds, table=table,
+    tasks.write_report(args.json, rows, steps, "cpu", worlds=worlds, seeds=seeds, table=table,
                        formula="T(link) = t_step + 8 * bytes_per_step / (link bits per second)")
 
 

@@ -33,6 +33,8 @@ class DemoConfig:
     tasks: tuple = ()  # empty: every task
     # Saved-activation bytes for one batch; None uses the exact saved-tensor meter on a plain forward+loss.
     measure_saved_bytes: Callable | None = None
+    devices: int = 1  # > 1: that many CPU processes (gloo), spawned by the strategy
+    baseline: bool = False  # step-time ratios of rows with the same ``devices`` are relative to this row
 
 
 DEMO_TASKS: dict[str, DemoTask] = {}
@@ -78,7 +80,7 @@ def _build_char_lm(quick: bool):
 
 register_demo_task(DemoTask("digits-resnet", "accuracy", _build_digits))
 register_demo_task(DemoTask("char-gpt2", "val loss", _build_char_lm))
-register_demo_config(DemoConfig("fp32 baseline"))
+register_demo_config(DemoConfig("fp32 baseline", baseline=True))
 
 
 def _activation_compression_row(name: str, tasks: tuple = (), **settings) -> DemoConfig:
@@ -154,6 +156,28 @@ register_demo_config(_luq_row())
 register_demo_config(_lns_madam_row())
 
 
+def _comm_row(name: str, compressor: str | None, **options) -> DemoConfig:
+    """Two spawned CPU processes under DDP; ``compressor=None`` is dense all-reduce through the same meter."""
+
+    def trainer_kwargs():
+        from effplug.comm import GradientCompressor
+        from effplug.lit_modules import CommBytesCallback
+        from effplug.strategies import CompressedDDPStrategy
+
+        chosen = GradientCompressor() if compressor is None else compressor
+        strategy = CompressedDDPStrategy(chosen, start_method="spawn", **options)
+        return {"strategy": strategy, "callbacks": [CommBytesCallback()]}
+
+    return DemoConfig(name, trainer_kwargs, tasks=("digits-resnet",), devices=2, baseline=compressor is None)
+
+
+# Digits only, 2 processes each (per-rank batch 64, so each step sees 128 samples); bytes are what one rank
+# sends per step next to dense all-reduce. benchmarks/comm.py covers GPT-2, 4 processes and 3 seeds.
+register_demo_config(_comm_row("DDP dense, 2 procs", None))
+register_demo_config(_comm_row("ddp_topk 1%, 2 procs", "topk", ratio=0.01))
+register_demo_config(_comm_row("ddp_cgx 4-bit, 2 procs", "cgx", bits=4, seed=0))
+
+
 def _default_saved_bytes(module, batch) -> int:
     module.train()
     return saved_bytes(lambda: module.compute_loss(batch), parameters=module).activation_bytes
@@ -171,8 +195,8 @@ def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int =
     trainer = pl.Trainer(
         max_steps=max_steps,
         max_epochs=-(-max_steps // len(loader)),  # so the progress bar shows "Epoch i/N"
-        accelerator="auto",
-        devices=1,
+        accelerator="auto" if config.devices == 1 else "cpu",
+        devices=config.devices,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -188,16 +212,21 @@ def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int =
     batch = next(iter(loader))
     batch = [t.to(module.device) for t in batch]
     measure = config.measure_saved_bytes or _default_saved_bytes
-    return {
+    metrics = trainer.callback_metrics
+    row = {
         "task": task.name,
         "config": config.name,
         "metric": task.metric,
         "value": module.evaluate(eval_x.to(module.device), eval_y.to(module.device)),
         "saved_mb": measure(module, batch) / 2**20,
-        "step_ms": timer.timer.median_s * 1e3,
+        "step_ms": float(metrics["step_ms"]) if "step_ms" in metrics else timer.timer.median_s * 1e3,
         "steps": max_steps,
         "wall_s": wall,
+        "devices": config.devices,
     }
+    if "comm_ratio" in metrics:
+        row["comm_ratio"] = float(metrics["comm_ratio"])
+    return row
 
 
 def run_demo(quick: bool = False, configs: list | None = None, tasks: list | None = None, progress: bool = True) -> list:
@@ -205,27 +234,30 @@ def run_demo(quick: bool = False, configs: list | None = None, tasks: list | Non
     for task in DEMO_TASKS.values():
         if tasks and task.name not in tasks:
             continue
-        baseline_ms = None
+        baseline_ms = {}  # per process count: 2-process rows compare with the dense 2-process row
+        wanted = [c for c in DEMO_CONFIGS.values() if not configs or c.name in configs]
         for config in DEMO_CONFIGS.values():
-            if configs and config.name not in configs and config.name != "fp32 baseline":
+            keep_as_baseline = config.baseline and any(c.devices == config.devices for c in wanted)
+            if configs and config.name not in configs and not keep_as_baseline:
                 continue
             if config.tasks and task.name not in config.tasks:
                 continue
             row = run_task_config(task, config, quick, progress=progress)
-            baseline_ms = baseline_ms or row["step_ms"]
-            row["step_ratio"] = row["step_ms"] / baseline_ms
+            baseline_ms.setdefault(config.devices, row["step_ms"])
+            row["step_ratio"] = row["step_ms"] / baseline_ms[config.devices]
             rows.append(row)
     return rows
 
 
 def format_table(rows: list) -> str:
     lines = [
-        "| task | configuration | accuracy / val loss | saved-activation MB | step-time ratio |",
-        "|---|---|---|---|---|",
+        "| task | configuration | accuracy / val loss | saved-activation MB | step-time ratio | gradient bytes vs dense |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         metric = f"{r['value']:.3f} ({r['metric']})"
-        lines.append(f"| {r['task']} | {r['config']} | {metric} | {r['saved_mb']:.2f} | {r['step_ratio']:.2f} |")
+        comm = f"{r['comm_ratio']:.1f}x fewer" if "comm_ratio" in r else "-"
+        lines.append(f"| {r['task']} | {r['config']} | {metric} | {r['saved_mb']:.2f} | {r['step_ratio']:.2f} | {comm} |")
     return "\n".join(lines)
 
 

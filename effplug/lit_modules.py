@@ -93,3 +93,15 @@ class StepTimeCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.timer.stop()
+
+    def on_train_end(self, trainer, pl_module):
+        # callback_metrics travel back from spawned ranks; the timer itself stays in the child
+        if self.timer.times_s:
+            trainer.callback_metrics["step_ms"] = torch.tensor(self.timer.median_s * 1e3)
+
+
+class CommBytesCallback(pl.Callback):
+    """Report a ``CompressedDDPStrategy``'s bytes ratio in ``callback_metrics`` (they come back from spawned ranks)."""
+
+    def on_train_end(self, trainer, pl_module):
+        trainer.callback_metrics["comm_ratio"] = torch.tensor(trainer.strategy.compressor.meter.ratio)

@@ -1,7 +1,7 @@
 """Lightning doors. Importing this package needs pytorch-lightning (``pip install 'effplug[lightning]'``)."""
 
+from effplug import strategies  # noqa: F401  (registers the strategy names)
 from effplug.callbacks.activation import ActivationCompression
 from effplug.callbacks.quant import Binarization, QuantizationAwareTraining
-from effplug import strategies  # noqa: F401  (registers the strategy names)
 
 __all__ = ["ActivationCompression", "Binarization", "QuantizationAwareTraining"]
