@@ -190,6 +190,10 @@ def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int =
 
     pl.seed_everything(seed, verbose=False)
     module, loader, eval_x, eval_y, max_steps = task.build(quick)
+    if config.devices > 1:
+        # spawned ranks cannot unpickle a torch.Generator; DDP's DistributedSampler shuffles (seeded) instead
+        loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
+                                             drop_last=loader.drop_last)
     extra = config.trainer_kwargs()
     timer = StepTimeCallback(warmup=5 if not quick else 2)
     trainer = pl.Trainer(
@@ -256,7 +260,7 @@ def format_table(rows: list) -> str:
     ]
     for r in rows:
         metric = f"{r['value']:.3f} ({r['metric']})"
-        comm = f"{r['comm_ratio']:.1f}x fewer" if "comm_ratio" in r else "-"
+        comm = "-" if "comm_ratio" not in r else "1.0x (dense)" if r["comm_ratio"] < 1.0001 else f"{r['comm_ratio']:.1f}x fewer"
         lines.append(f"| {r['task']} | {r['config']} | {metric} | {r['saved_mb']:.2f} | {r['step_ratio']:.2f} | {comm} |")
     return "\n".join(lines)
 

@@ -67,3 +67,8 @@ def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
     baseline = {r["task"]: r for r in rows if r["config"] == "fp32 baseline"}
     # the engine's accounting reaches the table
     assert compressed["digits-resnet"]["saved_mb"] < baseline["digits-resnet"]["saved_mb"] / 3
+    # 2-process rows: the spawned rank's meter comes back, and their step times compare with dense DDP
+    comm = {r["config"]: r for r in rows if r.get("devices") == 2}
+    assert comm["DDP dense, 2 procs"]["comm_ratio"] == 1.0 and comm["DDP dense, 2 procs"]["step_ratio"] == 1.0
+    assert comm["ddp_topk 1%, 2 procs"]["comm_ratio"] > 40 and comm["ddp_cgx 4-bit, 2 procs"]["comm_ratio"] > 6
+    assert "49.9x fewer" in out or "50.0x fewer" in out
