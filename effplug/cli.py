@@ -1,4 +1,4 @@
-"""The ``effplug`` command: ``demo`` and ``env``."""
+"""The ``effplug`` command: ``demo``, ``env`` and ``plan``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def _env(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from effplug.parallel.zero import format_plan, plan
+
+    rows = plan(args.params, args.gpus, args.gpu_mem, param_bytes=args.param_bytes, grad_bytes=args.grad_bytes,
+                optimizer_bytes=args.optimizer_bytes, headroom=args.headroom)
+    print(format_plan(rows, args.params, args.gpus, args.gpu_mem))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effplug", description="Efficiency plugins for Lightning and HF training loops.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     env = sub.add_parser("env", help="print versions, devices, Triton usability and the kernel backend")
     env.set_defaults(func=_env)
+    planner = sub.add_parser("plan", help="per-rank memory of DDP and ZeRO 1/2/3 for a model size, and which fits")
+    planner.add_argument("--params", type=float, required=True, help="parameter count, e.g. 7e9")
+    planner.add_argument("--gpus", type=int, required=True, help="data-parallel ranks")
+    planner.add_argument("--gpu-mem", type=float, required=True, help="GiB of memory per GPU, e.g. 80")
+    planner.add_argument("--param-bytes", type=int, default=2, help="bytes per parameter (2: fp16/bf16, 4: fp32)")
+    planner.add_argument("--grad-bytes", type=int, default=2, help="bytes per gradient value")
+    planner.add_argument("--optimizer-bytes", type=int, default=12,
+                         help="optimizer bytes per parameter (12: Adam's fp32 master, m and v)")
+    planner.add_argument("--headroom", type=float, default=0.9,
+                         help="fraction of GPU memory model states may use (the rest: activations, buffers)")
+    planner.set_defaults(func=_plan)
     return parser
 
 

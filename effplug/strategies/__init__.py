@@ -1,10 +1,14 @@
-"""Lightning strategies. Importing this package (or ``effplug.callbacks``) registers the strategy names
-``ddp_topk``, ``ddp_natural``, ``ddp_cgx`` and ``ddp_powersgd``. Needs pytorch-lightning."""
+"""Lightning strategies. Importing this package (or ``effplug.callbacks`` / ``effplug.precision``) registers the
+strategy names ``ddp_topk``, ``ddp_natural``, ``ddp_cgx``, ``ddp_powersgd`` (gradient compression), ``zero1``,
+``zero2``, ``zero3``, ``zero3_offload`` (DeepSpeed, CPU too) and ``fsdp2``. Needs pytorch-lightning."""
 
 from pytorch_lightning.strategies import StrategyRegistry
 
 from effplug.strategies.compressed_ddp import STRATEGY_NAMES, CompressedDDPStrategy
+from effplug.strategies.zero import ZERO_NAMES, FSDP2Strategy, ZeroStrategy, shard_by_layer
 
 CompressedDDPStrategy.register_strategies(StrategyRegistry)
+ZeroStrategy.register_strategies(StrategyRegistry)
+FSDP2Strategy.register_strategies(StrategyRegistry)
 
-__all__ = ["STRATEGY_NAMES", "CompressedDDPStrategy"]
+__all__ = ["STRATEGY_NAMES", "ZERO_NAMES", "CompressedDDPStrategy", "FSDP2Strategy", "ZeroStrategy", "shard_by_layer"]

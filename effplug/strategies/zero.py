@@ -1,0 +1,169 @@
+"""ZeRO strategies that also run on CPU: DeepSpeed stages 1/2/3 (``zero1``...``zero3_offload``) and FSDP2.
+
+Lightning's ``DeepSpeedStrategy`` refuses anything but CUDA (it raised rather than crash, Lightning #12607).
+DeepSpeed itself runs on CPU with its CPU accelerator and gloo; three things in Lightning stand in the way,
+and ``ZeroStrategy`` lifts exactly those on CPU and changes nothing on CUDA:
+
+1. ``setup_environment``: the CUDA-only guard;
+2. ``setup_distributed``: the device-index check (a CPU device has no index);
+3. ``deepspeed.initialize(args=Namespace(device_rank=root_device.index))``: None on CPU, which DeepSpeed
+   compares with ``>=``; the local rank is passed instead.
+
+``FSDP2Strategy`` is torch's ``fully_shard`` through Lightning's ``ModelParallelStrategy`` (FSDP1 cannot run
+on CPU). A module without its own ``configure_model`` is sharded layer by layer automatically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+import torch
+
+from effplug._optional import require
+from effplug.parallel.zero import deepspeed_config
+
+require("pytorch_lightning", extra="lightning")
+
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy  # noqa: E402
+
+
+class ZeroStrategy(DeepSpeedStrategy):
+    """DeepSpeed ZeRO ``stage`` built from ``effplug.parallel.zero.deepspeed_config``, on CUDA or CPU.
+
+    ``ZeroStrategy(stage=2)``, ``ZeroStrategy(stage=3, offload="all", param_persistence_threshold=0)``, or
+    ``ZeroStrategy(config=<a full DeepSpeed dict>)``. Keyword options of ``deepspeed_config`` go to it; the
+    rest go to Lightning's ``DeepSpeedStrategy``. Needs ``pip install 'effplug[deepspeed]'``.
+    """
+
+    strategy_name = "zero"
+
+    def __init__(self, stage: int = 2, offload: str | None = None, config: dict | None = None, **options: Any):
+        require("deepspeed", extra="deepspeed")
+        import inspect
+
+        accepted = set(inspect.signature(deepspeed_config).parameters) - {"stage", "offload"}
+        zero_kwargs = {k: options.pop(k) for k in list(options) if k in accepted}
+        if config is None:
+            config = deepspeed_config(stage, offload, **zero_kwargs)
+            # Lightning owns these (accumulate_grad_batches, the loader's batch size) and refuses them in the config
+            del config["gradient_accumulation_steps"], config["train_micro_batch_size_per_gpu"]
+        elif zero_kwargs:
+            raise ValueError(f"pass either config= or ZeRO options, not both (got {sorted(zero_kwargs)})")
+        self.stage = config["zero_optimization"]["stage"]
+        super().__init__(config=config, **options)
+
+    def _on_cpu(self) -> bool:
+        return self.root_device.type == "cpu"
+
+    def setup_environment(self) -> None:
+        if self._on_cpu():
+            DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDA-only guard
+        else:
+            super().setup_environment()
+
+    def setup_distributed(self) -> None:
+        if not self._on_cpu():
+            return super().setup_distributed()
+        from lightning_fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()  # gloo through DeepSpeed's CPU accelerator
+        return None
+
+    @contextlib.contextmanager
+    def _device_rank_for_deepspeed(self):
+        """DeepSpeed reads ``args.device_rank``; Lightning passes ``root_device.index``, None on CPU."""
+        if not self._on_cpu():
+            yield
+            return
+        import deepspeed
+
+        original = deepspeed.initialize
+
+        def initialize(*args, **kwargs):
+            kwargs["args"] = argparse.Namespace(device_rank=self.local_rank)
+            return original(*args, **kwargs)
+
+        deepspeed.initialize = initialize
+        try:
+            yield
+        finally:
+            deepspeed.initialize = original
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        with self._device_rank_for_deepspeed():
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+
+    def _initialize_deepspeed_inference(self, model) -> None:
+        with self._device_rank_for_deepspeed():
+            return super()._initialize_deepspeed_inference(model)
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        for name, (stage, offload, description) in ZERO_NAMES.items():
+            if name not in strategy_registry:
+                strategy_registry.register(name, cls, description=description, stage=stage, offload=offload)
+
+
+ZERO_NAMES = {
+    "zero1": (1, None, "DeepSpeed ZeRO-1 (optimizer states partitioned), CPU or CUDA (effplug)"),
+    "zero2": (2, None, "DeepSpeed ZeRO-2 (optimizer states and gradients partitioned), CPU or CUDA (effplug)"),
+    "zero3": (3, None, "DeepSpeed ZeRO-3 (parameters too), CPU or CUDA (effplug)"),
+    "zero3_offload": (3, "all", "DeepSpeed ZeRO-3 with parameters and optimizer offloaded to CPU (effplug)"),
+}
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``) over all ranks, as a drop-in strategy: ``"fsdp2"``.
+
+    If the LightningModule defines ``configure_model`` it is used as is (Lightning's contract). Otherwise every
+    module that directly owns parameters is sharded with ``fully_shard`` over the data-parallel mesh, then the
+    root, so each rank holds 1/N of every parameter, gradient and optimizer state (ZeRO-3-like). Models with
+    tied weights in different modules (GPT-2's embedding and head) need their own ``configure_model``.
+    """
+
+    strategy_name = "fsdp2"
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("data_parallel_size", "auto")
+        kwargs.setdefault("tensor_parallel_size", 1)
+        super().__init__(**kwargs)
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":  # every rank is data-parallel (Lightning's "auto" means nodes)
+            tensor_parallel = 1 if self._tensor_parallel_size == "auto" else self._tensor_parallel_size
+            self._data_parallel_size = self.world_size // tensor_parallel
+            self._tensor_parallel_size = tensor_parallel
+        super().setup_environment()
+
+    def setup(self, trainer) -> None:
+        from pytorch_lightning.utilities.model_helpers import is_overridden
+
+        module = self.lightning_module
+        if not is_overridden("configure_model", module):
+            shard_by_layer(module, self.device_mesh["data_parallel"])
+            # Lightning insists on a configure_model; the sharding above is what it would have done
+            module.configure_model = lambda: None
+        super().setup(trainer)
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        if "fsdp2" not in strategy_registry:
+            strategy_registry.register("fsdp2", cls, description="FSDP2 fully_shard per layer, CPU or CUDA (effplug)")
+
+
+def shard_by_layer(module: torch.nn.Module, mesh) -> torch.nn.Module:
+    """``fully_shard`` every submodule that directly owns parameters, then the root (skips ones already sharded)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for child in list(module.modules())[1:]:
+        if isinstance(child, FSDPModule):
+            continue
+        if any(True for _ in child.parameters(recurse=False)):
+            fully_shard(child, mesh=mesh)
+    if not isinstance(module, FSDPModule):
+        fully_shard(module, mesh=mesh)
+    return module
