@@ -105,3 +105,34 @@ class CommBytesCallback(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         trainer.callback_metrics["comm_ratio"] = torch.tensor(trainer.strategy.compressor.meter.ratio)
+
+
+class ModelStateCallback(pl.Callback):
+    """Per-rank bytes of parameters, gradients and optimizer states (``effplug.parallel.zero.model_state_bytes``).
+
+    ``states`` is read before the optimizer step of step ``at_step`` (Adam's moments exist from step 1 on);
+    ``peak_grad_bytes`` is the most ``.grad`` storage the rank held at once during a backward (post-accumulate
+    hooks), which is where stage 0/1 keep a full gradient.
+    """
+
+    def __init__(self, at_step: int = 2):
+        self.at_step, self.states, self.peak_grad_bytes = at_step, None, 0
+
+    def on_train_start(self, trainer, pl_module):
+        model = trainer.strategy.model
+        target = model.module if hasattr(model, "zero_optimization_stage") else pl_module
+        params = list(target.parameters())
+
+        def track(_):
+            held = [p.grad for p in params if p.grad is not None]
+            self.peak_grad_bytes = max(self.peak_grad_bytes, sum(
+                (g.to_local() if hasattr(g, "to_local") else g).numel() * g.element_size() for g in held))
+
+        for p in params:
+            p.register_post_accumulate_grad_hook(track)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.at_step:
+            from effplug.parallel.zero import model_state_bytes
+
+            self.states = model_state_bytes(trainer.strategy.model, optimizer)

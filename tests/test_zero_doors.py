@@ -15,6 +15,7 @@ WORKER = Path(__file__).with_name("zero_doors_worker.py")
 
 @pytest.fixture(scope="module")
 def zero_results(tmp_path_factory):
+    pytest.importorskip("deepspeed", reason="pip install 'effplug[deepspeed]'")
     out = tmp_path_factory.mktemp("zero_doors")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

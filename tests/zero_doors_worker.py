@@ -20,8 +20,8 @@ def lightning_phase(out: Path, rank: int) -> dict:
 
     import effplug.strategies  # noqa: F401  (registers zero1, ..., fsdp2)
     from effplug import data
-    from effplug.lit_modules import ClassifierModule
-    from effplug.parallel.zero import model_state_bytes, plain_state_dict
+    from effplug.lit_modules import ClassifierModule, ModelStateCallback
+    from effplug.parallel.zero import plain_state_dict
 
     split = data.digits()
     # 640 samples = 20 steps per epoch on 2 ranks x 16: the checkpoint at step 20 is an epoch boundary, so a
@@ -35,27 +35,12 @@ def lightning_phase(out: Path, rank: int) -> dict:
                                   torch.nn.ReLU(), torch.nn.Linear(128, 10))
         return ClassifierModule(net, lr=1e-3)
 
-    class Record(pl.Callback):
+    class Record(ModelStateCallback):
+        """Losses per step, model states, and a checkpoint saved inside fit at ``save_at``."""
+
         def __init__(self, save_at=None, save_to=None):
-            self.losses, self.states, self.peak_grad = [], None, 0
-            self.save_at, self.save_to = save_at, save_to
-
-        def on_train_start(self, trainer, pl_module):
-            model = trainer.strategy.model
-            target = model.module if hasattr(model, "zero_optimization_stage") else pl_module
-            for p in target.parameters():  # the most gradient storage held at once during backward
-                p.register_post_accumulate_grad_hook(self._track(target))
-
-        def _track(self, target):
-            def hook(_):
-                self.peak_grad = max(self.peak_grad, sum(
-                    (g.to_local() if hasattr(g, "to_local") else g).numel() * 4
-                    for g in (q.grad for q in target.parameters()) if g is not None))
-            return hook
-
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if trainer.global_step == 2:  # Adam's moments exist from the first step on
-                self.states = model_state_bytes(trainer.strategy.model, optimizer)
+            super().__init__(at_step=2)
+            self.losses, self.save_at, self.save_to = [], save_at, save_to
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
@@ -82,7 +67,7 @@ def lightning_phase(out: Path, rank: int) -> dict:
         record = Record(save_at=STEPS, save_to=ckpt) if name == "zero2" else Record()
         run = trainer(strategy, STEPS, [record])
         run.fit(module(), loader)
-        result[name] = {"losses": record.losses, "states": record.states, "peak_grad": record.peak_grad,
+        result[name] = {"losses": record.losses, "states": record.states, "peak_grad": record.peak_grad_bytes,
                         "strategy": type(run.strategy).__name__}
         if name == "zero2":  # checkpoint: a ZeRO folder, resumed, then converted to a plain state dict
             final = {k: v.detach().clone() for k, v in run.lightning_module.state_dict().items()}
