@@ -21,9 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/effplug demo
 
-# TRITON_INTERPRET=1 runs every Triton kernel on the CPU against its torch reference.
+# TRITON_INTERPRET=1 runs every Triton kernel on the CPU against its torch reference. --dist loadfile keeps a
+# test file on one worker, so the multi-process fixtures (2 gloo ranks) launch once per file.
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 --durations=15
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check effplug tests benchmarks
