@@ -19,9 +19,9 @@ Prints a Markdown table and writes JSON; ``--table-from results.json`` reprints 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -78,7 +78,7 @@ def _worker(rank, world, port, jobs, steps, results):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     rows = []
     for task, name, seed in jobs:
         row = train_one(task, name, seed, steps[task], rank)
@@ -95,9 +95,9 @@ def _worker(rank, world, port, jobs, steps, results):
 def run_world(world: int, jobs: list, steps: dict) -> list:
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from effplug.launch import free_port
+
+    port = free_port()
     manager = mp.Manager()
     results = manager.list()
     mp.spawn(_worker, args=(world, port, jobs, steps, results), nprocs=world, join=True)

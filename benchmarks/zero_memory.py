@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,19 +59,9 @@ def rank_main(width: int, out: Path) -> None:
 
 
 def launch(world: int, width: int, out: Path) -> list:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "NODE_RANK": "0", "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--rank-of", str(out), "--width", str(width)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode:
-            raise SystemExit(f"a rank failed:\n{err[-3000:]}")
+    from effplug.launch import launch_ranks
+
+    launch_ranks([__file__, "--rank-of", str(out), "--width", str(width)], world=world)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 

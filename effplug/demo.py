@@ -7,6 +7,7 @@ A later technique registers a configuration with ``register_demo_config``; nobod
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,7 +212,21 @@ def run_task_config(task: DemoTask, config: DemoConfig, quick: bool, seed: int =
         callbacks=[timer, *extra.get("callbacks", [])],
     )
     start = time.perf_counter()
-    trainer.fit(module, loader)
+    if config.devices > 1:
+        from effplug.launch import free_port
+
+        # Lightning's own pick is an ephemeral port, which a concurrent gloo connection can take first
+        previous = os.environ.get("MASTER_PORT")
+        os.environ["MASTER_PORT"] = str(free_port())
+        try:
+            trainer.fit(module, loader)
+        finally:
+            if previous is None:
+                os.environ.pop("MASTER_PORT", None)
+            else:
+                os.environ["MASTER_PORT"] = previous
+    else:
+        trainer.fit(module, loader)
     wall = time.perf_counter() - start
     batch = next(iter(loader))
     batch = [t.to(module.device) for t in batch]

@@ -1,8 +1,8 @@
 """Gradient compressors: engine invariants in one process, then real DDP on 2 gloo processes."""
 
+import datetime
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -130,7 +130,7 @@ def _comm_worker(rank, world, port, results):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     out = {}
     dense_model, _ = _ddp()
     dense = _grads_after_backward(dense_model, rank)
@@ -196,9 +196,9 @@ def _comm_worker(rank, world, port, results):
 def ddp_results():
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from effplug.launch import free_port
+
+    port = free_port()
     results = mp.Manager().dict()
     mp.spawn(_comm_worker, args=(2, port, results), nprocs=2, join=True)
     return dict(results)

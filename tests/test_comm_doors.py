@@ -1,13 +1,11 @@
 """Gradient compression through its doors: Lightning strategy names and the HF callback, 2 gloo processes."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from effplug.launch import launch_ranks
 
 WORKER = Path(__file__).with_name("comm_doors_worker.py")
 
@@ -15,19 +13,7 @@ WORKER = Path(__file__).with_name("comm_doors_worker.py")
 @pytest.fixture(scope="module")
 def door_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("comm_doors")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "NODE_RANK": "0", "LOCAL_WORLD_SIZE": "2",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for rank, (proc, log) in enumerate(zip(procs, logs, strict=True)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
+    launch_ranks([str(WORKER), str(out)], world=2, timeout=600, PYTHONPATH=str(Path(__file__).parents[1]))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -1,5 +1,6 @@
 """Activation compression through its doors: a real Lightning Trainer, a real HF Trainer, DDP on gloo."""
 
+import datetime
 import os
 
 import pytest
@@ -139,7 +140,7 @@ def _ddp_worker(rank, world, port, results):
     from effplug.models import DigitsResNet
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(DigitsResNet(width=16))
     gen = torch.Generator().manual_seed(rank)
@@ -154,13 +155,11 @@ def _ddp_worker(rank, world, port, results):
 
 
 def test_ddp_two_gloo_processes():
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from effplug.launch import free_port
+
+    port = free_port()
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)

@@ -1,5 +1,6 @@
 """QAT and binarization through their doors: real Lightning (and LightningCLI), real HF Trainer, DDP on gloo."""
 
+import datetime
 import os
 
 import pytest
@@ -198,7 +199,7 @@ def _ddp_worker(rank, world, port, results):
     from effplug.models import DigitsResNet
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     net = quantize_model(DigitsResNet(width=8), QATConfig(weight_bits=4, act_bits=4, weight_estimator="octav"))
     model = torch.nn.parallel.DistributedDataParallel(net)  # quantize before wrapping
@@ -217,13 +218,11 @@ def _ddp_worker(rank, world, port, results):
 
 
 def test_ddp_ranks_keep_identical_activation_ranges():
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from effplug.launch import free_port
+
+    port = free_port()
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert results[0] and results[1]
