@@ -255,3 +255,15 @@ def test_powersgd_state_is_plain_and_restores(ddp_results):
     assert psgd["iter"] >= 3 and psgd["plain"]
     assert psgd["meter"]["ratio"] > 1.2  # after start_iter, P and Q replace the dense matrices
     assert ddp_results[0]["powersgd_resumed_iter"] == psgd["iter"] + 1  # one dense step, then the restored state
+
+
+def test_strategy_splits_options_and_rejects_misplaced_ones():
+    pytest.importorskip("pytorch_lightning")
+    from effplug.strategies import CompressedDDPStrategy
+
+    strategy = CompressedDDPStrategy("cgx", bits=8, find_unused_parameters=True)
+    assert strategy.compressor.bits == 8 and strategy._ddp_kwargs == {"find_unused_parameters": True}
+    with pytest.raises(ValueError, match="bits .an option of cgx. is not an option of the 'topk'"):
+        CompressedDDPStrategy("topk", bits=4)
+    with pytest.raises(ValueError, match="choose one of"):
+        CompressedDDPStrategy("randomk")

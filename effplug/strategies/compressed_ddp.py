@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
-from effplug.comm import GradientCompressor, comm_hook, compressor_options, make_compressor
+from effplug.comm import COMPRESSORS, GradientCompressor, comm_hook, compressor_options, make_compressor
 
 require("pytorch_lightning", extra="lightning")
 
@@ -35,6 +35,13 @@ class CompressedDDPStrategy(DDPStrategy):
         else:
             accepted = compressor_options(compressor)
             compressor_kwargs = {k: options.pop(k) for k in list(options) if k in accepted}
+            others = {name: compressor_options(name) for name in COMPRESSORS if name != compressor}
+            misplaced = {k: [n for n, opts in others.items() if k in opts] for k in options}
+            misplaced = {k: v for k, v in misplaced.items() if v}
+            if misplaced:  # would otherwise reach DistributedDataParallel(...) as an unknown keyword
+                detail = ", ".join(f"{k} (an option of {'/'.join(v)})" for k, v in misplaced.items())
+                raise ValueError(f"{detail} is not an option of the {compressor!r} compressor; it takes "
+                                 f"{sorted(accepted)}")
         self.compressor = make_compressor(compressor, **compressor_kwargs)
         super().__init__(ddp_comm_state=self.compressor, ddp_comm_hook=comm_hook, **options)
 
