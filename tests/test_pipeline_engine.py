@@ -139,3 +139,87 @@ def test_acsgd_training_converges_on_stdlib_text():
     print(f"exact {exact:.3f}, AC-SGD 2-bit {compressed:.3f}, chance {math.log(corpus.vocab_size):.3f}")
     assert compressed < 0.75 * math.log(corpus.vocab_size)  # it learned, far from chance
     assert compressed == pytest.approx(exact, rel=0.1)
+
+
+# -- splitting and the torch.distributed.pipelining runner -------------------------------------------------
+
+def test_balanced_split_points_and_errors():
+    from effplug.parallel.pipeline import balanced_split_points, split_sequential
+
+    assert balanced_split_points([10, 10, 10, 10], 2) == [2]
+    assert balanced_split_points([100, 1, 1, 1], 2) == [1]
+    assert balanced_split_points([1, 1, 1, 100], 4) == [1, 2, 3]
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(4)])
+    stages = split_sequential(model, split_points=[1, 3])
+    assert [len(s) for s in stages] == [1, 2, 1] and stages[1][0] is model[1]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        split_sequential(model, split_points=[3, 1])
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        split_sequential(torch.nn.Linear(2, 2), 2)
+
+
+def test_gpt2_split_chains_to_the_full_model():
+    from effplug.models import tiny_gpt2
+    from effplug.parallel.pipeline import split_gpt2
+
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=40, n_positions=16, n_layer=4).eval()
+    x = torch.randint(0, 40, (2, 16))
+    with torch.no_grad():
+        for stages in (split_gpt2(model, num_stages=2), split_gpt2(model, split_points=[1, 3])):
+            h = x
+            for stage in stages:
+                h = stage(h)
+            assert torch.allclose(h, model(input_ids=x).logits, atol=1e-5)
+            assert hasattr(stages[0], "wte") and hasattr(stages[-1], "lm_head")
+            assert stages[-1].lm_head.weight is not model.transformer.wte.weight  # untied across ranks
+
+
+def _pipeline_worker(rank, world, port, results):
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from effplug.parallel.pipeline import PipelineRunner, split_sequential
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    out = {}
+    for schedule in ("gpipe", "1f1b"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                                    torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10))
+        reference = [p.grad for p in (torch.nn.functional.cross_entropy(model(x), y).backward(), model.parameters())[1]]
+        reference = [g.clone() for g in reference]
+        model.zero_grad()
+        # 2 stages: balanced by parameter count; 4: explicit points, one Linear + Tanh each
+        stages = split_sequential(model, num_stages=2) if world == 2 else split_sequential(model, split_points=[2, 4, 6])
+        runner = PipelineRunner(stages[rank], rank, world, schedule=schedule, microbatches=4,
+                                loss_fn=torch.nn.functional.cross_entropy)
+        loss = runner.step(x if rank == 0 else None, y if rank == world - 1 else None)
+        mine = {id(p) for p in stages[rank].parameters()}
+        errors = [(p.grad - r).abs().max().item() for p, r in zip(model.parameters(), reference, strict=True)
+                  if id(p) in mine]
+        out[schedule] = {"max_err": max(errors), "params": len(errors),
+                         "loss": None if loss is None else loss.item()}
+    results[rank] = out
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_gpipe_and_1f1b_gradients_match_one_process(world):
+    import torch.multiprocessing as mp
+
+    from effplug.launch import free_port
+
+    results = mp.Manager().dict()
+    mp.spawn(_pipeline_worker, args=(world, free_port(), results), nprocs=world, join=True)
+    for rank in range(world):
+        for schedule in ("gpipe", "1f1b"):
+            r = results[rank][schedule]
+            assert r["params"] > 0 and r["max_err"] < 1e-6, (rank, schedule, r)
+    assert results[world - 1]["1f1b"]["loss"] > 0 and results[0]["1f1b"]["loss"] is None

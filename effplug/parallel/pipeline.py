@@ -1,0 +1,139 @@
+"""Pipeline parallelism on ``torch.distributed.pipelining``: model splitting and a GPipe / 1F1B runner.
+
+``split_sequential`` and ``split_gpt2`` cut a model into stage modules (user split points, or balanced by
+parameter count); ``PipelineRunner`` wraps one rank's stage in torch's ``PipelineStage`` and runs torch's
+``ScheduleGPipe`` / ``Schedule1F1B`` (we use torch's stage and P2P; no transport of our own). The action
+orders, simulator and Chimera's merged order live in ``effplug.parallel.schedules``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SCHEDULE_NAMES = ("gpipe", "1f1b")
+
+
+def balanced_split_points(sizes: list[int], num_stages: int) -> list[int]:
+    """Cut indices (len ``num_stages - 1``) so each stage holds about the same number of parameters."""
+    if not 2 <= num_stages <= len(sizes):
+        raise ValueError(f"num_stages={num_stages}: use 2 to {len(sizes)} (one layer per stage at least)")
+    total, cuts, running = sum(sizes), [], 0
+    for index, size in enumerate(sizes[:-1]):
+        running += size
+        target = total * (len(cuts) + 1) / num_stages
+        remaining_layers, remaining_cuts = len(sizes) - index - 1, num_stages - 1 - len(cuts)
+        if len(cuts) < num_stages - 1 and (running >= target or remaining_layers == remaining_cuts):
+            cuts.append(index + 1)
+    return cuts
+
+
+def _check_points(points: list[int], length: int) -> list[int]:
+    points = list(points)
+    if not points or points != sorted(set(points)) or points[0] <= 0 or points[-1] >= length:
+        raise ValueError(f"split_points={points}: strictly increasing layer indices inside (0, {length})")
+    return points
+
+
+def split_sequential(model: nn.Sequential, num_stages: int | None = None,
+                     split_points: list[int] | None = None) -> list[nn.Sequential]:
+    """``model`` as consecutive ``nn.Sequential`` stages (sharing its modules, so its parameters)."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"split_sequential needs nn.Sequential, got {type(model).__name__}; give split points "
+                        "to split_gpt2, or build the stage modules yourself")
+    layers = list(model)
+    if split_points is None:
+        if num_stages is None:
+            raise ValueError("give num_stages (balanced by parameter count) or split_points")
+        split_points = balanced_split_points([sum(p.numel() for p in m.parameters()) for m in layers], num_stages)
+    points = _check_points(split_points, len(layers))
+    bounds = [0, *points, len(layers)]
+    return [nn.Sequential(*layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+class _GPT2Stage(nn.Module):
+    """Blocks of a GPT-2 decoder; the first stage adds the embeddings, the last the final norm and the head."""
+
+    def __init__(self, model, blocks: list[nn.Module], first: bool, last: bool):
+        super().__init__()
+        transformer = model.transformer
+        self.first, self.last = first, last
+        if first:
+            self.wte, self.wpe, self.drop = transformer.wte, transformer.wpe, transformer.drop
+        self.blocks = nn.ModuleList(blocks)
+        if last:
+            self.ln_f = transformer.ln_f
+            head = model.lm_head
+            if first is False and head.weight is transformer.wte.weight:
+                # the tie cannot cross ranks: the head gets its own copy (see docs/pipeline.md)
+                head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+                head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+            self.lm_head = head
+
+    def forward(self, x):
+        if self.first:
+            positions = torch.arange(x.shape[1], device=x.device)
+            x = self.drop(self.wte(x) + self.wpe(positions))
+        for block in self.blocks:
+            out = block(x)
+            x = out[0] if isinstance(out, tuple) else out
+        if self.last:
+            x = self.lm_head(self.ln_f(x))
+        return x
+
+
+def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | None = None) -> list[nn.Module]:
+    """An HF GPT-2 LM as stages: embeddings on the first, final norm + head on the last, blocks balanced.
+
+    ``split_points`` index the decoder blocks. A tied embedding/head is untied on the last stage (a copy).
+    """
+    blocks = list(model.transformer.h)
+    if split_points is None:
+        if num_stages is None:
+            raise ValueError("give num_stages (balanced by parameter count) or split_points")
+        sizes = [sum(p.numel() for p in b.parameters()) for b in blocks]
+        # the embeddings weigh on the first stage, the head on the last: count them with the end blocks
+        sizes[0] += sum(p.numel() for p in model.transformer.wte.parameters())
+        split_points = balanced_split_points(sizes, num_stages)
+    points = _check_points(split_points, len(blocks))
+    bounds = [0, *points, len(blocks)]
+    count = len(bounds) - 1
+    return [_GPT2Stage(model, blocks[a:b], first=i == 0, last=i == count - 1)
+            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+
+
+class PipelineRunner:
+    """One rank's stage under torch's GPipe or 1F1B schedule.
+
+    ``PipelineRunner(stage_module, stage_index, num_stages, schedule="1f1b", microbatches=4, loss_fn=...)``;
+    ``step(inputs, targets)`` runs forward and backward of every micro-batch (rank 0 passes the inputs, the
+    last rank the targets) and returns the mean micro-batch loss on the last stage, None elsewhere. The
+    gradients are in the stage's parameters, scaled to the whole batch; step the optimizer afterwards.
+    """
+
+    def __init__(self, stage_module: nn.Module, stage_index: int, num_stages: int, schedule: str = "1f1b",
+                 microbatches: int = 4, loss_fn=None, group=None, device: torch.device | str = "cpu"):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        if schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULE_NAMES} (Chimera: effplug.parallel.schedules)")
+        self.stage_index, self.num_stages = stage_index, num_stages
+        self.stage = PipelineStage(stage_module, stage_index, num_stages, torch.device(device), group=group)
+        schedule_class = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+        self.schedule = schedule_class(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage_index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage_index == self.num_stages - 1
+
+    def step(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        losses: list = []
+        args = (inputs,) if self.is_first else ()
+        self.schedule.step(*args, target=targets if self.is_last else None, losses=losses)
+        if self.is_last:
+            return torch.stack([loss.detach() for loss in losses]).mean()
+        return None
