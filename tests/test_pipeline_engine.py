@@ -223,3 +223,66 @@ def test_gpipe_and_1f1b_gradients_match_one_process(world):
             r = results[rank][schedule]
             assert r["params"] > 0 and r["max_err"] < 1e-6, (rank, schedule, r)
     assert results[world - 1]["1f1b"]["loss"] > 0 and results[0]["1f1b"]["loss"] is None
+
+
+def _chimera_worker(rank, world, port, micro, results):
+    import copy
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from effplug.parallel.chimera import ChimeraRunner
+    from effplug.parallel.pipeline import split_sequential
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(32, 48), torch.nn.Tanh()]
+    for _ in range(world - 2):
+        layers += [torch.nn.Linear(48, 48), torch.nn.Tanh()]
+    layers += [torch.nn.Linear(48, 48), torch.nn.Tanh(), torch.nn.Linear(48, 10)]
+    model = torch.nn.Sequential(*layers)
+    replica = copy.deepcopy(model)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    reference = {id(p): p.grad.clone() for p in model.parameters()}
+    model.zero_grad()
+    points = list(range(2, 2 * world, 2))  # one Linear (+ Tanh) per stage, the last stage two Linears
+    down_stages, up_stages = split_sequential(model, split_points=points), split_sequential(replica, split_points=points)
+    runner = ChimeraRunner(down_stages[rank], up_stages[world - 1 - rank], micro, torch.nn.functional.cross_entropy)
+    loss = runner.step(x, y)
+    errors = []
+    for p_down, p_up in zip(down_stages[rank].parameters(), down_stages[rank].parameters(), strict=True):
+        errors.append((p_down.grad - reference[id(p_up)]).abs().max().item())
+    for p_up, p_ref in zip(up_stages[world - 1 - rank].parameters(), down_stages[world - 1 - rank].parameters(), strict=True):
+        errors.append((p_up.grad - reference[id(p_ref)]).abs().max().item())
+    # one SGD step on both replicas, then every stage's two copies must still be equal
+    with torch.no_grad():
+        for _, module in runner.stage_modules():
+            for p in module.parameters():
+                p -= 0.1 * p.grad
+    mine = {index: [p.detach().clone() for p in module.parameters()] for index, module in runner.stage_modules()}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, mine)
+    same = all(all(torch.equal(a, b) for a, b in zip(gathered[s][s], gathered[world - 1 - s][s], strict=True))
+               for s in range(world))
+    results[rank] = {"max_err": max(errors), "loss": None if loss is None else loss.item(), "replicas_equal": same}
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world, micro", [(2, 4), (4, 8)])
+def test_chimera_gradients_match_one_process_and_replicas_stay_identical(world, micro):
+    import torch.multiprocessing as mp
+
+    from effplug.launch import free_port
+
+    results = mp.Manager().dict()
+    mp.spawn(_chimera_worker, args=(world, free_port(), micro, results), nprocs=world, join=True)
+    for rank in range(world):
+        assert results[rank]["max_err"] < 1e-6, (rank, results[rank])
+        assert results[rank]["replicas_equal"]
+    # the last stage of the down replica is on rank D-1, of the up replica on rank 0: both report a loss
+    assert results[0]["loss"] > 0 and results[world - 1]["loss"] > 0
