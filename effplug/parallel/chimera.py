@@ -7,7 +7,7 @@ rank runs the merged action order of ``effplug.parallel.schedules.chimera`` with
 (ranks ``s`` and ``D-1-s``) all-reduce their gradients and divide by N, so both replicas take the same step.
 
 torch's schedule validator cannot express two opposite stages per rank, so this uses torch internals
-(``Schedule1F1B._initialize_stage`` to prepare each stage, ``_batch_p2p`` / ``_wait_batch_p2p``,
+(``ScheduleGPipe._initialize_stage`` to prepare each stage: Schedule1F1B refuses N/2 < D, ``_batch_p2p`` / ``_wait_batch_p2p``,
 ``stage_index_to_group_rank``); ``SUPPORTED_TORCH`` pins the versions it is tested with.
 """
 
@@ -61,11 +61,11 @@ class ChimeraRunner:
         return self.pair_groups[frozenset((self.rank, self.depth - 1 - self.rank))]
 
     def _initialize(self, x_chunks, y_chunks) -> None:
-        from torch.distributed.pipelining import Schedule1F1B
+        from torch.distributed.pipelining import ScheduleGPipe
 
         half = self.microbatches // 2
         for stage, offset in ((self.down, 0), (self.up, half)):
-            schedule = Schedule1F1B(stage, n_microbatches=half, loss_fn=self.loss_fn)
+            schedule = ScheduleGPipe(stage, n_microbatches=half, loss_fn=self.loss_fn)  # only prepares the stage
             stage.has_backward = True  # torch's schedules set this in step(), which we do not call
             args = (x_chunks[offset],) if stage.is_first else ()
             schedule._initialize_stage(args, {}, target=y_chunks[offset] if stage.is_last else None)
