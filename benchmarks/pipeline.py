@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -101,13 +100,13 @@ def rank_main(args, out: Path) -> None:
                 runner = ChimeraRunner(SleepStage(args.width, forward_s, backward_s),
                                        SleepStage(args.width, forward_s, backward_s), micro, loss_fn)
 
-                def step(runner=runner):
+                def step(runner=runner, x=x, y=y):
                     runner.step(x, y)
             else:
                 runner = PipelineRunner(SleepStage(args.width, forward_s, backward_s), rank, depth,
                                         schedule=schedule, microbatches=micro, loss_fn=loss_fn)
 
-                def step(runner=runner):
+                def step(runner=runner, x=x, y=y):
                     runner.step(x if runner.is_first else None, y if runner.is_last else None)
             samples = []
             for repeat in range(args.repeats + 1):

@@ -1,0 +1,159 @@
+"""``PipelineStrategy``: Lightning training through GPipe, 1F1B or Chimera pipelines (``pipeline_*`` names).
+
+The strategy takes over the training step. In ``setup`` it splits the LightningModule's ``model`` attribute
+(an ``nn.Sequential`` or an HF GPT-2 LM; ``split_points`` or balanced by parameters) and keeps this rank's
+stage (Chimera: its two stages), so ``configure_optimizers`` sees only them. ``training_step`` runs the
+schedule on the whole batch (every rank gets the same batch: the pipeline is the model, not data parallel),
+so forward and backward happen together; the returned loss is the mean micro-batch loss, all-reduced from the
+last stage(s) so loggers and the progress bar see it on every rank, and ``backward`` is a no-op. Checkpoints gather every
+rank's stage weights and optimizer state and give each rank its own back on resume (same pipeline layout).
+
+Loss: the module's ``pipeline_loss(output, target)`` if it has one, else cross-entropy over the last dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from effplug._optional import require
+from effplug.parallel.pipeline import PipelineRunner, split_gpt2, split_sequential
+
+require("pytorch_lightning", extra="lightning")
+
+from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
+
+SCHEDULES = ("gpipe", "1f1b", "chimera")
+
+
+def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+class PipelineStrategy(DDPStrategy):
+    """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr="model")``."""
+
+    strategy_name = "pipeline"
+
+    def __init__(self, schedule: str = "1f1b", microbatches: int = 4, split_points: list[int] | None = None,
+                 module_attr: str = "model", **kwargs: Any):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULES}")
+        if not isinstance(microbatches, int) or microbatches < 1:
+            raise ValueError(f"microbatches={microbatches!r}: use a positive int")
+        super().__init__(**kwargs)
+        self.schedule, self.microbatches = schedule, microbatches
+        self.split_points, self.module_attr = split_points, module_attr
+        self.runner = None
+
+    # -- setup: split instead of wrapping in DDP ------------------------------------------------------------
+
+    def _split(self, model) -> list:
+        world = self.world_size
+        if isinstance(model, torch.nn.Sequential):
+            return split_sequential(model, None if self.split_points else world, self.split_points)
+        if hasattr(model, "transformer") and hasattr(model.transformer, "h"):
+            return split_gpt2(model, None if self.split_points else world, self.split_points)
+        raise TypeError(f"PipelineStrategy splits nn.Sequential or HF GPT-2 models; {self.module_attr!r} is a "
+                        f"{type(model).__name__}. Make it an nn.Sequential of stages' layers.")
+
+    def setup(self, trainer) -> None:
+        import copy
+
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("PipelineStrategy runs a whole batch as micro-batches; instead of "
+                             f"accumulate_grad_batches={trainer.accumulate_grad_batches}, raise microbatches= and the batch size")
+        module = self.lightning_module
+        model = getattr(module, self.module_attr)
+        rank, world = self.global_rank, self.world_size
+        stages = self._split(model)
+        if len(stages) != world:
+            raise ValueError(f"{len(stages)} stages for {world} ranks: give {world - 1} split points")
+        loss_fn = getattr(module, "pipeline_loss", _default_loss)
+        if self.schedule == "chimera":
+            from effplug.parallel.chimera import ChimeraRunner
+
+            up_stages = self._split(copy.deepcopy(model))
+            mine = torch.nn.ModuleList([stages[rank], up_stages[world - 1 - rank]])
+            self.runner = ChimeraRunner(mine[0], mine[1], self.microbatches, loss_fn, device=self.root_device)
+        else:
+            mine = torch.nn.ModuleList([stages[rank]])
+            self.runner = PipelineRunner(mine[0], rank, world, schedule=self.schedule, microbatches=self.microbatches,
+                                         loss_fn=loss_fn, device=self.root_device)
+        setattr(module, self.module_attr, mine)  # the optimizer is built over this rank's stage(s) only
+        super().setup(trainer)
+
+    def configure_ddp(self) -> None:
+        pass  # the pipeline is the model; no data-parallel wrapper
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        return {"num_replicas": 1, "rank": 0}  # every stage sees the same batch
+
+    # -- the training step ----------------------------------------------------------------------------------
+
+    def training_step(self, *args: Any, **kwargs: Any):
+        batch = args[0]
+        inputs, targets = batch[0], batch[1]
+        for p in self.lightning_module.parameters():  # Lightning zeroes after training_step; the schedule accumulates
+            p.grad = None
+        if self.schedule == "chimera":
+            loss = self.runner.step(inputs, targets)
+        else:
+            loss = self.runner.step(inputs if self.runner.is_first else None, targets if self.runner.is_last else None)
+        # the last stage(s) hold the loss: one rank for GPipe/1F1B, two for Chimera (each a half of the batch)
+        total = torch.zeros(2, device=self.root_device)
+        if loss is not None:
+            total[0], total[1] = loss, 1.0
+        torch.distributed.all_reduce(total)
+        value = total[0] / total[1]
+        self.lightning_module.log("train_loss", value, prog_bar=True)
+        # Lightning zeroes gradients between training_step and backward: hold them until backward()
+        self._pipeline_grads = [(p, p.grad) for p in self.lightning_module.parameters()]
+        for p, _ in self._pipeline_grads:
+            p.grad = None
+        return value.requires_grad_(True)  # Lightning's closure expects a differentiable loss
+
+    def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
+        # the schedule already ran backward with the forward; hand its gradients back now
+        for p, grad in getattr(self, "_pipeline_grads", []):
+            p.grad = grad
+        self._pipeline_grads = []
+        return closure_loss
+
+    # -- checkpoints: every rank's stage ----------------------------------------------------------------
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True  # the saved weights are per stage: split first, then load
+
+    def _gather(self, obj):
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        own = {k: v.detach().cpu() for k, v in self.lightning_module.state_dict().items()}
+        return {"pipeline_ranks": self._gather(own)}
+
+    def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
+        ranks = checkpoint["state_dict"]["pipeline_ranks"]
+        if len(ranks) != self.world_size:
+            raise ValueError(f"checkpoint holds {len(ranks)} pipeline stages, this run has {self.world_size} ranks")
+        self.lightning_module.load_state_dict(ranks[self.global_rank], strict=strict)
+
+    def optimizer_state(self, optimizer) -> dict:
+        return {"pipeline_ranks": self._gather(optimizer.state_dict())}
+
+    def load_optimizer_state_dict(self, checkpoint) -> None:
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
+            optimizer.load_state_dict(state["pipeline_ranks"][self.global_rank])
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        for schedule in SCHEDULES:
+            name = f"pipeline_{schedule}"
+            if name not in strategy_registry:
+                strategy_registry.register(name, cls, description=f"{schedule} pipeline parallelism (effplug)",
+                                           schedule=schedule)

@@ -1,0 +1,37 @@
+"""Pipelines through their Lightning door: strategy names, 2 gloo processes, against one process."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from effplug.launch import launch_ranks
+
+WORKER = Path(__file__).with_name("pipeline_doors_worker.py")
+
+
+@pytest.fixture(scope="module")
+def pipeline_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline_doors")
+    launch_ranks([str(WORKER), str(out)], world=2, timeout=600, PYTHONPATH=str(Path(__file__).parents[1]))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_every_schedule_trains_like_one_process(pipeline_results):
+    for result in pipeline_results:
+        for name in ("pipeline_gpipe", "pipeline_1f1b", "pipeline_chimera"):
+            assert len(result[name]) == 12
+            assert result[name] == pytest.approx(result["reference"], abs=1e-5), name
+
+
+def test_each_rank_holds_only_its_stages(pipeline_results):
+    full = 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
+    for result in pipeline_results:
+        assert 0 < result["pipeline_1f1b_params"] < full
+        assert result["pipeline_chimera_params"] == full  # its down stage plus the other stage of the up replica
+    assert pipeline_results[0]["pipeline_1f1b_params"] + pipeline_results[1]["pipeline_1f1b_params"] == full
+
+
+def test_checkpoint_resume_continues_exactly(pipeline_results):
+    for result in pipeline_results:
+        assert result["resumed"] == pytest.approx(result["pipeline_1f1b"][8:], abs=1e-6)
