@@ -1,7 +1,7 @@
 """Pipeline bubbles measured on real runtimes with controlled stage compute, next to their analytic values.
 
     python benchmarks/pipeline.py                    # GPipe, 1F1B, Chimera at D = 2, 4 and N = 4, 8
-    python benchmarks/pipeline.py --forward-ms 20 --backward-ms 40
+    python benchmarks/pipeline.py --forward-ms 20 --backward-ms 40   # shorter stages: overhead shows more
 
 Every stage's compute is a sleep of ``--forward-ms`` in forward and ``--backward-ms`` in backward (an autograd
 Function around a small Linear), so 4 processes on 2 cores measure the schedule, not CPU contention; the
@@ -132,8 +132,8 @@ def rank_main(args, out: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--forward-ms", type=float, default=20.0)
-    parser.add_argument("--backward-ms", type=float, default=20.0)
+    parser.add_argument("--forward-ms", type=float, default=60.0)
+    parser.add_argument("--backward-ms", type=float, default=60.0)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default="bench_out/pipeline.json")
