@@ -56,15 +56,16 @@ def main() -> None:
 
     result = {"reference": reference}
     for name in ("pipeline_gpipe", "pipeline_1f1b", "pipeline_chimera"):
-        record = Record(save_at=8, save_to=out / f"{name}.ckpt") if name == "pipeline_1f1b" else Record()
+        resumable = name in ("pipeline_1f1b", "pipeline_chimera")
+        record = Record(save_at=8, save_to=out / f"{name}.ckpt") if resumable else Record()
         run = trainer(name, 12, record)
         run.fit(SGDClassifier(net(), lr=0.1), loader)
         result[name] = record.losses
         result[f"{name}_params"] = sum(p.numel() for p in run.lightning_module.parameters())
-    resumed = Record()
-    trainer("pipeline_1f1b", 12, resumed).fit(SGDClassifier(net(), lr=0.1), loader,
-                                              ckpt_path=str(out / "pipeline_1f1b.ckpt"))
-    result["resumed"] = resumed.losses
+    for name in ("pipeline_1f1b", "pipeline_chimera"):
+        resumed = Record()
+        trainer(name, 12, resumed).fit(SGDClassifier(net(), lr=0.1), loader, ckpt_path=str(out / f"{name}.ckpt"))
+        result[f"{name}_resumed"] = resumed.losses
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -34,4 +34,5 @@ def test_each_rank_holds_only_its_stages(pipeline_results):
 
 def test_checkpoint_resume_continues_exactly(pipeline_results):
     for result in pipeline_results:
-        assert result["resumed"] == pytest.approx(result["pipeline_1f1b"][8:], abs=1e-6)
+        for name in ("pipeline_1f1b", "pipeline_chimera"):  # Chimera: both replicas' stages per rank
+            assert result[f"{name}_resumed"] == pytest.approx(result[name][8:], abs=1e-6), name
