@@ -6,7 +6,9 @@
 
 The model is built from an HF config and cut with ``effplug.parallel.pipeline.split_gpt2`` (embeddings on the
 first stage, final norm and head on the last, blocks balanced by parameters); each rank keeps its stage and
-trains it with AdamW. On CPU the processes use gloo. The last stage prints the loss.
+trains it with AdamW. GPT-2's tied embedding and head live on the first and last stage as two copies whose
+gradients are summed (``sync_tied``); under Chimera they are not kept tied. On CPU the processes use gloo. The
+last stage prints the loss.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def main(argv=None) -> dict:
     else:
         mine = [stages[rank]]
         runner = PipelineRunner(mine[0], rank, world, schedule=args.schedule, microbatches=args.microbatches,
-                                loss_fn=lm_loss, device=device)
+                                loss_fn=lm_loss, device=device, sync_tied=True)  # GPT-2 ties embedding and head
     optimizer = torch.optim.AdamW([p for m in mine for p in m.parameters()], lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     losses = []

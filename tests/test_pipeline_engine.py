@@ -286,3 +286,45 @@ def test_chimera_gradients_match_one_process_and_replicas_stay_identical(world, 
         assert results[rank]["replicas_equal"]
     # the last stage of the down replica is on rank D-1, of the up replica on rank 0: both report a loss
     assert results[0]["loss"] > 0 and results[world - 1]["loss"] > 0
+
+
+def _tied_worker(rank, world, port, results):
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from effplug.models import tiny_gpt2
+    from effplug.parallel.pipeline import PipelineRunner, split_gpt2
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=40, n_positions=16, n_layer=2).eval()  # no dropout: comparable runs
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 40, (8, 16), generator=gen), torch.randint(0, 40, (8, 16), generator=gen)
+
+    def lm_loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    lm_loss(model(input_ids=x).logits, y).backward()
+    tied_reference = model.transformer.wte.weight.grad.clone()  # embedding + head contributions
+    model.zero_grad()
+    stages = split_gpt2(model, num_stages=world)
+    runner = PipelineRunner(stages[rank], rank, world, schedule="1f1b", microbatches=4, loss_fn=lm_loss,
+                            sync_tied=True)
+    runner.step(x if rank == 0 else None, y if rank == world - 1 else None)
+    tied = stages[rank].tied_parameter
+    results[rank] = (tied.grad - tied_reference).abs().max().item()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_gpt2_split_keeps_the_embedding_and_head_tied():
+    import torch.multiprocessing as mp
+
+    from effplug.launch import free_port
+
+    results = mp.Manager().dict()
+    mp.spawn(_tied_worker, args=(2, free_port(), results), nprocs=2, join=True)
+    assert results[0] < 1e-5 and results[1] < 1e-5  # both copies get the tied weight's full gradient

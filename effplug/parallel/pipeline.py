@@ -65,10 +65,14 @@ class _GPT2Stage(nn.Module):
             self.ln_f = transformer.ln_f
             head = model.lm_head
             if first is False and head.weight is transformer.wte.weight:
-                # the tie cannot cross ranks: the head gets its own copy (see docs/pipeline.md)
+                # the tie cannot cross ranks: the head gets its own copy, and PipelineRunner(sync_tied=True)
+                # sums the two gradients so both copies take the tied update
                 head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
                 head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+                self.tied_parameter = head.weight
             self.lm_head = head
+        if first and not last and model.lm_head.weight is transformer.wte.weight:
+            self.tied_parameter = transformer.wte.weight
 
     def forward(self, x):
         if self.first:
@@ -85,7 +89,8 @@ class _GPT2Stage(nn.Module):
 def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | None = None) -> list[nn.Module]:
     """An HF GPT-2 LM as stages: embeddings on the first, final norm + head on the last, blocks balanced.
 
-    ``split_points`` index the decoder blocks. A tied embedding/head is untied on the last stage (a copy).
+    ``split_points`` index the decoder blocks. A tied embedding/head becomes two copies, on the first and
+    the last stage (``stage.tied_parameter``); ``PipelineRunner(..., sync_tied=True)`` keeps them tied.
     """
     blocks = list(model.transformer.h)
     if split_points is None:
@@ -112,7 +117,8 @@ class PipelineRunner:
     """
 
     def __init__(self, stage_module: nn.Module, stage_index: int, num_stages: int, schedule: str = "1f1b",
-                 microbatches: int = 4, loss_fn=None, group=None, device: torch.device | str = "cpu"):
+                 microbatches: int = 4, loss_fn=None, group=None, device: torch.device | str = "cpu",
+                 sync_tied: bool = False):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         if schedule not in SCHEDULE_NAMES:
@@ -121,6 +127,9 @@ class PipelineRunner:
         self.stage = PipelineStage(stage_module, stage_index, num_stages, torch.device(device), group=group)
         schedule_class = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
         self.schedule = schedule_class(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
+        # a weight tied across the first and last stage (split_gpt2): every rank joins the group creation
+        self.tied_group = torch.distributed.new_group([0, num_stages - 1]) if sync_tied else None
+        self.tied_parameter = getattr(stage_module, "tied_parameter", None)
 
     @property
     def is_first(self) -> bool:
@@ -134,6 +143,9 @@ class PipelineRunner:
         losses: list = []
         args = (inputs,) if self.is_first else ()
         self.schedule.step(*args, target=targets if self.is_last else None, losses=losses)
+        if self.tied_group is not None and self.tied_parameter is not None:
+            # embedding gradient (first stage) + head gradient (last stage) = the tied weight's gradient
+            torch.distributed.all_reduce(self.tied_parameter.grad, group=self.tied_group)
         if self.is_last:
             return torch.stack([loss.detach() for loss in losses]).mean()
         return None

@@ -13,6 +13,7 @@ Loss: the module's ``pipeline_loss(output, target)`` if it has one, else cross-e
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ require("pytorch_lightning", extra="lightning")
 from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
 
 SCHEDULES = ("gpipe", "1f1b", "chimera")
+log = logging.getLogger("effplug.pipeline")
 
 
 def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,6 +69,8 @@ class PipelineStrategy(DDPStrategy):
         module = self.lightning_module
         model = getattr(module, self.module_attr)
         rank, world = self.global_rank, self.world_size
+        tied = hasattr(model, "lm_head") and hasattr(model, "transformer") and \
+            model.lm_head.weight is model.transformer.wte.weight
         stages = self._split(model)
         if len(stages) != world:
             raise ValueError(f"{len(stages)} stages for {world} ranks: give {world - 1} split points")
@@ -74,13 +78,16 @@ class PipelineStrategy(DDPStrategy):
         if self.schedule == "chimera":
             from effplug.parallel.chimera import ChimeraRunner
 
+            if tied:
+                log.warning("pipeline_chimera: the embedding/head tie is not kept across stages (each copy trains "
+                            "on its own gradient); use pipeline_1f1b or pipeline_gpipe for tied models")
             up_stages = self._split(copy.deepcopy(model))
             mine = torch.nn.ModuleList([stages[rank], up_stages[world - 1 - rank]])
             self.runner = ChimeraRunner(mine[0], mine[1], self.microbatches, loss_fn, device=self.root_device)
         else:
             mine = torch.nn.ModuleList([stages[rank]])
             self.runner = PipelineRunner(mine[0], rank, world, schedule=self.schedule, microbatches=self.microbatches,
-                                         loss_fn=loss_fn, device=self.root_device)
+                                         loss_fn=loss_fn, device=self.root_device, sync_tied=tied)
         setattr(module, self.module_attr, mine)  # the optimizer is built over this rank's stage(s) only
         super().setup(trainer)
 
