@@ -24,3 +24,16 @@ def use_backend(monkeypatch):
         monkeypatch.setenv("EFFPLUG_KERNELS", name)
 
     return _use
+
+
+def run_door_worker(worker_name: str, tmp_path_factory, world: int = 2) -> list:
+    """Launch ``tests/<worker_name>`` once per rank (torchrun-style env); return each rank's ``rank<r>.json``."""
+    import json
+    from pathlib import Path
+
+    from effplug.launch import launch_ranks
+
+    out = tmp_path_factory.mktemp(worker_name.removesuffix(".py"))
+    here = Path(__file__).parent
+    launch_ranks([str(here / worker_name), str(out)], world=world, timeout=600, PYTHONPATH=str(here.parent))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]

@@ -1,20 +1,13 @@
 """Gradient compression through its doors: Lightning strategy names and the HF callback, 2 gloo processes."""
 
-import json
-from pathlib import Path
 
 import pytest
-
-from effplug.launch import launch_ranks
-
-WORKER = Path(__file__).with_name("comm_doors_worker.py")
+from conftest import run_door_worker
 
 
 @pytest.fixture(scope="module")
 def door_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("comm_doors")
-    launch_ranks([str(WORKER), str(out)], world=2, timeout=600, PYTHONPATH=str(Path(__file__).parents[1]))
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_door_worker("comm_doors_worker.py", tmp_path_factory)
 
 
 def test_lightning_strategy_names_register_the_hook_on_cpu(door_results):

@@ -1,20 +1,13 @@
 """Pipelines through their Lightning door: strategy names, 2 gloo processes, against one process."""
 
-import json
-from pathlib import Path
 
 import pytest
-
-from effplug.launch import launch_ranks
-
-WORKER = Path(__file__).with_name("pipeline_doors_worker.py")
+from conftest import run_door_worker
 
 
 @pytest.fixture(scope="module")
 def pipeline_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline_doors")
-    launch_ranks([str(WORKER), str(out)], world=2, timeout=600, PYTHONPATH=str(Path(__file__).parents[1]))
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_door_worker("pipeline_doors_worker.py", tmp_path_factory)
 
 
 def test_every_schedule_trains_like_one_process(pipeline_results):

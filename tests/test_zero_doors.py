@@ -1,22 +1,15 @@
 """ZeRO through its doors: Lightning zero1/2/3, zero3_offload, fsdp2 and the HF Trainer, 2 gloo processes."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
-
-from effplug.launch import launch_ranks
-
-WORKER = Path(__file__).with_name("zero_doors_worker.py")
+from conftest import run_door_worker
 
 
 @pytest.fixture(scope="module")
 def zero_results(tmp_path_factory):
     pytest.importorskip("deepspeed", reason="pip install 'effplug[deepspeed]'")
-    out = tmp_path_factory.mktemp("zero_doors")
-    launch_ranks([str(WORKER), str(out)], world=2, timeout=600, PYTHONPATH=str(Path(__file__).parents[1]))
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_door_worker("zero_doors_worker.py", tmp_path_factory)
 
 
 
