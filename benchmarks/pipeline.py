@@ -32,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tasks  # noqa: E402
 
 GRID = [(2, 4), (2, 8), (4, 4), (4, 8)]
 SCHEDULE_NAMES = ("gpipe", "1f1b", "chimera")
@@ -170,12 +173,7 @@ def main(argv=None) -> None:
         ratio = by[("chimera", 4, 8)]["bubble"] / by[("1f1b", 4, 8)]["bubble"]
         print(f"\nD=4, N=8: Chimera's measured bubble is {ratio:.2f}x 1F1B's")
     print(f"{time.perf_counter() - started:.0f} s wall", file=sys.stderr)
-    from effplug.envinfo import environment
-
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "rows": rows}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    tasks.write_report(args.json, rows, args.repeats, "cpu", forward_ms=args.forward_ms, backward_ms=args.backward_ms)
     return None
 
 

@@ -25,6 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import tasks  # noqa: E402
+
+STEPS = 3  # measured before the optimizer step of step 2
 STRATEGIES = [("ddp", 0, 8), ("zero1", 1, 12), ("zero2", 2, 12), ("zero3", 3, 12), ("fsdp2", 3, 8)]
 
 
@@ -49,7 +52,7 @@ def rank_main(width: int, out: Path) -> None:
         num_params = sum(p.numel() for p in net.parameters())  # before ZeRO-3 empties the module's tensors
         strategy = ZeroStrategy(stage=3, param_persistence_threshold=0) if name == "zero3" else name
         meter = ModelStateCallback(at_step=2)
-        trainer = pl.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=3,
+        trainer = pl.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=STEPS,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, callbacks=[meter])
         trainer.fit(ClassifierModule(net, lr=1e-3), loader)
@@ -113,13 +116,7 @@ def main(argv=None) -> None:
         print(f"| {e['strategy']} | {e['stage']} | {e['part']} | {e['measured']:,.0f} | {e['formula']:,.0f} | {formula} | "
               f"{e['ratio']:.4f} (max {worst:.4f}) |")
     print(f"\n{time.perf_counter() - started:.0f} s wall", file=sys.stderr)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from effplug.envinfo import environment
-
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "world": args.world,
-                               "width": args.width, "rows": entries}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    tasks.write_report(args.json, entries, STEPS, "cpu", world=args.world, width=args.width)
     return None
 
 
