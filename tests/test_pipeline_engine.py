@@ -96,9 +96,13 @@ def test_acsgd_gradients_and_bad_settings():
         ACSGDCodec(bits=3)
     with pytest.raises(ValueError, match="one sample id per row"):
         codec.encode(torch.randn(4, 8), torch.arange(3))
-    state = codec.state_dict()
-    codec.load_state_dict(state)
-    assert codec.bits == 4
+    codec.encode(torch.randn(4, 128), torch.arange(4))
+    restored = ACSGDCodec()
+    restored.load_state_dict(codec.state_dict())  # a resumed sender keeps its cache and its seed position
+    assert sorted(restored.cache) == [0, 1, 2, 3]
+    assert all(torch.equal(restored.cache[i], codec.cache[i]) for i in range(4))
+    later = torch.randn(4, 128)
+    assert torch.equal(restored.encode(later, torch.arange(4)).delta.data, codec.encode(later, torch.arange(4)).delta.data)
 
 
 def test_acsgd_training_converges_on_stdlib_text():
@@ -328,3 +332,25 @@ def test_gpt2_split_keeps_the_embedding_and_head_tied():
     results = mp.Manager().dict()
     mp.spawn(_tied_worker, args=(2, free_port(), results), nprocs=2, join=True)
     assert results[0] < 1e-5 and results[1] < 1e-5  # both copies get the tied weight's full gradient
+
+
+def test_pipeline_entry_points_reject_bad_settings():
+    from effplug.parallel.pipeline import PipelineRunner, split_gpt2
+
+    with pytest.raises(ValueError, match="use one of"):
+        PipelineRunner(torch.nn.Linear(2, 2), 0, 2, schedule="interleaved")
+    with pytest.raises(TypeError, match="split_sequential"):
+        split_gpt2(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2)
+    from effplug.models import tiny_gpt2
+
+    with pytest.raises(ValueError, match="num_stages"):
+        split_gpt2(tiny_gpt2(vocab_size=40, n_positions=16))
+    pytest.importorskip("pytorch_lightning")
+    from effplug.strategies import PipelineStrategy
+
+    with pytest.raises(ValueError, match="use one of"):
+        PipelineStrategy(schedule="zbv")
+    with pytest.raises(ValueError, match="positive int"):
+        PipelineStrategy(microbatches=0)
+    strategy = PipelineStrategy(schedule="chimera", microbatches=8)
+    assert (strategy.schedule, strategy.microbatches) == ("chimera", 8)

@@ -78,3 +78,22 @@ def test_plan_recommends_the_lowest_stage_that_fits(capsys):
     assert "| zero1 | 1 | 35.9 | 0.0 | yes | recommended |" in out and "| ddp | 0 | 104.3 | 0.0 | no |  |" in out
     for params, best in ((30e9, "zero3"), (70e9, "zero3_offload")):
         assert [r["strategy"] for r in plan(params, 8, 80) if r["recommended"]] == [best]
+
+
+def test_planner_and_strategies_reject_bad_settings():
+    with pytest.raises(ValueError, match="gpus must be >= 1"):
+        plan(7e9, 0, 80)
+    with pytest.raises(ValueError, match="must be positive"):
+        estimate_memory(0, 2, 1)
+    pytest.importorskip("pytorch_lightning")
+    pytest.importorskip("deepspeed")
+    from effplug.strategies import ZeroStrategy
+
+    with pytest.raises(ValueError, match="either config= or ZeRO options"):
+        ZeroStrategy(config=deepspeed_config(2, device="cpu"), param_persistence_threshold=0)
+    with pytest.raises(ValueError, match="no CPU kernels"):
+        ZeroStrategy(stage=3, quantized_weights=True, device="cpu")
+    strategy = ZeroStrategy(stage=3, offload="all", param_persistence_threshold=0)
+    zero = strategy.config["zero_optimization"]
+    assert strategy.stage == 3 and zero["offload_param"]["device"] == "cpu"
+    assert "gradient_accumulation_steps" not in strategy.config  # Lightning refuses it in the config

@@ -92,6 +92,9 @@ def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | N
     ``split_points`` index the decoder blocks. A tied embedding/head becomes two copies, on the first and
     the last stage (``stage.tied_parameter``); ``PipelineRunner(..., sync_tied=True)`` keeps them tied.
     """
+    if not (hasattr(model, "transformer") and hasattr(model.transformer, "h") and hasattr(model, "lm_head")):
+        raise TypeError(f"split_gpt2 needs an HF GPT-2 LM (model.transformer.h, model.lm_head), got "
+                        f"{type(model).__name__}; for an nn.Sequential use split_sequential")
     blocks = list(model.transformer.h)
     if split_points is None:
         if num_stages is None:
