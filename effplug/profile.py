@@ -183,8 +183,10 @@ class CommMeter:
         self.collective_s = 0.0
         self.calls: dict[str, int] = {}
 
-    def record(self, op: str, nbytes: int, world_size: int) -> None:
-        formula = {"all_reduce": ring_allreduce_bytes, "all_gather": allgather_bytes, "all_to_all": alltoall_bytes}[op]
+    def record(self, op: str, nbytes: int, world_size: int = 2) -> None:
+        """``op``: a collective by name, or "send" (a point-to-point message of ``nbytes``)."""
+        formula = {"all_reduce": ring_allreduce_bytes, "all_gather": allgather_bytes, "all_to_all": alltoall_bytes,
+                   "send": lambda n, _w: n}[op]
         self.sent_bytes += formula(nbytes, world_size)
         self.calls[op] = self.calls.get(op, 0) + 1
 

@@ -66,7 +66,49 @@ def main() -> None:
         resumed = Record()
         trainer(name, 12, resumed).fit(SGDClassifier(net(), lr=0.1), loader, ckpt_path=str(out / f"{name}.ckpt"))
         result[f"{name}_resumed"] = resumed.losses
+    result.update(acsgd_runs(out, trainer, Record))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def acsgd_runs(out, trainer, Record) -> dict:
+    """A char-LM on stdlib_text through pipeline_1f1b, plain and with AC-SGD (4-bit), 4 epochs over 1024 windows,
+    then an AC-SGD resume from the end of epoch 2."""
+    from effplug import data
+    from effplug.comm.acsgd import ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
+    from effplug.lit_modules import ClassifierModule
+    from effplug.strategies import PipelineStrategy
+
+    corpus = data.stdlib_text(max_chars=200_000)
+    x, y = corpus.windows("train", 16, 1024, seed=0)
+    # the third element gives AC-SGD its sample ids (the digits runs above would hash the rows)
+    dataset = torch.utils.data.TensorDataset(x, y[:, -1], torch.arange(1024))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Embedding(corpus.vocab_size, 32), torch.nn.Flatten(),
+                                   torch.nn.Linear(16 * 32, 128), torch.nn.GELU(),
+                                   torch.nn.Linear(128, 128), torch.nn.GELU(), torch.nn.Linear(128, corpus.vocab_size))
+
+    config = ACSGDConfig(bits=4, group_size=128)
+    result = {"vocab": corpus.vocab_size}
+    for name, acsgd in (("plain", None), ("acsgd", config)):
+        record = Record(save_at=32, save_to=out / f"{name}.ckpt")
+        run = trainer(PipelineStrategy("1f1b", microbatches=4, split_points=[4], acsgd=acsgd), 64, record)
+        run.fit(ClassifierModule(net(), lr=3e-3), loader)
+        result[f"lm_{name}"] = record.losses
+        if acsgd is not None:
+            meter = run.strategy.runner.acsgd.meter
+            result["acsgd_sent"], result["acsgd_dense"], result["acsgd_steps"] = \
+                meter.sent_bytes, meter.dense_bytes, meter.steps
+            numel = 16 * 128  # one micro-batch of 16 rows x 128 features crosses the boundary
+            result["acsgd_formula"] = {"activation": activation_wire_nbytes(numel, 4, 128),
+                                       "gradient": gradient_wire_nbytes(numel, 8, 128), "dense": numel * 4}
+    resumed = Record()
+    trainer(PipelineStrategy("1f1b", microbatches=4, split_points=[4], acsgd=config), 64, resumed).fit(
+        ClassifierModule(net(), lr=3e-3), loader, ckpt_path=str(out / "acsgd.ckpt"))
+    result["lm_acsgd_resumed"] = resumed.losses
+    return result
 
 
 if __name__ == "__main__":

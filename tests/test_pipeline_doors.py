@@ -29,3 +29,35 @@ def test_checkpoint_resume_continues_exactly(pipeline_results):
     for result in pipeline_results:
         for name in ("pipeline_1f1b", "pipeline_chimera"):  # Chimera: both replicas' stages per rank
             assert result[f"{name}_resumed"] == pytest.approx(result[name][8:], abs=1e-6), name
+
+
+def test_acsgd_pipeline_bytes_follow_the_formula(pipeline_results):
+    """Epoch 1 goes exact (warm-up); epochs 2-4 send 4-bit changes forward and 8-bit gradients back."""
+    first, last = pipeline_results
+    f = first["acsgd_formula"]
+    assert first["acsgd_steps"] == last["acsgd_steps"] == 64
+    warmup, compressed, micro = 16, 48, 4
+    # stage 0 sends activations only; stage 1 sends the boundary gradient only
+    assert first["acsgd_sent"] == micro * (warmup * f["dense"] + compressed * f["activation"])
+    assert last["acsgd_sent"] == micro * (warmup * f["dense"] + compressed * f["gradient"])
+    assert first["acsgd_dense"] == last["acsgd_dense"] == micro * 64 * f["dense"]
+    assert f["dense"] / f["activation"] > 7.5 and f["dense"] / f["gradient"] > 3.8  # 4-bit and 8-bit, with scales
+
+
+def test_acsgd_pipeline_converges_like_the_plain_pipeline(pipeline_results):
+    import math
+
+    for result in pipeline_results:
+        plain, acsgd = result["lm_plain"], result["lm_acsgd"]
+        assert plain[:16] == pytest.approx(acsgd[:16], abs=1e-5)  # the warm-up epoch is exact
+        tail_plain, tail_acsgd = sum(plain[-16:]) / 16, sum(acsgd[-16:]) / 16
+        print(f"last-epoch loss: plain {tail_plain:.3f}, AC-SGD 4-bit {tail_acsgd:.3f}, "
+              f"chance {math.log(result['vocab']):.3f}")
+        assert tail_acsgd < 0.6 * math.log(result["vocab"])  # it learned, far from chance
+        assert abs(tail_acsgd - tail_plain) < 0.1  # nats
+
+
+def test_acsgd_resume_keeps_the_caches(pipeline_results):
+    for result in pipeline_results:  # saved at the end of epoch 2; epochs 3-4 (compressed) must match
+        assert len(result["lm_acsgd_resumed"]) == 32
+        assert result["lm_acsgd_resumed"] == pytest.approx(result["lm_acsgd"][32:], abs=1e-6)

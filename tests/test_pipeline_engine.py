@@ -209,9 +209,45 @@ def _pipeline_worker(rank, world, port, results):
                   if id(p) in mine]
         out[schedule] = {"max_err": max(errors), "params": len(errors),
                          "loss": None if loss is None else loss.item()}
+    out["acsgd"] = _acsgd_pipeline_steps(rank, world, x, y)
     results[rank] = out
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _acsgd_pipeline_steps(rank, world, x, y) -> dict:
+    """1F1B with AC-SGD: a warm-up step (exact), then the same batch again (compressed) with unchanged weights."""
+    import torch.distributed as dist
+
+    from effplug.comm.acsgd import ACSGDConfig
+    from effplug.parallel.pipeline import PipelineRunner, split_sequential
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                                torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    reference = {id(p): p.grad.clone() for p in model.parameters()}
+    stages = split_sequential(model, split_points=[2, 4, 6] if world == 4 else [4])
+    runner = PipelineRunner(stages[rank], rank, world, schedule="1f1b", microbatches=4,
+                            loss_fn=torch.nn.functional.cross_entropy, acsgd=ACSGDConfig(bits=4, group_size=64))
+    ids = torch.arange(16) * 3 + 5
+    out = {}
+    for step in ("warmup", "compressed"):
+        for p in model.parameters():
+            p.grad = None
+        runner.step(x if rank == 0 else None, y if rank == world - 1 else None, sample_ids=ids)
+        out[step] = {"compressed": runner.acsgd.compressed, "rel_err": max(
+            ((p.grad - reference[id(p)]).norm() / reference[id(p)].norm()).item() for p in stages[rank].parameters())}
+    state = runner.acsgd.state_dict()
+    gathered = [None] * world
+    dist.all_gather_object(gathered, state)
+    # the sender of boundary k (rank k) and its receiver (rank k+1) hold identical caches
+    out["caches_equal"] = all(
+        gathered[k]["sender"]["cache"].keys() == gathered[k + 1]["receiver"]["cache"].keys()
+        and all(torch.equal(v, gathered[k + 1]["receiver"]["cache"][key]) for key, v in gathered[k]["sender"]["cache"].items())
+        for k in range(world - 1))
+    out["sent"], out["dense"] = runner.acsgd.meter.sent_bytes, runner.acsgd.meter.dense_bytes
+    return out
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -227,6 +263,13 @@ def test_gpipe_and_1f1b_gradients_match_one_process(world):
             r = results[rank][schedule]
             assert r["params"] > 0 and r["max_err"] < 1e-6, (rank, schedule, r)
     assert results[world - 1]["1f1b"]["loss"] > 0 and results[0]["1f1b"]["loss"] is None
+    for rank in range(world):  # AC-SGD: exact warm-up, then 8-bit gradients (the activation change is zero here)
+        acsgd = results[rank]["acsgd"]
+        assert not acsgd["warmup"]["compressed"] and acsgd["compressed"]["compressed"]
+        assert acsgd["warmup"]["rel_err"] < 1e-6
+        assert 0 < acsgd["compressed"]["rel_err"] < 0.03 if rank < world - 1 else acsgd["compressed"]["rel_err"] < 1e-6
+        assert acsgd["caches_equal"]
+        assert acsgd["sent"] < acsgd["dense"]
 
 
 def _chimera_worker(rank, world, port, micro, results):

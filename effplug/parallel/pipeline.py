@@ -117,19 +117,34 @@ class PipelineRunner:
     ``step(inputs, targets)`` runs forward and backward of every micro-batch (rank 0 passes the inputs, the
     last rank the targets) and returns the mean micro-batch loss on the last stage, None elsewhere. The
     gradients are in the stage's parameters, scaled to the whole batch; step the optimizer afterwards.
+
+    ``acsgd=ACSGDConfig(bits=4)`` sends the boundary activations as AC-SGD changes and the gradients at
+    8 bits (``effplug.parallel.acsgd_stage``); then every rank passes ``sample_ids`` (one stable id per row,
+    e.g. ``effplug.comm.acsgd.row_sample_ids(inputs)``) and ``self.meter`` counts the bytes sent.
     """
 
     def __init__(self, stage_module: nn.Module, stage_index: int, num_stages: int, schedule: str = "1f1b",
                  microbatches: int = 4, loss_fn=None, group=None, device: torch.device | str = "cpu",
-                 sync_tied: bool = False):
+                 sync_tied: bool = False, acsgd=None):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         if schedule not in SCHEDULE_NAMES:
             raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULE_NAMES} (Chimera: effplug.parallel.schedules)")
-        self.stage_index, self.num_stages = stage_index, num_stages
-        self.stage = PipelineStage(stage_module, stage_index, num_stages, torch.device(device), group=group)
+        self.stage_index, self.num_stages, self.microbatches = stage_index, num_stages, microbatches
         schedule_class = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
-        self.schedule = schedule_class(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
+
+        def make_schedule(stage):
+            return schedule_class(stage, n_microbatches=microbatches, loss_fn=loss_fn)
+
+        if acsgd is not None:
+            from effplug.parallel.acsgd_stage import ACSGDStages
+
+            self.acsgd = ACSGDStages(stage_module, stage_index, num_stages, device, group, acsgd, make_schedule)
+            self.schedule = None
+        else:
+            self.acsgd = None
+            self.schedule = make_schedule(PipelineStage(stage_module, stage_index, num_stages, torch.device(device),
+                                                        group=group))
         # a weight tied across the first and last stage (split_gpt2): every rank joins the group creation
         self.tied_group = torch.distributed.new_group([0, num_stages - 1]) if sync_tied else None
         self.tied_parameter = getattr(stage_module, "tied_parameter", None)
@@ -142,10 +157,19 @@ class PipelineRunner:
     def is_last(self) -> bool:
         return self.stage_index == self.num_stages - 1
 
-    def step(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+    def step(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+             sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         losses: list = []
         args = (inputs,) if self.is_first else ()
-        self.schedule.step(*args, target=targets if self.is_last else None, losses=losses)
+        schedule = self.schedule
+        if self.acsgd is not None:
+            if sample_ids is None:
+                raise ValueError("AC-SGD caches activations per sample: pass sample_ids on every rank "
+                                 "(effplug.comm.acsgd.row_sample_ids(inputs) gives stable ids)")
+            schedule = self.acsgd.prepare(sample_ids, self.microbatches)
+        schedule.step(*args, target=targets if self.is_last else None, losses=losses)
+        if self.acsgd is not None:
+            self.acsgd.end_step()
         if self.tied_group is not None and self.tied_parameter is not None:
             # embedding gradient (first stage) + head gradient (last stage) = the tied weight's gradient
             torch.distributed.all_reduce(self.tied_parameter.grad, group=self.tied_group)

@@ -9,6 +9,11 @@ last stage(s) so loggers and the progress bar see it on every rank, and ``backwa
 rank's stage weights and optimizer state and give each rank its own back on resume (same pipeline layout).
 
 Loss: the module's ``pipeline_loss(output, target)`` if it has one, else cross-entropy over the last dim.
+
+``acsgd=True`` (or an ``ACSGDConfig``) sends stage boundaries through AC-SGD (GPipe and 1F1B): the first
+sight of every sample goes exact, later epochs send 2-4-bit activation changes and 8-bit gradients. Sample
+ids come from the batch's third element if it holds one integer per row, else from a hash of the input row.
+The caches and seed positions of every rank are saved under ``"effplug_acsgd"``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
+from effplug.comm.acsgd import ACSGDConfig, row_sample_ids
 from effplug.parallel.pipeline import PipelineRunner, split_gpt2, split_sequential
 
 require("pytorch_lightning", extra="lightning")
@@ -26,7 +32,29 @@ require("pytorch_lightning", extra="lightning")
 from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
 
 SCHEDULES = ("gpipe", "1f1b", "chimera")
+ACSGD_KEY = "effplug_acsgd"
 log = logging.getLogger("effplug.pipeline")
+
+
+def _acsgd_config(acsgd) -> ACSGDConfig | None:
+    if acsgd is None or acsgd is False:
+        return None
+    if acsgd is True:
+        return ACSGDConfig()
+    if isinstance(acsgd, dict):
+        return ACSGDConfig(**acsgd)
+    if isinstance(acsgd, ACSGDConfig):
+        return acsgd
+    raise TypeError(f"acsgd={acsgd!r}: use True, an effplug.comm.acsgd.ACSGDConfig or a dict of its fields")
+
+
+def batch_sample_ids(batch) -> torch.Tensor:
+    """One stable id per row: the batch's third element if it is one integer per row, else a hash of the row."""
+    inputs = batch[0]
+    if len(batch) > 2 and torch.is_tensor(batch[2]) and not batch[2].is_floating_point() \
+            and batch[2].reshape(-1).numel() == inputs.shape[0]:
+        return batch[2].reshape(-1).to(torch.int64).cpu()
+    return row_sample_ids(inputs)
 
 
 def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,20 +62,25 @@ def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class PipelineStrategy(DDPStrategy):
-    """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr="model")``."""
+    """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr="model", acsgd=None)``."""
 
     strategy_name = "pipeline"
 
     def __init__(self, schedule: str = "1f1b", microbatches: int = 4, split_points: list[int] | None = None,
-                 module_attr: str = "model", **kwargs: Any):
+                 module_attr: str = "model", acsgd: bool | ACSGDConfig | dict | None = None, **kwargs: Any):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULES}")
+        self.acsgd = _acsgd_config(acsgd)
+        if self.acsgd is not None and schedule == "chimera":
+            raise ValueError("acsgd works with pipeline_gpipe and pipeline_1f1b; Chimera's two opposite "
+                             "pipelines are not wired for it yet")
         if not isinstance(microbatches, int) or microbatches < 1:
             raise ValueError(f"microbatches={microbatches!r}: use a positive int")
         super().__init__(**kwargs)
         self.schedule, self.microbatches = schedule, microbatches
         self.split_points, self.module_attr = split_points, module_attr
         self.runner = None
+        self._warned_plain_steps = False
 
     # -- setup: split instead of wrapping in DDP ------------------------------------------------------------
 
@@ -87,7 +120,7 @@ class PipelineStrategy(DDPStrategy):
         else:
             mine = torch.nn.ModuleList([stages[rank]])
             self.runner = PipelineRunner(mine[0], rank, world, schedule=self.schedule, microbatches=self.microbatches,
-                                         loss_fn=loss_fn, device=self.root_device, sync_tied=tied)
+                                         loss_fn=loss_fn, device=self.root_device, sync_tied=tied, acsgd=self.acsgd)
         setattr(module, self.module_attr, mine)  # the optimizer is built over this rank's stage(s) only
         super().setup(trainer)
 
@@ -108,7 +141,11 @@ class PipelineStrategy(DDPStrategy):
         if self.schedule == "chimera":
             loss = self.runner.step(inputs, targets)
         else:
-            loss = self.runner.step(inputs if self.runner.is_first else None, targets if self.runner.is_last else None)
+            ids = batch_sample_ids(batch) if self.acsgd is not None else None
+            loss = self.runner.step(inputs if self.runner.is_first else None, targets if self.runner.is_last else None,
+                                    sample_ids=ids)
+            if ids is not None:
+                self._report_warmup_steps()
         # the last stage(s) hold the loss: one rank for GPipe/1F1B, two for Chimera (each a half of the batch)
         total = torch.zeros(2, device=self.root_device)
         if loss is not None:
@@ -129,7 +166,41 @@ class PipelineStrategy(DDPStrategy):
         self._pipeline_grads = []
         return closure_loss
 
+    def _report_warmup_steps(self) -> None:
+        if self.runner.acsgd.compressed or self._warned_plain_steps or self.lightning_module.current_epoch < 1:
+            return
+        self._warned_plain_steps = True
+        log.warning("AC-SGD: a batch in epoch %d still held samples never seen before, so it went exact. AC-SGD "
+                    "compresses changes of the same sample between epochs; inputs that change every epoch "
+                    "(random augmentation) give new hashes. Pass stable ids as the batch's third element.",
+                    self.lightning_module.current_epoch)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.acsgd is not None and self.runner is not None:
+            meter = self.runner.acsgd.meter
+            log.info("AC-SGD rank %d: %.0f bytes/step sent vs %.0f dense fp32 (%.2fx fewer)", self.global_rank,
+                     meter.bytes_per_step, meter.dense_bytes_per_step, meter.ratio)
+
     # -- checkpoints: every rank's stage ----------------------------------------------------------------
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if self.acsgd is not None and self.runner is not None:
+            checkpoint[ACSGD_KEY] = {"ranks": self._gather(self.runner.acsgd.state_dict()),
+                                     "config": self.acsgd.as_dict()}
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        saved = checkpoint.get(ACSGD_KEY)
+        if self.acsgd is not None and saved:
+            if len(saved["ranks"]) != self.world_size:
+                raise ValueError(f"checkpoint holds AC-SGD caches of {len(saved['ranks'])} ranks, this run has "
+                                 f"{self.world_size}; resume with the same pipeline layout")
+            self.runner.acsgd.load_state_dict(saved["ranks"][self.global_rank])
+        elif self.acsgd is not None:
+            log.warning("AC-SGD: the checkpoint has no AC-SGD caches; the first epoch after resume goes exact")
+        return checkpoint
 
     @property
     def restore_checkpoint_after_setup(self) -> bool:
