@@ -51,7 +51,18 @@ def test_chimera_halves_bubbles_as_claimed():
     # D=4, N=8 is the issue's goal point; equal forward and backward slots, as in the paper's figure
     assert analytic_bubble("chimera", 4, 8, 1.0, 1.0) <= 0.6 * analytic_bubble("1f1b", 4, 8)
     assert analytic_bubble("chimera", 2, 4) == 0.0  # D=2: the two directions fill each other's bubbles
-    assert merge_conflicts(4, 4) > 0  # documented: our 1F1B timelines do collide; down goes first
+    assert merge_conflicts(4, 4) > 0  # documented: our 1F1B timelines do collide; the later stage goes first
+
+
+def test_chimera_order_is_the_papers_at_depth_4():
+    """D = 4, N = 4: the per-worker order of Chimera's Fig. 3, as the authors' runtime executes it
+    (Shigangli/Chimera chimera_gpt2/gpt2/main_with_runtime.py: warm-up forwards, interleaved forwards,
+    1F1B pairs of the other pipeline, interleaved backwards, drain). ``^`` marks the up pipeline."""
+    paper = {0: "F0 F1 F2^ B2^ F3^ B3^ B0 B1",
+             1: "F0 F2^ F1 F3^ B2^ B0 B3^ B1",
+             2: "F2^ F0 F3^ F1 B0 B2^ B1 B3^",
+             3: "F2^ F3^ F0 B0 F1 B1 B2^ B3^"}
+    assert {w: " ".join(map(str, actions)) for w, actions in chimera(4, 4).items()} == paper
 
 
 def test_schedule_errors_say_what_to_do():

@@ -9,8 +9,11 @@ fractions, diagrams and conflict checks all come from the same lists a runtime e
   alternates one forward and one backward, then drains. Both have bubble (D-1)/(N+D-1).
 * Chimera (Li & Hoefler, SC'21, Sec. 3.1): two replicas in opposite directions; stage ``s`` of the *down*
   pipeline on worker ``s`` and of the *up* pipeline on worker ``D-1-s``; each takes N/2 micro-batches
-  scheduled 1F1B; the two per-worker timelines are merged by their start slot (the paper's merge: with D
-  even no worker has two actions in one slot). For N > D, basic units of D micro-batches are concatenated.
+  scheduled 1F1B; the two per-worker timelines are merged by their start slot. Where both put an action in
+  the same slot, the one further along its pipeline (higher stage index) goes first. At D = 4, N = 4 this is
+  the order of the paper's Fig. 3 and of the authors' runtime (``chimera_gpt2/gpt2/main_with_runtime.py``),
+  checked in the tests; for N > D each replica runs one 1F1B over its N/2 micro-batches instead of the
+  paper's concatenated basic units (fewer bubbles in the simulator, see docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -87,12 +90,14 @@ def chimera(depth: int, microbatches: int) -> dict[int, list[Action]]:
         raise ValueError(f"Chimera needs an even number of stages; got {depth}")
     if microbatches % 2:
         raise ValueError(f"microbatches={microbatches}: Chimera splits them evenly over two pipelines; use an even number")
-    return {w: [a for _, _, a in sorted(items, key=lambda item: (item[0], item[1]))]
+    # same slot: the action further along its pipeline first (the authors' order; it also finishes
+    # micro-batches sooner, as 1F1B does)
+    return {w: [a for _, _, a in sorted(items, key=lambda item: (item[0], -item[2].stage))]
             for w, items in _chimera_slots(depth, microbatches).items()}
 
 
 def merge_conflicts(depth: int, microbatches: int) -> int:
-    """Slots where both pipelines' 1F1B timelines put an action on the same worker (the down one goes first)."""
+    """Slots where both pipelines' 1F1B timelines put an action on the same worker (the later stage goes first)."""
     total = 0
     for items in _chimera_slots(depth, microbatches).values():
         starts = [t for t, _, _ in items]
