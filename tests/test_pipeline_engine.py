@@ -190,6 +190,32 @@ def test_gpt2_split_chains_to_the_full_model():
             assert stages[-1].lm_head.weight is not model.transformer.wte.weight  # untied across ranks
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama_split_chains_to_the_full_model(tied):
+    from effplug.models import tiny_llama
+    from effplug.parallel.pipeline import split_decoder, split_gpt2
+
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=40, num_hidden_layers=4, tie_word_embeddings=tied).eval()
+    x = torch.randint(0, 40, (2, 16))
+    with torch.no_grad():
+        full = model(input_ids=x).logits
+        for stages in (split_decoder(model, num_stages=2), split_decoder(model, split_points=[1, 2, 3])):
+            h = x
+            for stage in stages:
+                h = stage(h)
+            assert torch.allclose(h, full, atol=1e-5)
+        # causal: changing the last token leaves every earlier position's logits alone
+        h2 = x.clone()
+        h2[:, -1] = (h2[:, -1] + 1) % 40
+        for stage in stages:
+            h2 = stage(h2)
+        assert torch.allclose(h2[:, :-1], full[:, :-1], atol=1e-5) and not torch.allclose(h2[:, -1], full[:, -1])
+    assert hasattr(stages[-1], "tied_parameter") == tied
+    with pytest.raises(TypeError, match="split_decoder"):
+        split_gpt2(model, 2)
+
+
 def _pipeline_worker(rank, world, port, results):
     import datetime
     import os

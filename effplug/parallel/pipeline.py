@@ -1,6 +1,6 @@
 """Pipeline parallelism on ``torch.distributed.pipelining``: model splitting and a GPipe / 1F1B runner.
 
-``split_sequential`` and ``split_gpt2`` cut a model into stage modules (user split points, or balanced by
+``split_sequential`` and ``split_decoder`` (HF GPT-2 and Llama-style LMs) cut a model into stage modules (user split points, or balanced by
 parameter count); ``PipelineRunner`` wraps one rank's stage in torch's ``PipelineStage`` and runs torch's
 ``ScheduleGPipe`` / ``Schedule1F1B`` (we use torch's stage and P2P; no transport of our own). The action
 orders, simulator and Chimera's merged order live in ``effplug.parallel.schedules``.
@@ -51,28 +51,46 @@ def split_sequential(model: nn.Sequential, num_stages: int | None = None,
     return [nn.Sequential(*layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-class _GPT2Stage(nn.Module):
-    """Blocks of a GPT-2 decoder; the first stage adds the embeddings, the last the final norm and the head."""
+def _own_head(head: nn.Linear) -> nn.Linear:
+    """A copy of a head whose weight is tied to the embedding on another stage."""
+    copy = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+    copy.weight = nn.Parameter(head.weight.detach().clone())
+    if head.bias is not None:
+        copy.bias = nn.Parameter(head.bias.detach().clone())
+    return copy
 
-    def __init__(self, model, blocks: list[nn.Module], first: bool, last: bool):
+
+class _DecoderStage(nn.Module):
+    """Blocks of an HF decoder LM; the first stage adds the embeddings, the last the final norm and the head.
+
+    A tie between the embedding and the head cannot cross ranks: the last stage gets its own copy, and
+    ``PipelineRunner(sync_tied=True)`` sums the two gradients so both copies take the tied update.
+    """
+
+    def __init__(self, embedding: nn.Embedding, head: nn.Linear, blocks: list[nn.Module], first: bool, last: bool):
         super().__init__()
-        transformer = model.transformer
         self.first, self.last = first, last
+        self.blocks = nn.ModuleList(blocks)
+        tied = head.weight is embedding.weight
+        if last:
+            self.lm_head = _own_head(head) if tied and not first else head
+            if tied and not first:
+                self.tied_parameter = self.lm_head.weight
+        if first and not last and tied:
+            self.tied_parameter = embedding.weight
+
+    def _head(self, x):
+        return self.lm_head(self.final_norm(x))
+
+
+class _GPT2Stage(_DecoderStage):
+    def __init__(self, model, blocks: list[nn.Module], first: bool, last: bool):
+        transformer = model.transformer
+        super().__init__(transformer.wte, model.lm_head, blocks, first, last)
         if first:
             self.wte, self.wpe, self.drop = transformer.wte, transformer.wpe, transformer.drop
-        self.blocks = nn.ModuleList(blocks)
         if last:
-            self.ln_f = transformer.ln_f
-            head = model.lm_head
-            if first is False and head.weight is transformer.wte.weight:
-                # the tie cannot cross ranks: the head gets its own copy, and PipelineRunner(sync_tied=True)
-                # sums the two gradients so both copies take the tied update
-                head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-                head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
-                self.tied_parameter = head.weight
-            self.lm_head = head
-        if first and not last and model.lm_head.weight is transformer.wte.weight:
-            self.tied_parameter = transformer.wte.weight
+            self.final_norm = transformer.ln_f
 
     def forward(self, x):
         if self.first:
@@ -81,33 +99,82 @@ class _GPT2Stage(nn.Module):
         for block in self.blocks:
             out = block(x)
             x = out[0] if isinstance(out, tuple) else out
-        if self.last:
-            x = self.lm_head(self.ln_f(x))
-        return x
+        return self._head(x) if self.last else x
 
 
-def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | None = None) -> list[nn.Module]:
-    """An HF GPT-2 LM as stages: embeddings on the first, final norm + head on the last, blocks balanced.
+class _LlamaStage(_DecoderStage):
+    """Llama-style decoders (``model.model.layers``): every stage rebuilds the rotary embeddings and the causal
+    mask for its blocks, as the HF model's own forward does."""
+
+    def __init__(self, model, blocks: list[nn.Module], first: bool, last: bool):
+        inner = model.model
+        super().__init__(inner.embed_tokens, model.lm_head, blocks, first, last)
+        self.config = inner.config
+        self.rotary_emb = inner.rotary_emb
+        if first:
+            self.embed_tokens = inner.embed_tokens
+        if last:
+            self.final_norm = inner.norm
+
+    def forward(self, x):
+        from transformers.masking_utils import create_causal_mask
+
+        if self.first:
+            x = self.embed_tokens(x)
+        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
+                                  position_ids=positions)
+        rotary = self.rotary_emb(x, position_ids=positions)
+        for block in self.blocks:
+            out = block(x, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
+            x = out[0] if isinstance(out, tuple) else out
+        return self._head(x) if self.last else x
+
+
+def _decoder_layout(model):
+    """(blocks, embedding, stage class) of an HF decoder LM, or None."""
+    if hasattr(model, "transformer") and hasattr(model.transformer, "h") and hasattr(model, "lm_head"):
+        return list(model.transformer.h), model.transformer.wte, _GPT2Stage
+    inner = getattr(model, "model", None)
+    if inner is not None and all(hasattr(inner, a) for a in ("layers", "embed_tokens", "norm", "rotary_emb")) \
+            and hasattr(model, "lm_head"):
+        return list(inner.layers), inner.embed_tokens, _LlamaStage
+    return None
+
+
+def split_decoder(model, num_stages: int | None = None, split_points: list[int] | None = None) -> list[nn.Module]:
+    """An HF decoder LM (GPT-2, or Llama-style ``model.model.layers``) as stages: embeddings on the first, final
+    norm + head on the last, blocks balanced by parameters (the embedding counted with the first block).
 
     ``split_points`` index the decoder blocks. A tied embedding/head becomes two copies, on the first and
     the last stage (``stage.tied_parameter``); ``PipelineRunner(..., sync_tied=True)`` keeps them tied.
     """
-    if not (hasattr(model, "transformer") and hasattr(model.transformer, "h") and hasattr(model, "lm_head")):
-        raise TypeError(f"split_gpt2 needs an HF GPT-2 LM (model.transformer.h, model.lm_head), got "
-                        f"{type(model).__name__}; for an nn.Sequential use split_sequential")
-    blocks = list(model.transformer.h)
+    layout = _decoder_layout(model)
+    if layout is None:
+        raise TypeError(f"split_decoder needs an HF GPT-2 (model.transformer.h) or Llama-style "
+                        f"(model.model.layers) LM, got {type(model).__name__}; for an nn.Sequential use "
+                        "split_sequential")
+    blocks, embedding, stage_class = layout
     if split_points is None:
         if num_stages is None:
             raise ValueError("give num_stages (balanced by parameter count) or split_points")
         sizes = [sum(p.numel() for p in b.parameters()) for b in blocks]
         # the embeddings weigh on the first stage, the head on the last: count them with the end blocks
-        sizes[0] += sum(p.numel() for p in model.transformer.wte.parameters())
+        sizes[0] += embedding.weight.numel()
         split_points = balanced_split_points(sizes, num_stages)
     points = _check_points(split_points, len(blocks))
     bounds = [0, *points, len(blocks)]
     count = len(bounds) - 1
-    return [_GPT2Stage(model, blocks[a:b], first=i == 0, last=i == count - 1)
+    return [stage_class(model, blocks[a:b], first=i == 0, last=i == count - 1)
             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+
+
+def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | None = None) -> list[nn.Module]:
+    """``split_decoder`` for an HF GPT-2 LM (kept for its name); rejects other models."""
+    if _decoder_layout(model) is None or _decoder_layout(model)[2] is not _GPT2Stage:
+        raise TypeError(f"split_gpt2 needs an HF GPT-2 LM (model.transformer.h, model.lm_head), got "
+                        f"{type(model).__name__}; for an nn.Sequential use split_sequential, for Llama split_decoder")
+    return split_decoder(model, num_stages, split_points)
 
 
 class PipelineRunner:
@@ -145,7 +212,7 @@ class PipelineRunner:
             self.acsgd = None
             self.schedule = make_schedule(PipelineStage(stage_module, stage_index, num_stages, torch.device(device),
                                                         group=group))
-        # a weight tied across the first and last stage (split_gpt2): every rank joins the group creation
+        # a weight tied across the first and last stage (split_decoder): every rank joins the group creation
         self.tied_group = torch.distributed.new_group([0, num_stages - 1]) if sync_tied else None
         self.tied_parameter = getattr(stage_module, "tied_parameter", None)
 

@@ -1,7 +1,7 @@
 """``PipelineStrategy``: Lightning training through GPipe, 1F1B or Chimera pipelines (``pipeline_*`` names).
 
 The strategy takes over the training step. In ``setup`` it splits the LightningModule's ``model`` attribute
-(an ``nn.Sequential`` or an HF GPT-2 LM; ``split_points`` or balanced by parameters) and keeps this rank's
+(an ``nn.Sequential`` or an HF GPT-2 / Llama-style decoder LM; ``split_points`` or balanced by parameters) and keeps this rank's
 stage (Chimera: its two stages), so ``configure_optimizers`` sees only them. ``training_step`` runs the
 schedule on the whole batch (every rank gets the same batch: the pipeline is the model, not data parallel),
 so forward and backward happen together; the returned loss is the mean micro-batch loss, all-reduced from the
@@ -25,7 +25,7 @@ import torch
 
 from effplug._optional import require
 from effplug.comm.acsgd import ACSGDConfig, row_sample_ids
-from effplug.parallel.pipeline import PipelineRunner, split_gpt2, split_sequential
+from effplug.parallel.pipeline import PipelineRunner, split_decoder, split_sequential
 
 require("pytorch_lightning", extra="lightning")
 
@@ -88,10 +88,12 @@ class PipelineStrategy(DDPStrategy):
         world = self.world_size
         if isinstance(model, torch.nn.Sequential):
             return split_sequential(model, None if self.split_points else world, self.split_points)
-        if hasattr(model, "transformer") and hasattr(model.transformer, "h"):
-            return split_gpt2(model, None if self.split_points else world, self.split_points)
-        raise TypeError(f"PipelineStrategy splits nn.Sequential or HF GPT-2 models; {self.module_attr!r} is a "
-                        f"{type(model).__name__}. Make it an nn.Sequential of stages' layers.")
+        try:
+            return split_decoder(model, None if self.split_points else world, self.split_points)
+        except TypeError:
+            raise TypeError(f"PipelineStrategy splits nn.Sequential models and HF decoder LMs (GPT-2, Llama-style); "
+                            f"{self.module_attr!r} is a {type(model).__name__}. Make it an nn.Sequential of the "
+                            "stages' layers.") from None
 
     def setup(self, trainer) -> None:
         import copy
@@ -102,9 +104,8 @@ class PipelineStrategy(DDPStrategy):
         module = self.lightning_module
         model = getattr(module, self.module_attr)
         rank, world = self.global_rank, self.world_size
-        tied = hasattr(model, "lm_head") and hasattr(model, "transformer") and \
-            model.lm_head.weight is model.transformer.wte.weight
         stages = self._split(model)
+        tied = any(hasattr(stage, "tied_parameter") for stage in stages)
         if len(stages) != world:
             raise ValueError(f"{len(stages)} stages for {world} ranks: give {world - 1} split points")
         loss_fn = getattr(module, "pipeline_loss", _default_loss)
