@@ -67,7 +67,36 @@ def main() -> None:
         trainer(name, 12, resumed).fit(SGDClassifier(net(), lr=0.1), loader, ckpt_path=str(out / f"{name}.ckpt"))
         result[f"{name}_resumed"] = resumed.losses
     result.update(acsgd_runs(out, trainer, Record))
+    result.update(llama_run(trainer, Record, SGDClassifier))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def llama_run(trainer, Record, SGDClassifier) -> dict:
+    """A tied tiny Llama through pipeline_1f1b (split_decoder) against one-process SGD, 6 steps."""
+    from effplug.models import tiny_llama
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 40, (48, 17), generator=gen)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=8)
+
+    def net():
+        torch.manual_seed(0)
+        return tiny_llama(vocab_size=40, num_hidden_layers=2, tie_word_embeddings=True)
+
+    def lm_loss(logits, targets):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    model, reference = net(), []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in loader:
+        loss = lm_loss(model(input_ids=x).logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reference.append(loss.item())
+    record = Record()
+    trainer("pipeline_1f1b", 6, record).fit(SGDClassifier(net(), lr=0.1), loader)
+    return {"llama_reference": reference, "llama_pipeline": record.losses}
 
 
 def acsgd_runs(out, trainer, Record) -> dict:

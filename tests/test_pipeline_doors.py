@@ -61,3 +61,9 @@ def test_acsgd_resume_keeps_the_caches(pipeline_results):
     for result in pipeline_results:  # saved at the end of epoch 2; epochs 3-4 (compressed) must match
         assert len(result["lm_acsgd_resumed"]) == 32
         assert result["lm_acsgd_resumed"] == pytest.approx(result["lm_acsgd"][32:], abs=1e-6)
+
+
+def test_llama_trains_through_the_pipeline_like_one_process(pipeline_results):
+    for result in pipeline_results:  # tied embedding/head kept tied across the two stages (sync_tied)
+        assert len(result["llama_pipeline"]) == 6
+        assert result["llama_pipeline"] == pytest.approx(result["llama_reference"], abs=1e-5)
