@@ -66,9 +66,41 @@ def main() -> None:
         resumed = Record()
         trainer(name, 12, resumed).fit(SGDClassifier(net(), lr=0.1), loader, ckpt_path=str(out / f"{name}.ckpt"))
         result[f"{name}_resumed"] = resumed.losses
+    result.update(validation_runs(out, loader, split, net, SGDClassifier, reference_model_after=8))
     result.update(acsgd_runs(out, trainer, Record))
     result.update(llama_run(trainer, Record, SGDClassifier))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def validation_runs(out, loader, split, net, SGDClassifier, reference_model_after: int) -> dict:
+    """validation_step calls self.model(x) as usual: sanity check, end of epoch 1, then trainer.validate()."""
+    import pytorch_lightning as pl
+
+    val_x, val_y = split.train_x[256:512].flatten(1), split.train_y[256:512]
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(val_x, val_y), batch_size=64)
+
+    class Validated(SGDClassifier):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.model(x), y))
+
+    model = net()  # the one-process reference after the same SGD steps
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in list(loader)[:reference_model_after]:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(val_x), val_y).item()
+    result = {"val_expected": expected}
+    for name in ("pipeline_1f1b", "pipeline_chimera"):
+        run = pl.Trainer(accelerator="cpu", devices=2, strategy=name, max_steps=reference_model_after, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(out), use_distributed_sampler=False)
+        run.fit(Validated(net(), lr=0.1), loader, val_loader)
+        result[f"{name}_val_fit"] = float(run.callback_metrics["val_loss"])
+        result[f"{name}_val_validate"] = float(run.validate(run.lightning_module, val_loader, verbose=False)[0]["val_loss"])
+    return result
 
 
 def llama_run(trainer, Record, SGDClassifier) -> dict:

@@ -67,3 +67,12 @@ def test_llama_trains_through_the_pipeline_like_one_process(pipeline_results):
     for result in pipeline_results:  # tied embedding/head kept tied across the two stages (sync_tied)
         assert len(result["llama_pipeline"]) == 6
         assert result["llama_pipeline"] == pytest.approx(result["llama_reference"], abs=1e-5)
+
+
+def test_validation_chains_the_stages_on_every_rank(pipeline_results):
+    """A plain validation_step (self.model(x)) runs under the pipeline strategies: sanity check, the epoch-end
+    loop and trainer.validate() after fit, with the one-process model's loss on every rank."""
+    for result in pipeline_results:
+        for name in ("pipeline_1f1b", "pipeline_chimera"):
+            assert result[f"{name}_val_fit"] == pytest.approx(result["val_expected"], abs=1e-5), name
+            assert result[f"{name}_val_validate"] == pytest.approx(result["val_expected"], abs=1e-5), name

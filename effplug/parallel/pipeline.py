@@ -177,6 +177,33 @@ def split_gpt2(model, num_stages: int | None = None, split_points: list[int] | N
     return split_decoder(model, num_stages, split_points)
 
 
+class StageList(nn.ModuleList):
+    """This rank's stage module(s), callable as the whole model for evaluation.
+
+    Training goes through a schedule; ``stages(x)`` instead chains the first module of every rank (rank 0's
+    stage, then rank 1's, ...) with point-to-point sends, forward only, and hands the last stage's output
+    to every rank, so an unchanged ``validation_step`` works on all of them. Every rank must call it with
+    the same ``x`` (only rank 0 reads it). Under Chimera the first module is the down replica's stage.
+    """
+
+    def forward(self, x):
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = x.device if x.device.type != "cpu" else None
+        h = x
+        if rank > 0:
+            box = [None]
+            dist.recv_object_list(box, src=rank - 1, device=device)
+            h = box[0].to(x.device)
+        h = self[0](h)
+        if rank < world - 1:
+            dist.send_object_list([h.detach()], dst=rank + 1, device=device)
+        out = [h.detach() if rank == world - 1 else None]
+        dist.broadcast_object_list(out, src=world - 1, device=device)
+        return out[0].to(x.device)
+
+
 class PipelineRunner:
     """One rank's stage under torch's GPipe or 1F1B schedule.
 

@@ -4,7 +4,8 @@ The strategy takes over the training step. In ``setup`` it splits the LightningM
 (an ``nn.Sequential`` or an HF GPT-2 / Llama-style decoder LM; ``split_points`` or balanced by parameters) and keeps this rank's
 stage (Chimera: its two stages), so ``configure_optimizers`` sees only them. ``training_step`` runs the
 schedule on the whole batch (every rank gets the same batch: the pipeline is the model, not data parallel),
-so forward and backward happen together; the returned loss is the mean micro-batch loss, all-reduced from the
+so forward and backward happen together (``StageList``: calling ``module.model(x)`` in validation, test or
+predict steps chains every rank's stage forward and gives the output to all ranks); the returned loss is the mean micro-batch loss, all-reduced from the
 last stage(s) so loggers and the progress bar see it on every rank, and ``backward`` is a no-op. Checkpoints gather every
 rank's stage weights and optimizer state and give each rank its own back on resume (same pipeline layout).
 
@@ -25,11 +26,11 @@ import torch
 
 from effplug._optional import require
 from effplug.comm.acsgd import ACSGDConfig, row_sample_ids
-from effplug.parallel.pipeline import PipelineRunner, split_decoder, split_sequential
+from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
 
 require("pytorch_lightning", extra="lightning")
 
-from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
+from pytorch_lightning.strategies import DDPStrategy, Strategy  # noqa: E402
 
 SCHEDULES = ("gpipe", "1f1b", "chimera")
 ACSGD_KEY = "effplug_acsgd"
@@ -103,6 +104,8 @@ class PipelineStrategy(DDPStrategy):
                              f"accumulate_grad_batches={trainer.accumulate_grad_batches}, raise microbatches= and the batch size")
         module = self.lightning_module
         model = getattr(module, self.module_attr)
+        if isinstance(model, StageList) and self.runner is not None:  # validate/test after fit: already split
+            return self._setup_without_broadcast(trainer)
         rank, world = self.global_rank, self.world_size
         stages = self._split(model)
         tied = any(hasattr(stage, "tied_parameter") for stage in stages)
@@ -116,17 +119,22 @@ class PipelineStrategy(DDPStrategy):
                 log.warning("pipeline_chimera: the embedding/head tie is not kept across stages (each copy trains "
                             "on its own gradient); use pipeline_1f1b or pipeline_gpipe for tied models")
             up_stages = self._split(copy.deepcopy(model))
-            mine = torch.nn.ModuleList([stages[rank], up_stages[world - 1 - rank]])
+            mine = StageList([stages[rank], up_stages[world - 1 - rank]])
             self.runner = ChimeraRunner(mine[0], mine[1], self.microbatches, loss_fn, device=self.root_device)
         else:
-            mine = torch.nn.ModuleList([stages[rank]])
+            mine = StageList([stages[rank]])
             self.runner = PipelineRunner(mine[0], rank, world, schedule=self.schedule, microbatches=self.microbatches,
                                          loss_fn=loss_fn, device=self.root_device, sync_tied=tied, acsgd=self.acsgd)
         setattr(module, self.module_attr, mine)  # the optimizer is built over this rank's stage(s) only
-        super().setup(trainer)
+        self._setup_without_broadcast(trainer)
 
-    def configure_ddp(self) -> None:
-        pass  # the pipeline is the model; no data-parallel wrapper
+    def _setup_without_broadcast(self, trainer) -> None:
+        # DDPStrategy.setup broadcasts rank 0's weights to every rank outside fit (validate, test, predict);
+        # here every rank holds a different stage, so go to Strategy.setup, which has no broadcast
+        Strategy.setup(self, trainer)
+
+    def _setup_model(self, model):
+        return model  # the pipeline is the model; no data-parallel wrapper
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
