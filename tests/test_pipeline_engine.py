@@ -116,6 +116,27 @@ def test_acsgd_gradients_and_bad_settings():
     assert torch.equal(restored.encode(later, torch.arange(4)).delta.data, codec.encode(later, torch.arange(4)).delta.data)
 
 
+def test_acsgd_sample_ids_are_stable_and_distinct():
+    import subprocess
+    import sys
+
+    from effplug.comm.acsgd import batch_sample_ids, row_sample_ids
+
+    rows = torch.arange(24).reshape(6, 4)
+    ids = row_sample_ids(rows)
+    assert ids.dtype == torch.int64 and len(set(ids.tolist())) == 6
+    assert torch.equal(row_sample_ids(rows[[3, 1]]), ids[[3, 1]])  # a row's id does not depend on its batch
+    # the same in another process (Python's own hash() is salted per process; blake2b is not)
+    code = "import torch; from effplug.comm.acsgd import row_sample_ids; " \
+           "print(row_sample_ids(torch.arange(24).reshape(6, 4)).tolist())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == str(ids.tolist())
+    given = torch.tensor([7, 8, 9, 10, 11, 12])
+    assert torch.equal(batch_sample_ids((rows, rows, given)), given)  # the dataset's own ids win
+    assert torch.equal(batch_sample_ids((rows.float(), rows)), row_sample_ids(rows.float()))
+    assert torch.equal(batch_sample_ids((rows, rows, torch.rand(6))), ids)  # float third element: not ids
+
+
 def test_acsgd_training_converges_on_stdlib_text():
     """Two stages in one process; the boundary carries AC-SGD payloads both ways, on a fixed sample set."""
     from effplug import data

@@ -50,6 +50,16 @@ def row_sample_ids(rows: torch.Tensor) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int64)
 
 
+def batch_sample_ids(batch) -> torch.Tensor:
+    """One stable id per row of ``(inputs, targets[, ids])``: the third element if it holds one integer per
+    row, else ``row_sample_ids(inputs)``."""
+    inputs = batch[0]
+    if len(batch) > 2 and torch.is_tensor(batch[2]) and not batch[2].is_floating_point() \
+            and batch[2].reshape(-1).numel() == inputs.shape[0]:
+        return batch[2].reshape(-1).to(torch.int64).cpu()
+    return row_sample_ids(inputs)
+
+
 def activation_wire_nbytes(numel: int, bits: int, group_size: int) -> int:
     """Bytes of one compressed activation message (codes, then the scales, then the zeros)."""
     return _quant.packed_nbytes(numel, bits, group_size, SCALE_DTYPE)

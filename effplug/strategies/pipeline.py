@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
-from effplug.comm.acsgd import ACSGDConfig, row_sample_ids
+from effplug.comm.acsgd import ACSGDConfig, batch_sample_ids
 from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
 
 require("pytorch_lightning", extra="lightning")
@@ -47,15 +47,6 @@ def _acsgd_config(acsgd) -> ACSGDConfig | None:
     if isinstance(acsgd, ACSGDConfig):
         return acsgd
     raise TypeError(f"acsgd={acsgd!r}: use True, an effplug.comm.acsgd.ACSGDConfig or a dict of its fields")
-
-
-def batch_sample_ids(batch) -> torch.Tensor:
-    """One stable id per row: the batch's third element if it is one integer per row, else a hash of the row."""
-    inputs = batch[0]
-    if len(batch) > 2 and torch.is_tensor(batch[2]) and not batch[2].is_floating_point() \
-            and batch[2].reshape(-1).numel() == inputs.shape[0]:
-        return batch[2].reshape(-1).to(torch.int64).cpu()
-    return row_sample_ids(inputs)
 
 
 def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
