@@ -446,6 +446,12 @@ def test_pipeline_entry_points_reject_bad_settings():
 
     with pytest.raises(ValueError, match="num_stages"):
         split_gpt2(tiny_gpt2(vocab_size=40, n_positions=16))
+    from effplug.comm.acsgd import ACSGDCodec, ACSGDConfig
+
+    with pytest.raises(ValueError, match="2 or 4 bits"):
+        ACSGDConfig(bits=3)
+    with pytest.raises(ValueError, match="remember"):  # a compressed message needs the sample's cache first
+        ACSGDCodec().encode_bytes(torch.randn(2, 8), torch.tensor([1, 2]))
     pytest.importorskip("pytorch_lightning")
     from effplug.strategies import PipelineStrategy
 
@@ -455,3 +461,8 @@ def test_pipeline_entry_points_reject_bad_settings():
         PipelineStrategy(microbatches=0)
     strategy = PipelineStrategy(schedule="chimera", microbatches=8)
     assert (strategy.schedule, strategy.microbatches) == ("chimera", 8)
+    with pytest.raises(ValueError, match="pipeline_gpipe and pipeline_1f1b"):
+        PipelineStrategy(schedule="chimera", acsgd=True)
+    with pytest.raises(TypeError, match="ACSGDConfig"):
+        PipelineStrategy(acsgd="4bit")
+    assert PipelineStrategy(acsgd={"bits": 2}).acsgd == ACSGDConfig(bits=2)
