@@ -113,10 +113,13 @@ class ACSGDStageModule(nn.Module):
     def __init__(self, inner: nn.Module, first: bool, last: bool, config: ACSGDConfig, stage_index: int):
         super().__init__()
         self.inner = inner
-        make = lambda offset: _Boundary(ACSGDCodec(config.bits, config.grad_bits, config.group_size,  # noqa: E731
-                                                   config.seed + 2 * stage_index + offset))
-        self.receiver = None if first else make(0)
-        self.sender = None if last else make(1)
+
+        def boundary(offset: int) -> _Boundary:  # its own seed stream per boundary end
+            seed = config.seed + 2 * stage_index + offset
+            return _Boundary(ACSGDCodec(config.bits, config.grad_bits, config.group_size, seed))
+
+        self.receiver = None if first else boundary(0)
+        self.sender = None if last else boundary(1)
         self.compressed = False
 
     def boundaries(self) -> list[_Boundary]:
