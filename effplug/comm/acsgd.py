@@ -114,9 +114,6 @@ class ACSGDCodec:
             raise ValueError(f"AC-SGD needs one sample id per row: {len(ids)} ids for {rows} rows")
         return ids
 
-    def has_seen(self, sample_ids: torch.Tensor) -> bool:
-        return all(int(i) in self.cache for i in sample_ids.reshape(-1).tolist())
-
     # -- payload objects (ids travel with the message) ------------------------------------------------
 
     def encode(self, activation: torch.Tensor, sample_ids: torch.Tensor) -> ActivationPayload:

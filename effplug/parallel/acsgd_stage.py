@@ -14,7 +14,7 @@ so all ranks pick the same mode without talking. The two modes have different me
 
 torch infers message shapes by running the stage once on placeholder tensors; ``ACSGDPipelineStage`` marks
 those runs (``dry_run``) so they leave the caches and seed streams alone. That hooks two private methods of
-``PipelineStage`` (pinned with ``SUPPORTED_TORCH``, as Chimera is).
+``PipelineStage`` (pinned with ``effplug.parallel.pipeline.SUPPORTED_TORCH``, as Chimera is).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from effplug.comm.acsgd import ACSGDCodec, ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
+from effplug.parallel.pipeline import require_pipelining_internals
 from effplug.profile import CommMeter
-
-SUPPORTED_TORCH = ("2.13",)
 
 
 class _SendChange(torch.autograd.Function):
@@ -162,12 +161,22 @@ def _acsgd_stage_class():
         never reads its forward value)."""
 
         compressed = False
+        meter: CommMeter | None = None  # counts the bytes of every send this stage posts
 
         def _without_carrier(self, ops):
             return [op for op in ops if op.tensor.dtype == torch.uint8] if self.compressed else ops
 
+        def _metered(self, ops):
+            if self.meter is not None:
+                for op in ops:
+                    self.meter.record("send", op.tensor.numel() * op.tensor.element_size())
+            return ops
+
         def get_fwd_send_ops(self, fwd_chunk_id):
-            return self._without_carrier(super().get_fwd_send_ops(fwd_chunk_id))
+            return self._metered(self._without_carrier(super().get_fwd_send_ops(fwd_chunk_id)))
+
+        def get_bwd_send_ops(self, bwd_chunk_id):
+            return self._metered(super().get_bwd_send_ops(bwd_chunk_id))
 
         def get_fwd_recv_ops(self, fwd_chunk_id):
             return self._without_carrier(super().get_fwd_recv_ops(fwd_chunk_id))
@@ -191,12 +200,6 @@ def _acsgd_stage_class():
     return ACSGDPipelineStage
 
 
-def _check_torch() -> None:
-    if not torch.__version__.startswith(SUPPORTED_TORCH):
-        raise RuntimeError(f"AC-SGD on the pipeline hooks torch.distributed.pipelining internals tested on torch "
-                           f"{', '.join(SUPPORTED_TORCH)}.x; this is {torch.__version__}. Run without acsgd or pin torch.")
-
-
 class ACSGDStages:
     """The warm-up and the compressed ``PipelineStage`` of one rank, over one ``ACSGDStageModule``.
 
@@ -207,29 +210,16 @@ class ACSGDStages:
 
     def __init__(self, module: nn.Module, stage_index: int, num_stages: int, device, group, config: ACSGDConfig,
                  make_schedule):
-        _check_torch()
+        require_pipelining_internals("AC-SGD on the pipeline", "Run without acsgd")
         stage_class = _acsgd_stage_class()
         self.module = ACSGDStageModule(module, stage_index == 0, stage_index == num_stages - 1, config, stage_index)
         self.meter = CommMeter()
         self.schedules = {}
         for compressed in (False, True):
             stage = stage_class(self.module, stage_index, num_stages, torch.device(device), group=group)
-            stage.compressed = compressed
-            self._meter_sends(stage)
+            stage.compressed, stage.meter = compressed, self.meter
             self.schedules[compressed] = make_schedule(stage)
         self.seen: set[int] = set()
-
-    def _meter_sends(self, stage) -> None:
-        for name in ("get_fwd_send_ops", "get_bwd_send_ops"):
-            original = getattr(stage, name)
-
-            def counted(chunk, _original=original):
-                ops = _original(chunk)
-                for op in ops:
-                    self.meter.record("send", op.tensor.numel() * op.tensor.element_size())
-                return ops
-
-            setattr(stage, name, counted)
 
     def prepare(self, sample_ids: torch.Tensor, microbatches: int):
         ids = [int(i) for i in sample_ids.reshape(-1).tolist()]

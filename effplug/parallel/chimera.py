@@ -8,7 +8,7 @@ rank runs the merged action order of ``effplug.parallel.schedules.chimera`` with
 
 torch's schedule validator cannot express two opposite stages per rank, so this uses torch internals
 (``ScheduleGPipe._initialize_stage`` to prepare each stage: Schedule1F1B refuses N/2 < D, ``_batch_p2p`` / ``_wait_batch_p2p``,
-``stage_index_to_group_rank``); ``SUPPORTED_TORCH`` pins the versions it is tested with.
+``stage_index_to_group_rank``); ``effplug.parallel.pipeline.SUPPORTED_TORCH`` pins the versions it is tested with.
 """
 
 from __future__ import annotations
@@ -17,16 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from effplug.parallel.pipeline import require_pipelining_internals
 from effplug.parallel.schedules import chimera
-
-SUPPORTED_TORCH = ("2.13",)
-
-
-def _check_torch() -> None:
-    if not torch.__version__.startswith(SUPPORTED_TORCH):
-        raise RuntimeError(f"ChimeraRunner uses torch.distributed.pipelining internals tested on torch "
-                           f"{', '.join(SUPPORTED_TORCH)}.x; this is {torch.__version__}. Use GPipe/1F1B "
-                           "(effplug.parallel.pipeline.PipelineRunner) or pin torch.")
 
 
 class ChimeraRunner:
@@ -40,7 +32,8 @@ class ChimeraRunner:
 
     def __init__(self, down_stage_module: nn.Module, up_stage_module: nn.Module, microbatches: int, loss_fn,
                  device: torch.device | str = "cpu"):
-        _check_torch()
+        require_pipelining_internals("ChimeraRunner",
+                                     "Use GPipe/1F1B (effplug.parallel.pipeline.PipelineRunner)")
         from torch.distributed.pipelining import PipelineStage
 
         self.rank, self.depth = dist.get_rank(), dist.get_world_size()

@@ -12,6 +12,15 @@ import torch
 from torch import nn
 
 SCHEDULE_NAMES = ("gpipe", "1f1b")
+# torch versions whose torch.distributed.pipelining internals Chimera and AC-SGD's stages are tested with
+SUPPORTED_TORCH = ("2.13",)
+
+
+def require_pipelining_internals(feature: str, instead: str) -> None:
+    """Raise, saying what to do, when ``feature`` (which uses private pipelining APIs) meets an untested torch."""
+    if not torch.__version__.startswith(SUPPORTED_TORCH):
+        raise RuntimeError(f"{feature} uses torch.distributed.pipelining internals tested on torch "
+                           f"{', '.join(SUPPORTED_TORCH)}.x; this is {torch.__version__}. {instead} or pin torch.")
 
 
 def balanced_split_points(sizes: list[int], num_stages: int) -> list[int]:
