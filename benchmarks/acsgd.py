@@ -50,9 +50,7 @@ def rank_main(epochs: int, bits_list: list[int], out: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     rank, world = dist.get_rank(), dist.get_world_size()
-    corpus = data.stdlib_text(max_chars=400_000)
-    train_x, train_y = corpus.windows("train", BLOCK, WINDOWS, seed=0)
-    val_x, val_y = corpus.windows("val", BLOCK, 256, seed=1)
+    corpus, (train_x, train_y), (val_x, val_y) = data.char_lm_windows(BLOCK, WINDOWS, 256)
     rows = []
     for bits in [None, *bits_list]:
         torch.manual_seed(0)

@@ -115,6 +115,18 @@ def stdlib_text(max_chars: int = 1_000_000, val_fraction: float = 0.1, root: str
     return CharCorpus(ids[:cut], ids[cut:], vocab)
 
 
+def char_lm_windows(block_size: int = 64, train_windows: int = 4096, val_windows: int = 128,
+                    max_chars: int = 400_000):
+    """The recipes' and benchmarks' character-LM set: ``(corpus, (train_x, train_y), (val_x, val_y))``.
+
+    ``stdlib_text(max_chars)`` cut into ``block_size`` windows with next-character targets: train windows
+    drawn with seed 0, validation windows with seed 1, so every script sees the same data.
+    """
+    corpus = stdlib_text(max_chars=max_chars)
+    return (corpus, corpus.windows("train", block_size, train_windows, seed=0),
+            corpus.windows("val", block_size, val_windows, seed=1))
+
+
 def synthetic(kind: str = "classification", n: int = 1024, dim: int = 32, classes: int = 4, seed: int = 0, **kw):
     """Generated data from a private generator.
 

@@ -48,9 +48,8 @@ def main(argv=None) -> dict:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
-    corpus = data.stdlib_text(max_chars=400_000)
     block = 64
-    train_x, train_y = corpus.windows("train", block, args.windows, seed=0)
+    corpus, (train_x, train_y), _ = data.char_lm_windows(block, train_windows=args.windows)
     torch.manual_seed(0)
     model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=4, n_head=4)
     stages = [s.to(device) for s in split_gpt2(model, num_stages=world)]

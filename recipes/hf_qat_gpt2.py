@@ -31,10 +31,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    corpus = data.stdlib_text(max_chars=400_000)
     block = 64
-    train_x, _ = corpus.windows("train", block, 4096, seed=0)
-    val_x, _ = corpus.windows("val", block, 128, seed=1)
+    corpus, (train_x, _), (val_x, _) = data.char_lm_windows(block)
     model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4)
     apply_quantization(model, QATConfig(weight_bits=args.weight_bits, act_bits=args.act_bits,
                                         weight_estimator=args.weight_estimator, act_estimator=args.act_estimator))
