@@ -5,12 +5,10 @@ an externally launched process group, like torchrun), so each framework is impor
 Writes ``<out>/rank<r>.json``.
 """
 
-import json
-import os
-import sys
 from pathlib import Path
 
 import torch
+from door_worker import run_phases
 
 
 def _state_equal(a: dict, b: dict) -> bool:
@@ -125,11 +123,7 @@ def hf_phase(out: Path, rank: int) -> dict:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    rank = int(os.environ["RANK"])
-    torch.set_num_threads(1)
-    result = {**lightning_phase(out, rank), **hf_phase(out, rank)}
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    run_phases(lightning_phase, hf_phase)
 
 
 if __name__ == "__main__":

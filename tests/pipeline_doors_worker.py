@@ -1,23 +1,22 @@
 """One rank of the pipeline door test: Lightning pipeline_gpipe / pipeline_1f1b / pipeline_chimera against a
 one-process reference, and a checkpoint resume. Launched by tests/test_pipeline_doors.py; writes rank<r>.json."""
 
-import json
-import os
-import sys
-from pathlib import Path
 
 import torch
+from door_worker import run_phases
 
 
 def main() -> None:
+    run_phases(schedules_phase)
+
+
+def schedules_phase(out, rank) -> dict:
     import pytorch_lightning as pl
 
     import effplug.strategies  # noqa: F401  (registers pipeline_*)
     from effplug import data
     from effplug.lit_modules import ClassifierModule
 
-    out, rank = Path(sys.argv[1]), int(os.environ["RANK"])
-    torch.set_num_threads(1)
     split = data.digits()
     dataset = torch.utils.data.TensorDataset(split.train_x[:256].flatten(1), split.train_y[:256])
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
@@ -69,7 +68,7 @@ def main() -> None:
     result.update(validation_runs(out, loader, split, net, SGDClassifier, reference_model_after=8))
     result.update(acsgd_runs(out, trainer, Record))
     result.update(llama_run(trainer, Record, SGDClassifier))
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    return result
 
 
 def validation_runs(out, loader, split, net, SGDClassifier, reference_model_after: int) -> dict:
