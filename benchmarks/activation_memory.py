@@ -151,15 +151,10 @@ def format_table(summary: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 for digits, 0 for char-gpt2")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="20 steps, one seed")
-    parser.add_argument("--json", default="bench_out/activation_memory.json")
+    tasks.add_grid_arguments(parser, TASKS, 300, "bench_out/activation_memory.json", configs=CONFIGS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = 20 if args.quick else args.steps
+    steps = tasks.grid_steps(args)
     configs = ["baseline", *[c for c in args.configs if c != "baseline"]]
     rows = []
     start = time.perf_counter()

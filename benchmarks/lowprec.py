@@ -83,15 +83,10 @@ def table(rows: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 for digits, 0 for char-gpt2")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="20 steps, one seed")
-    parser.add_argument("--json", default="bench_out/lowprec.json")
+    tasks.add_grid_arguments(parser, TASKS, 400, "bench_out/lowprec.json", configs=CONFIGS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = 20 if args.quick else args.steps
+    steps = tasks.grid_steps(args)
     configs = ["fp32 + Adam", *[c for c in args.configs if c != "fp32 + Adam"]]
     rows, start = [], time.perf_counter()
     for task in args.tasks:

@@ -154,18 +154,14 @@ def binary_table(rows: list) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", nargs="+", default=["grid", "once", "binary"], choices=["grid", "once", "binary"])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--bits", nargs="+", type=int, default=[8, 4, 3, 2])
     parser.add_argument("--backends", nargs="+", default=["generic", "tensorrt"])
     parser.add_argument("--bit-widths", nargs="+", type=int, default=[2, 3, 4, 8])
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 for digits, 0 for char-gpt2")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="20 steps, one seed")
-    parser.add_argument("--json", default="bench_out/qat.json")
+    tasks.add_grid_arguments(parser, TASKS, 400, "bench_out/qat.json")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = 20 if args.quick else args.steps
+    steps = tasks.grid_steps(args)
     start = time.perf_counter()
 
     def seeds_for(task):

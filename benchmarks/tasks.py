@@ -82,6 +82,22 @@ def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, bl
     return model, opt, batches, loss_fn, evaluate, "val loss"
 
 
+def add_grid_arguments(parser, task_names, steps: int, json_path: str, configs=None) -> None:
+    """The options of every task-grid benchmark: --tasks, --configs (if given), --seeds, --steps, --quick, --json."""
+    parser.add_argument("--tasks", nargs="+", default=list(task_names), choices=list(task_names))
+    if configs is not None:
+        parser.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 for digits, 0 for char-gpt2")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--quick", action="store_true", help="20 steps, one seed")
+    parser.add_argument("--json", default=json_path)
+
+
+def grid_steps(args) -> int:
+    """Training steps per run: 20 under --quick, else --steps."""
+    return 20 if args.quick else args.steps
+
+
 def default_seeds(args, task: str) -> list:
     """``--seeds`` if given; else one seed for ``--quick`` and for the transformer, three for digits."""
     return args.seeds or ([0] if args.quick or task != "digits" else [0, 1, 2])
