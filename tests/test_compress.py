@@ -412,17 +412,19 @@ def test_gact_without_calibrate_call_warns_and_runs(digits_batch, caplog):
     assert "calibrate(loss)" in caplog.text
 
 
-def test_mesa_running_ranges_saturate_instead_of_wrapping():
+def test_mesa_stores_values_beyond_the_running_range_without_saturating():
+    # The paper saturates them; a saved log_softmax output (backward uses exp(output)) cannot afford it.
     method = MesaMethod(CompressionConfig(method="mesa", bits=8, stochastic=False, ema_decay=0.9))
     base = torch.rand(32, 16)  # in [0, 1)
     method.encode(base, 0)
     spike = base.clone()
     spike[0, 0] = 50.0  # far outside the running range
-    out = method.decode(method.encode(spike, 0))
+    payload = method.encode(spike, 0)
+    out = method.decode(payload)
     hi = float(method.shift["0"][0] + method.clip["0"][0])
-    assert out[0, 0] <= hi + 1e-3  # saturated at the top code
-    assert out[0, 0] > 0.5  # not wrapped to a small code
-    assert torch.allclose(out[1:], base[1:], atol=0.05)
+    assert hi < 10  # the running range follows eq. 4-5: one spike moves it by (1 - decay) only
+    assert abs(float(out[0, 0]) - 50.0) <= float(payload.step[0])  # within one step, not clamped at hi
+    assert ((out - spike).abs() <= payload.step[None, :] / 2 + 1e-5).all()  # nearest: half a step everywhere
     assert _roundtrip(method.state_dict())["shift"]["0"].shape == (16,)
 
 
@@ -563,3 +565,87 @@ def test_step_saved_bytes_swaps_what_the_engine_compressed(digits_batch):
     assert engine.attached  # left as it was
     engine.detach()
     assert exact == saved_bytes(step, parameters=model).activation_bytes
+
+
+# ---- no silent damage: Mesa's ranges, gradient checkpointing, one payload per storage ------------------
+
+def test_mesa_8bit_keeps_a_log_softmax_gradient_after_its_range_moved():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.LogSoftmax(dim=-1))
+    x, y = torch.randn(64, 16), torch.randint(0, 64, (64,))
+    engine = ActivationCompressor(model, method="mesa", bits=8, seed=0).attach()
+    F.nll_loss(model(x), y).backward()  # the running range starts here
+    engine.detach()
+    exact, _ = _grads(model, lambda: F.nll_loss(model(4 * x), y))  # logits 4x wider: log_softmax far lower
+    model.zero_grad()
+    with engine:
+        F.nll_loss(model(4 * x), y).backward()
+    got = torch.cat([p.grad.flatten() for p in model.parameters()])
+    want = torch.cat([g.flatten() for g in exact.values()])
+    assert float(F.cosine_similarity(got, want, dim=0)) >= 0.999
+
+
+def test_gradient_checkpointing_keeps_the_real_forwards_report(caplog):
+    from effplug.models import tiny_gpt2
+
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=64, n_positions=32)
+    model.gradient_checkpointing_enable()
+    model.train()
+    ids = torch.randint(0, 64, (4, 32))
+    engine = ActivationCompressor(model, method="gact", bits=4, recalibrate_every=1, scope="model").attach()
+    for _ in range(2):
+        loss = model(input_ids=ids, labels=ids).loss
+        engine.calibrate(loss)
+        report = engine.last_report.original_bytes
+        loss.backward()
+    engine.detach()
+    assert engine.forward_count == 2  # the recomputed blocks are not forwards
+    assert report > 0 and engine.last_report.original_bytes == report  # backward's recompute left it alone
+    assert "calibrate(loss)" not in caplog.text
+
+
+def test_torch_checkpoint_recompute_is_left_exact():
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    outer = nn.Sequential(nn.Linear(32, 32), nn.GELU())
+    x = torch.randn(16, 32)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.outer, self.inner = outer, inner
+
+        def forward(self, x):
+            return torch.utils.checkpoint.checkpoint(self.inner, self.outer(x), use_reentrant=False).sum()
+
+    net = Net()
+    engine = ActivationCompressor(net, method="actnn", bits=8, min_numel=1).attach()
+    net(x).backward()
+    assert engine.forward_count == 1 and engine.last_report.original_bytes > 0
+
+
+def test_one_storage_saved_by_several_ops_is_compressed_and_counted_once():
+    from effplug.models import tiny_llama
+    from effplug.profile import saved_bytes
+
+    torch.manual_seed(0)
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (4, 64))
+    step = lambda: model(input_ids=ids, labels=ids).loss
+    engine = ActivationCompressor(model, method="actnn", bits=4, seed=0, scope="model")
+    exact, held = engine.step_saved_bytes(step)
+    report = engine.last_report
+    # every stored storage counted once: in-scope originals never exceed what the exact meter saw for the step
+    assert report.original_bytes <= exact
+    assert exact / held >= 5.5
+    # the q projection stores the layer's normalized input; k and v are handed the same payload
+    assert report.per_layer["model.layers.0.self_attn.q_proj"].compressed == 1
+    assert "model.layers.0.self_attn.k_proj" not in report.per_layer
+    assert "model.layers.0.self_attn.v_proj" not in report.per_layer
+
+
+def test_comet_rejects_bits_and_says_to_set_the_error_bound():
+    with pytest.raises(ValueError, match="error_bound"):
+        CompressionConfig(method="comet", bits=2)
+    assert CompressionConfig(method="comet").bits is None and CompressionConfig().bits == 4

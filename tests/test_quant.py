@@ -467,3 +467,80 @@ def test_export_before_any_forward_and_hf_inference_quantized_models_are_refused
     float_model.is_quantized = True  # what HF sets for a model loaded with quantization_config
     with pytest.raises(ValueError, match="QAT needs the float model"):
         apply_quantization(float_model, QATConfig())
+
+
+# ---- no silent damage: ranges follow every optimizer, non-finite batches never poison state -------------
+
+def _minmax_mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 4))
+    return quantize_model(net, QATConfig(weight_bits=4, act_bits=8, weight_estimator="minmax", first_last_bits=None))
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "plain"])
+def test_weight_ranges_follow_fused_foreach_and_plain_optimizers(kind):
+    # adamw_torch_fused (HF's default) updates weights without bumping weight._version
+    model = _minmax_mlp()
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "plain": {"foreach": False}}[kind]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, **options)
+    x = torch.randn(32, 8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+        model(x)
+        for layer in quantized_layers(model).values():
+            torch.testing.assert_close(layer.weight_quant.clip, layer.weight.detach().abs().amax(dim=1))
+
+
+def test_deepcopy_of_a_trained_qat_model_gives_the_same_logits():
+    import copy
+
+    model = _minmax_mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    x = torch.randn(32, 8)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    model.eval()
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), copied(x))
+
+
+def test_a_nan_batch_never_poisons_minmax_ranges(caplog):
+    fq = FakeQuantize(8, "minmax", role="act", mode="symmetric")
+    fq(torch.full((10,), 2.0))
+    bad = torch.full((10,), 1.0)
+    bad[3] = float("nan")
+    with caplog.at_level("WARNING", logger="effplug.quant"):
+        fq(bad)
+        fq(bad)
+    assert float(fq.clip) == 2.0
+    assert sum("inf/NaN" in r.message for r in caplog.records) <= 1
+    fq(torch.full((10,), 4.0))
+    assert float(fq.clip) == pytest.approx(2.2)
+
+
+def test_an_inf_input_gives_lsq_a_finite_step_and_step_gradient():
+    fq = FakeQuantize(4, "lsq", role="act", mode="symmetric")
+    x = torch.randn(4, 16)
+    fq(x)
+    step_before = fq.step.detach().clone()
+    x = x.clone()
+    x[0, 0] = float("inf")
+    out = fq(x.requires_grad_())
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(fq.step.grad).all()
+    torch.optim.SGD([fq.step], lr=0.1).step()
+    assert torch.isfinite(fq.step).all() and not torch.equal(fq.step, step_before)
+
+
+def test_a_first_batch_of_inf_leaves_lsq_uninitialized():
+    fq = FakeQuantize(4, "lsq", role="act", mode="symmetric")
+    fq(torch.full((2, 8), float("inf")))
+    assert not bool(fq.initialized) and torch.isfinite(fq.step).all()
+    fq(torch.randn(2, 8))
+    assert bool(fq.initialized) and torch.isfinite(fq.step).all()

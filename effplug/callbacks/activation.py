@@ -17,7 +17,7 @@ class ActivationCompression(EngineStateMixin, pl.Callback):
     from the step's own loss in ``on_before_backward``. Its state rides in the Lightning checkpoint.
     """
 
-    def __init__(self, method: str = "actnn", bits: float = 4, config: CompressionConfig | None = None,
+    def __init__(self, method: str = "actnn", bits: float | None = None, config: CompressionConfig | None = None,
                  log_stats: bool = True, **kwargs):
         self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
         self.log_stats = log_stats

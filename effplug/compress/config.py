@@ -21,7 +21,8 @@ class CompressionConfig:
 
     method: ``"actnn"`` fixed bits; ``"gact"`` adaptive bits averaging ``bits``; ``"mesa"`` running
         per-channel/per-head ranges; ``"comet"`` error-bounded; ``"division"`` low-pass bf16 + low-bit residual.
-    bits: 1, 2, 4 or 8 (gact: any target average from 1 to 8, e.g. 3.0).
+    bits: 1, 2, 4 or 8 (gact: any target average from 1 to 8, e.g. 3.0); ``None`` (the default) means 4.
+        COMET takes no ``bits``: its code width follows ``error_bound``, so passing one is an error.
     group_size: elements per min/scale group (a power of two, 32..4096).
     min_numel: smaller saved tensors stay exact (their metadata would cost more than they save).
     scope: ``"auto"`` keeps the body of HF ``PreTrainedModel``s, LightningModules and loss modules exact
@@ -41,7 +42,7 @@ class CompressionConfig:
     """
 
     method: str = "actnn"
-    bits: float = 4
+    bits: float | None = None
     group_size: int = 128
     stochastic: bool = True
     min_numel: int = 256
@@ -60,6 +61,11 @@ class CompressionConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             _fail("method", ", ".join(repr(m) for m in METHODS), self.method)
+        if self.method == "comet" and self.bits is not None:
+            raise ValueError(f"bits={self.bits!r} has no meaning for method='comet': its code width follows "
+                             "error_bound (tighter bound, more bits). Leave bits unset and set error_bound instead")
+        if self.bits is None and self.method != "comet":
+            object.__setattr__(self, "bits", 4)
         if self.method == "gact":
             if not isinstance(self.bits, (int, float)) or not 1 <= self.bits <= 8:
                 _fail("bits", "a target average from 1 to 8 for method='gact'", self.bits)

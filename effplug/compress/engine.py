@@ -13,8 +13,12 @@ smallest integer type that holds them, both exact), tensors under
 ``min_numel``, non-finite values, and tensors a method declines (COMET past its bound).
 
 Correctness details:
-- a tensor saved twice in one forward is encoded once; the identity map holds a weak reference, so a
-  recycled storage address can never be served a stale payload, and it is cleared when the forward ends;
+- memory saved twice in one forward (the same tensor, or views of it with the same layout, as Llama's
+  q/k/v projections save one normalized input) is encoded once and counted once; the identity map holds a
+  weak reference, so a recycled storage address can never be served a stale payload, and it is cleared when
+  the forward ends;
+- a forward recomputed inside backward (HF ``gradient_checkpointing_enable()``, ``torch.utils.checkpoint``)
+  is left alone: its tensors live only until their backward, and the real forward's report stands;
 - stochastic rounding draws from effplug's own Philox seed stream, never from torch's global RNG;
 - unpack restores shape, dtype, device and, for dense tensors in any dimension order, the strides;
 - an in-place change to a saved tensor raises at backward, as autograd does without hooks. The version
@@ -66,6 +70,12 @@ def is_loss_owner(module: torch.nn.Module) -> bool:
 
 def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
+
+
+def _covers_storage(t: torch.Tensor) -> bool:
+    """``t`` is a dense, non-overlapping view of its whole storage (so its memory order is the storage's)."""
+    return (t.storage_offset() == 0 and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+            and _memory_order(t) is not None)
 
 
 def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
@@ -226,6 +236,12 @@ class _Saved:
         self.ref = weakref.ref(t)
         self.base_ref = weakref.ref(t._base) if t._base is not None else None
 
+    def alias(self, t: torch.Tensor) -> _Saved:
+        """The same payload for another dense view ``t`` of the same whole storage (its own shape and order)."""
+        other = _Saved(t, self.slot)
+        other.payload, other.order = self.payload, _memory_order(t)
+        return other
+
     def current_version(self) -> int | None:
         for ref in (self.ref, self.base_ref):
             live = ref() if ref is not None else None
@@ -317,7 +333,9 @@ class ActivationCompressor:
     def _enter(self, label: str, own_body: bool):
         def hook(module, args, kwargs):
             if not self._stack:
-                if not torch.is_grad_enabled():
+                if not torch.is_grad_enabled() or torch._C._current_graph_task_id() != -1:
+                    # no grad, or a forward recomputed inside backward (gradient checkpointing): what it saves
+                    # is freed moments later, so it stays exact and the real forward's report stands
                     return None
                 self._start_forward(args, kwargs)
             self._stack.append((label, own_body))
@@ -408,12 +426,24 @@ class ActivationCompressor:
             return self._keep(t, layer, None, count=False)
         if ptr in self._input_ptrs:
             return self._keep(t, layer, "batch input", count=False)
-        key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version)
+        whole = _covers_storage(t)
+        if whole:  # any dense view of one whole storage (a reshape, a transpose) can share one payload
+            key = ("storage", ptr, t.untyped_storage().nbytes(), t.dtype, t._version)
+        else:
+            key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version)
         hit = self._identity.get(key)
-        if hit is not None and hit[0]() is t:
-            return hit[1]
+        if hit is not None and hit[0]() is not None:
+            # The same memory saved again (q/k/v_proj each save a fresh view of one normalized input): while the
+            # tensor that owns the storage lives, its address cannot be recycled, so the same bytes get one payload,
+            # counted once.
+            first = hit[1]
+            if not whole or (first.shape == t.shape and first.order == _memory_order(t)):
+                return first
+            if first.payload is not None:
+                return first.alias(t)
+            return self._keep(t, layer, None, count=False)
         saved = self._pack_new(t, layer, own_body)
-        self._identity[key] = (weakref.ref(t), saved)
+        self._identity[key] = (weakref.ref(t if t._base is None else t._base), saved)
         return saved
 
     def _pack_new(self, t: torch.Tensor, layer: str, own_body: bool) -> _Saved:

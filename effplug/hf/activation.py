@@ -25,7 +25,7 @@ STATE_FILE = "effplug_activation_compression.pt"
 class ActivationCompressionCallback(transformers.TrainerCallback):
     """``Trainer(callbacks=[ActivationCompressionCallback(method="actnn", bits=4)])``."""
 
-    def __init__(self, method: str = "actnn", bits: float = 4, config: CompressionConfig | None = None, **kwargs):
+    def __init__(self, method: str = "actnn", bits: float | None = None, config: CompressionConfig | None = None, **kwargs):
         self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
         self.engine: ActivationCompressor | None = None
         self.can_calibrate = False  # EffTrainer sets it: it sees the loss before backward

@@ -16,15 +16,32 @@ or ``mad`` (OCTAV sec. 4: 1 inside, ``clip/|x|`` outside).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from effplug import kernels
+from effplug.logs import log_once
 from effplug.quant import estimators
 
 MODES = ("symmetric", "unsigned", "asymmetric", "auto")
+log = logging.getLogger("effplug.quant")
+
+# Fused optimizers (``adamw_torch_fused``, HF's default on recent torch) update weights without bumping
+# ``weight._version``, so a weight's range cannot be cached on its version alone. Every torch optimizer step
+# (fused, foreach, plain; DeepSpeed's and FSDP2's inner optimizers too) advances this counter instead.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def code_range(bits: int, mode: str, restricted: bool = False, reduce_range: bool = False) -> tuple[int, int]:
@@ -189,8 +206,16 @@ class FakeQuantize(nn.Module):
         if int(self.grid) == -1:
             self.grid.fill_(1 if bool((x < 0).any()) else 0)
 
+    def _skip_nonfinite(self, what: str) -> None:
+        log_once(log, f"nonfinite-{self.role}",
+                 "effplug.quant: a batch with inf/NaN %s values reached a %s quantizer; its range was left as it was "
+                 "(no statistic is updated from non-finite values). Reported once.", what, self.role)
+
     @torch.no_grad()
     def _init_learned(self, x: torch.Tensor) -> None:
+        if not bool(torch.isfinite(x).all()):
+            self._skip_nonfinite("input")
+            return
         qmin, qmax = self.code_range()
         if self.estimator == "lsq":
             # LSQ's init: 2 E|x| / sqrt(Q_P), per channel for weights
@@ -216,13 +241,16 @@ class FakeQuantize(nn.Module):
             old = (self.clip,)
         if self.role == "act":
             new = _agree_across_ranks(new, asymmetric=self.mode == "asymmetric")
+        if not all(bool(torch.isfinite(v).all()) for v in new):  # agreed first, so every rank skips together
+            self._skip_nonfinite("input")
+            return
         weight = 1.0 if (self.role == "weight" or not bool(self.initialized)) else self.momentum
         for buffer, value in zip(old, new, strict=True):
             buffer.mul_(1 - weight).add_(value.to(buffer.dtype) * weight)
         self.initialized.fill_(True)
 
     def _weight_cache_key(self, x: torch.Tensor):
-        return (x.data_ptr(), x._version, self.bits, int(self.grid))
+        return (x.data_ptr(), x._version, _optimizer_steps, self.bits, int(self.grid))
 
     def observe(self, x: torch.Tensor) -> None:
         """Update the range from ``x`` (what the forward pass does in training)."""
@@ -313,6 +341,11 @@ class FakeQuantize(nn.Module):
         qmin, qmax = self.code_range()
         if self.estimator in ("lsq", "lsq+"):
             scale, zero = self.qparams(xf)
+            # Values beyond the grid get LSQ's constant step gradient whatever their size; bounding them first
+            # (detached, one step past each end) keeps an inf input from making d/ds = 0 * inf = NaN.
+            bound = (scale * (torch.as_tensor(qmax, device=xf.device) - zero + 1)).detach()
+            low = (scale * (torch.as_tensor(qmin, device=xf.device) - zero - 1)).detach()
+            xf = torch.minimum(torch.maximum(xf, low), bound)
             # clamp before rounding: LSQ's inside/outside test is on x/s, not on the rounded value
             codes = _round_ste(torch.clamp(xf * scale.reciprocal() + zero, qmin, qmax))
             return ((codes - zero) * scale).to(dtype)

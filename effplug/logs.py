@@ -1,0 +1,22 @@
+"""One way to report something once: a skipped layer, a non-finite batch, a knob that does nothing."""
+
+from __future__ import annotations
+
+import logging
+
+_said: set[tuple[str, str]] = set()
+
+
+def log_once(logger: logging.Logger, key: str, message: str, *args, level: int = logging.WARNING) -> bool:
+    """Log ``message % args`` the first time ``key`` is seen on ``logger``; returns whether it was logged."""
+    if (logger.name, key) in _said:
+        return False
+    _said.add((logger.name, key))
+    logger.log(level, message, *args)
+    return True
+
+
+def forget(prefix: str = "") -> None:
+    """Allow messages whose key starts with ``prefix`` to be logged again (tests, a new run in one process)."""
+    for entry in [e for e in _said if e[1].startswith(prefix)]:
+        _said.discard(entry)
