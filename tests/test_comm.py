@@ -102,9 +102,11 @@ def _mlp():
     return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
-def _grads_after_backward(model, rank, step=0):
+def _grads_after_backward(model, rank, step=0, nan_on_rank=None):
     gen = torch.Generator().manual_seed(100 * rank + step)
     x, y = torch.randn(16, 64, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    if rank == nan_on_rank:
+        x[3, 5] = float("nan")
     model.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     return [p.grad.clone() for p in model.parameters()]
@@ -150,6 +152,14 @@ def _comm_worker(rank, world, port, results):
         out[name] = {"meter": comp.meter.as_dict(), "same_on_ranks": torch.equal(gathered[0], gathered[1]),
                      "uncompressed": dict(comp.uncompressed),
                      "err": (flat - torch.cat([g.flatten() for g in dense])).abs().max().item()}
+    # a NaN on rank 1 only: no hang, no collective mismatch, and every rank gets what dense DDP gives
+    dense_nan = torch.cat([g.flatten() for g in _grads_after_backward(_ddp()[0], rank, nan_on_rank=1)])
+    for name, comp in {"topk": TopKCompressor(ratio=0.01), "natural": NaturalCompressor(seed=5),
+                       "cgx": CGXCompressor(bits=4, seed=5)}.items():
+        model, comp = _ddp(comp)
+        got = torch.cat([g.flatten() for g in _grads_after_backward(model, rank, nan_on_rank=1)])
+        same_nans = torch.equal(got.isnan(), dense_nan.isnan()) and bool(got.isnan().any())
+        out[f"nan_{name}"] = same_nans and torch.equal(got.nan_to_num(7.0), dense_nan.nan_to_num(7.0))
     # natural compression across ranks is unbiased: mean over seeds approaches the dense average
     dense_flat = torch.cat([g.flatten() for g in dense])
     total = torch.zeros_like(dense_flat)
@@ -215,13 +225,20 @@ def _expected_bytes(world):
     numel = 2048 + 32 + 320 + 10
     ring = lambda n: 2 * (world - 1) * n / world  # noqa: E731
     k = math.ceil(0.01 * numel)
-    topk = (world - 1) * (4 * k + 4 * k)  # all-gather of fp32 values and int32 indices
+    flag = ring(4)  # the one-element non-finite flag every rank agrees on before choosing a path
+    topk = (world - 1) * (4 * k + 4 * k) + flag  # all-gather of fp32 values and int32 indices
     chunk = -(-numel // world)
-    natural = 2 * (world - 1) / world * world * (chunk + 4)  # codes + base exponent, reduce-scatter and all-gather
+    natural = 2 * (world - 1) / world * world * (chunk + 4) + flag  # codes + base exponent, both directions
     cgx_exact = ring(4 * (32 + 320 + 10))  # the two biases and the 320-element layer are below 1024
     cgx_chunk = 2048 // world * 4 // 8 + 4 * (2048 // world // 1024)  # 4-bit codes + bf16 scale and zero
-    cgx = cgx_exact + 2 * (world - 1) / world * world * cgx_chunk
+    cgx = cgx_exact + flag + 2 * (world - 1) / world * world * cgx_chunk
     return {"dense": ring(4 * numel), "topk": topk, "natural": natural, "cgx": cgx}
+
+
+def test_a_nan_on_one_rank_gives_every_rank_the_dense_ddp_result(ddp_results):
+    for rank in range(2):
+        for name in ("topk", "natural", "cgx"):
+            assert ddp_results[rank][f"nan_{name}"], (rank, name)
 
 
 def test_bytes_meter_matches_the_analytic_count(ddp_results):

@@ -85,3 +85,36 @@ def test_bad_optimizer_settings_say_what_to_do():
         Madam(p, lr=0)
     with pytest.raises(ValueError, match="bits=2 is not supported"):
         LNSFormat(bits=2)
+
+
+@pytest.mark.parametrize("make", [lambda ps: Madam(ps, lr=0.01), lambda ps: LNSMadam(ps, lr=1 / 8)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nonfinite_gradient_skips_the_step_and_never_freezes_weights(make, bad, caplog):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    opt = make(layer.parameters())
+    layer(torch.randn(16, 8)).square().mean().backward()
+    opt.step()
+    before = [p.detach().clone() for p in layer.parameters()]
+    state_before = {k: v.clone() for k, v in opt.state[layer.weight].items() if isinstance(v, torch.Tensor)}
+    layer.weight.grad[0, 0] = bad
+    with caplog.at_level("WARNING", logger="effplug.optim"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(layer.parameters(), before, strict=True))
+    assert all(torch.equal(opt.state[layer.weight][k], v) for k, v in state_before.items())
+    assert opt.skipped_steps == 1
+    opt.zero_grad()
+    layer(torch.randn(16, 8)).square().mean().backward()
+    opt.step()
+    assert not torch.equal(layer.weight[0, 0], before[0][0, 0])  # the touched weight still moves
+
+
+def test_a_scheduler_that_leaves_the_lns_grid_raises_what_to_do():
+    layer = torch.nn.Linear(8, 4)
+    opt = LNSMadam(layer.parameters(), lr=1 / 8)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1 / 16)
+    layer(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    scheduler.step()  # lr*gamma = 1/16: round() would make the update 0 and freeze every weight
+    with pytest.raises(ValueError, match="whole number of grid steps"):
+        opt.step()

@@ -158,13 +158,22 @@ class GradientCompressor:
         out = torch.empty_like(flat)
         exact = [s for s in segments if not s.compress]
         packed = [s for s in segments if s.compress]
-        if packed and not bool(torch.isfinite(flat).all()):
-            # inf/NaN (e.g. an fp16 overflow the GradScaler will skip): average exactly so it propagates
-            self._warn_nonfinite(comm.rank)
-            exact, packed = segments, []
+        dense = torch.cat([flat[s.start:s.start + s.numel] for s in exact]).div_(comm.world_size) if exact else flat[:0]
+        if packed:
+            # One rank's inf/NaN (an fp16 overflow) must send every rank down the same path, or the collectives
+            # differ and the job hangs. A one-element flag rides in the exact all-reduce, so it costs no extra call.
+            local_bad = not bool(torch.isfinite(flat).all())
+            if local_bad:
+                self._warn_nonfinite(comm.rank)
+            dense = torch.cat([dense, flat.new_full((1,), float(local_bad))])
+        reduced = comm.all_reduce_sum(dense) if dense.numel() else dense
+        if packed:
+            reduced, flags = reduced[:-1], reduced[-1:]
+            if bool(flags[0] != 0):  # some rank overflowed: average exactly (as DDP would) so every rank sees it
+                exact, packed = segments, []
+                reduced = comm.all_reduce_sum(flat.div(comm.world_size))
         if exact:  # like DDP's default hook: divide, then sum
-            dense = torch.cat([flat[s.start:s.start + s.numel] for s in exact]).div_(comm.world_size)
-            _scatter_back(out, exact, comm.all_reduce_sum(dense))
+            _scatter_back(out, exact, reduced)
         if packed:
             values = torch.cat([flat[s.start:s.start + s.numel] for s in packed])
             _scatter_back(out, packed, self._average_compressed(values, packed, comm))
@@ -188,9 +197,10 @@ class GradientCompressor:
                          self.min_compress_size, ", ".join(sorted(self.uncompressed)))
 
     def _warn_nonfinite(self, rank: int) -> None:
-        if not getattr(self, "_warned_nonfinite", False) and rank == 0:
-            log.warning("effplug.comm %s: a bucket held inf/NaN gradients; it was averaged exactly (no compression, "
-                        "no error-feedback update) so the overflow reaches the optimizer or GradScaler", self.name)
+        if not getattr(self, "_warned_nonfinite", False):
+            log.warning("effplug.comm %s: rank %d holds inf/NaN gradients; every rank averages that bucket exactly "
+                        "(no compression, no error-feedback update) so the overflow reaches the optimizer or "
+                        "GradScaler on all ranks, as plain DDP. Reported once.", self.name, rank)
         self._warned_nonfinite = True
 
     # -- checkpoint state ---------------------------------------------------------------------------------

@@ -14,9 +14,14 @@ an integer): the optimizer updates each weight's integer log-magnitude code,
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from effplug.logs import log_once
 from effplug.quant.lns import LNSFormat
+
+log = logging.getLogger("effplug.optim")
 
 
 def _normalized_gradient(state: dict, grad: torch.Tensor, beta: float) -> torch.Tensor:
@@ -36,6 +41,16 @@ class _MultiplicativeOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            # A multiplicative update of an inf/NaN gradient would zero it into the EMA and freeze the weights it
+            # touches; skip the whole step instead, as GradScaler does.
+            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            log_once(log, f"nonfinite-{type(self).__name__}",
+                     "effplug.optim %s: inf/NaN gradients; the step was skipped (weights and moment estimates "
+                     "unchanged). Reported once; skipped steps are counted in optimizer.skipped_steps.",
+                     type(self).__name__)
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -102,7 +117,14 @@ class LNSMadam(_MultiplicativeOptimizer):
         normed = normed.clamp(-group["g_bound"], group["g_bound"]).round()
         sign = torch.where(state["negative"], -1.0, 1.0)
         codes = state["codes"]
-        steps = round(group["lr"] * fmt.gamma)
+        steps = group["lr"] * fmt.gamma
+        if not steps >= 1 - 1e-9 or abs(steps - round(steps)) > 1e-9:
+            raise ValueError(
+                f"LNSMadam: lr={group['lr']!r} is not a positive multiple of 1/gamma = 1/{fmt.gamma}, so the update "
+                f"lr*gamma={steps:g} is not a whole number of grid steps (a scheduler changed it?). Keep lr*gamma a "
+                f"positive integer: a StepLR/MultiStepLR gamma that keeps it whole (e.g. lr 1/2 -> 1/4 -> 1/8 with "
+                f"gamma=0.5 stops at 1/{fmt.gamma}), or a larger LNS gamma")
+        steps = round(steps)
         moved = (codes.float() + steps * normed * sign).clamp(0, fmt.max_code).to(codes.dtype)
         state["codes"] = torch.where(codes == fmt.zero_code, codes, moved)  # zero stays zero
         p.copy_(fmt.decode(state["negative"], state["codes"], state["max"]).to(p.dtype))
