@@ -59,6 +59,18 @@ def test_lightning_callback_trains_checkpoints_and_resumes(tmp_path):
     assert seen["forward_count"] == 8
     assert torch.equal(seen["allocation"], saved["method"]["allocation"])
 
+    # other settings find the old state and refuse, naming both
+    with pytest.raises(ValueError, match=r"trained with bits=2.*this run has bits=4"):
+        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=4, recalibrate_every=3)]).fit(
+            _digits_module_and_loader()[0], loader, ckpt_path=str(tmp_path / "last.ckpt"))
+    # flipped bytes in the engine's state are caught on load
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    checkpoint["callbacks"][callback.state_key]["method"]["allocation"][0] += 1
+    torch.save(checkpoint, tmp_path / "flipped.ckpt")
+    with pytest.raises(ValueError, match="fails its checksum"):
+        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=2, recalibrate_every=3)]).fit(
+            _digits_module_and_loader()[0], loader, ckpt_path=str(tmp_path / "flipped.ckpt"))
+
 
 def test_lightning_callback_matches_uncompressed_training(tmp_path):
     """Same seed, same data: 8-bit compressed training stays close to the exact run."""

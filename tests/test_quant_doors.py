@@ -60,9 +60,30 @@ def test_lightning_qat_trains_optimizes_scales_checkpoints_and_resumes(tmp_path)
     assert seen["learned"].keys() == learned.keys()
     assert all(torch.equal(seen["learned"][n], learned[n]) for n in learned)
 
-    with pytest.raises(ValueError, match="trained with weight_bits=4, the callback has 2"):
+    with pytest.raises(ValueError, match="trained with .*weight_bits=4.*this run has .*weight_bits=2"):
         QuantizationAwareTraining(weight_bits=2).load_state_dict(
             torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"][callback.state_key])
+    # through the Trainer: a 2-bit run finds the 4-bit checkpoint's QAT state and refuses it
+    mismatched = QuantizationAwareTraining(weight_bits=2, act_bits=4, weight_estimator="lsq", act_estimator="pact")
+    with pytest.raises(ValueError, match="trained with .*weight_bits=4.*this run has .*weight_bits=2"):
+        _trainer(tmp_path, 6, [mismatched]).fit(_digits()[0], loader, ckpt_path=str(tmp_path / "last.ckpt"))
+    # flipped bytes in a learned step size are caught on load, before training resumes on them
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "last.ckpt") as archive:
+        names = archive.namelist()
+    raw = bytearray((tmp_path / "last.ckpt").read_bytes())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    step_key = next(k for k in checkpoint["state_dict"] if k.endswith("weight_quant.step"))
+    target = checkpoint["state_dict"][step_key]
+    needle = target.reshape(-1).view(torch.uint8).numpy().tobytes()[:8]
+    at = raw.find(needle)
+    assert at > 0 and names
+    raw[at + 3] ^= 0x40  # one exponent bit of the first learned step
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(raw))
+    resumed = QuantizationAwareTraining(weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="pact")
+    with pytest.raises(ValueError, match="fail their checksum"):
+        _trainer(tmp_path, 6, [resumed]).fit(_digits()[0], loader, ckpt_path=str(tmp_path / "flipped.ckpt"))
 
 
 def test_lightning_once_qat_runs_every_width_and_restores_training_step(tmp_path):

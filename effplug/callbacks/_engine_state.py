@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from effplug.state import seal, unseal
+
 
 class EngineStateMixin:
     """Checkpoint state of a callback's engine; a state loaded before the engine exists waits for it."""
@@ -11,10 +13,11 @@ class EngineStateMixin:
 
     def state_dict(self) -> dict:
         if self.engine is not None:
-            return self.engine.state_dict()
-        return dict(self._pending_state or {})
+            return seal(self.engine.state_dict())
+        return seal(dict(self._pending_state or {}))
 
     def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = unseal(state_dict, type(self).__name__)
         if not state_dict:
             return
         if self.engine is not None:

@@ -24,10 +24,6 @@ class ActivationCompression(EngineStateMixin, pl.Callback):
         self.engine: ActivationCompressor | None = None
         self._pending_state: dict | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(method=self.config.method, bits=self.config.bits)
-
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.engine is None:

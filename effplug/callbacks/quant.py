@@ -12,6 +12,7 @@ from effplug._optional import require
 from effplug.callbacks._engine_state import EngineStateMixin
 from effplug.quant import QATConfig, multi_bit_loss, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
+from effplug.state import checksum, require_same_config, seal, unseal
 
 pl = require("pytorch_lightning", extra="lightning")
 
@@ -43,10 +44,6 @@ class QuantizationAwareTraining(pl.Callback):
         self.log_stats = log_stats
         self._original_step = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(weight_bits=self.config.weight_bits, act_bits=self.config.act_bits)
-
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if not quantized_layers(pl_module):  # every stage: a test/predict run loads quantized weights too
@@ -77,14 +74,38 @@ class QuantizationAwareTraining(pl.Callback):
             self._original_step = None
         super().teardown(trainer, pl_module, stage)
 
+    # The state key is the class name (Lightning's default), not the settings: a resume under other settings
+    # must find the old state and refuse, not miss it and train on silently.
     def state_dict(self) -> dict:
-        return {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.__dict__.items()}}
+        return seal({"config": _config_dict(self.config)})
 
     def load_state_dict(self, state_dict: dict) -> None:
-        saved = state_dict.get("config")
-        if saved and saved.get("weight_bits") != self.config.weight_bits:
-            raise ValueError(f"this checkpoint was trained with weight_bits={saved.get('weight_bits')}, "
-                             f"the callback has {self.config.weight_bits}; use the same QAT settings to resume")
+        saved = unseal(state_dict, "QuantizationAwareTraining").get("config")
+        if saved:
+            require_same_config("QuantizationAwareTraining", saved, _config_dict(self.config))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        checkpoint[QUANTIZER_CHECKSUM] = checksum(_quantizer_entries(checkpoint.get("state_dict", {})))
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        expected = checkpoint.get(QUANTIZER_CHECKSUM)
+        if expected is not None and checksum(_quantizer_entries(checkpoint.get("state_dict", {}))) != expected:
+            raise ValueError("the quantizer ranges and learned scales in this checkpoint fail their checksum: the "
+                             "file was corrupted after it was saved. Resume from an earlier checkpoint.")
+
+
+QUANTIZER_CHECKSUM = "effplug_qat_crc32"
+
+
+def _config_dict(config) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
+
+
+def _quantizer_entries(state_dict: dict) -> dict:
+    """The model state that QAT owns: every fake quantizer's ranges, learned steps and flags."""
+    return {k: v for k, v in state_dict.items() if ".weight_quant." in f".{k}" or ".act_quant." in f".{k}"}
 
 
 class Binarization(EngineStateMixin, pl.Callback):

@@ -41,6 +41,7 @@ from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
 from effplug.profile import saved_bytes
+from effplug.state import require_same_config
 
 log = logging.getLogger("effplug.compress")
 
@@ -611,11 +612,9 @@ class ActivationCompressor:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"]["method"] != self.config.method:
-            raise ValueError(
-                f"checkpoint holds activation-compression state for method={state['config']['method']!r}, "
-                f"but this run uses method={self.config.method!r}; use the same method to resume"
-            )
+        keys = ("method", "bits", "group_size", "stochastic")  # what changes the method's state or its meaning
+        require_same_config("activation compression", {k: state["config"].get(k) for k in keys},
+                            {k: getattr(self.config, k) for k in keys})
         self.forward_count = int(state["forward_count"])
         self.method.load_state_dict(state["method"])
 
