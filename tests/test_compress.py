@@ -649,3 +649,25 @@ def test_comet_rejects_bits_and_says_to_set_the_error_bound():
     with pytest.raises(ValueError, match="error_bound"):
         CompressionConfig(method="comet", bits=2)
     assert CompressionConfig(method="comet").bits is None and CompressionConfig().bits == 4
+
+
+def test_seeded_runs_repeat_without_an_explicit_seed_and_leave_the_global_rng_alone():
+    import effplug.kernels.philox as philox
+
+    def run():
+        torch.manual_seed(0)  # what pl.seed_everything(0) and TrainingArguments(seed=0) do
+        philox._defaults_drawn = 0  # a fresh process
+        model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        x, y = torch.randn(64, 32), torch.randint(0, 8, (64,))
+        state = torch.get_rng_state()
+        engine = ActivationCompressor(model, method="actnn", bits=2, min_numel=1)  # seed=None
+        assert torch.equal(torch.get_rng_state(), state)
+        with engine:
+            for _ in range(3):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(), run())

@@ -69,3 +69,29 @@ def test_prepare_and_fine_tune_switch():
         LUQConfig(bits=8)
     with pytest.raises(ValueError, match="smp=0"):
         LUQConfig(smp=0)
+
+
+def test_a_resumed_run_continues_the_gradient_quantizers_draws(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        return prepare_luq(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)),
+                           seed=3)
+
+    def train(model, steps, first):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(first, first + steps):
+            gen = torch.Generator().manual_seed(step)
+            model.zero_grad()
+            model(torch.randn(8, 16, generator=gen)).square().mean().backward()
+            optimizer.step()
+
+    model = build()
+    train(model, 2, 0)
+    torch.save(model.state_dict(), tmp_path / "luq.pt")
+    train(model, 2, 2)
+    resumed = build()
+    resumed.load_state_dict(torch.load(tmp_path / "luq.pt", weights_only=True))
+    assert int(resumed[0].luq_seed) != int(build()[0].luq_seed)  # the position came back, not the start
+    train(resumed, 2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), model.parameters(), strict=True))
+    assert int(model[0].luq_seed) != int(model[2].luq_seed)  # one stream per layer

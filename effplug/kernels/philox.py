@@ -26,10 +26,31 @@ SEED_LIMIT = 2**63
 _private_seeds = random.Random(int.from_bytes(os.urandom(8), "little"))
 
 
+TORCH_DEFAULT_SEED = 67280421310721  # torch's CPU generator seed when nobody called manual_seed
+_defaults_drawn = 0
+
+
+def framework_seed() -> int | None:
+    """The seed the user gave the framework (``pl.seed_everything``, HF ``set_seed``, ``torch.manual_seed``
+    all set torch's initial seed), or None when none was set. Reading it advances no RNG stream."""
+    seed = torch.initial_seed()
+    return None if seed == TORCH_DEFAULT_SEED else seed
+
+
 def resolve_seed(seed: int | None) -> int:
-    """Return ``seed`` as a non-negative 63-bit int, drawing a fresh one privately when it is None."""
+    """Return ``seed`` as a non-negative 63-bit int.
+
+    ``None`` derives one from the framework's seed when one was set, so seeded runs repeat (the n-th default
+    seed of a process is the same in every run), and draws a fresh one privately otherwise. The global torch
+    and Python RNG streams are never advanced.
+    """
+    global _defaults_drawn
     if seed is None:
-        return _private_seeds.getrandbits(62)
+        base = framework_seed()
+        if base is None:
+            return _private_seeds.getrandbits(62)
+        _defaults_drawn += 1
+        return (base * 0x9E3779B97F4A7C15 + _defaults_drawn * 0xD1B54A32D192ED03) % SEED_LIMIT
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int or None; got {seed!r}")
     return seed % SEED_LIMIT

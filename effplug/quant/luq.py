@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from effplug.codecs import SeedStream
 from effplug.kernels import log_quantize
+from effplug.kernels.philox import SEED_LIMIT, resolve_seed
 from effplug.quant.convert import LayerPlan, _matches, replace_layers
 from effplug.quant.fake_quant import _round_ste
 from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
@@ -95,16 +96,36 @@ class _LogQuantizeGradient(torch.autograd.Function):
         return torch.stack(samples).mean(0) if ctx.smp > 1 else samples[0], None, None
 
 
-class GradientQuantizer:
-    """Forward hook that routes a layer's output gradient through LUQ's quantizer."""
+class _BufferSeeds:
+    """A seed stream whose position is a layer's int64 buffer ``luq_seed``: it rides in every checkpoint
+    (Lightning, HF, DeepSpeed) with the model's own state, so a resume continues the same draws."""
 
-    def __init__(self, smp: int, seeds: SeedStream):
-        self.smp, self.seeds, self.enabled = smp, seeds, True
+    def __init__(self, position: torch.Tensor):
+        self.position = position
+
+    def draw(self) -> int:
+        seed = int(self.position)
+        self.position.fill_((seed + 1) % SEED_LIMIT)
+        return seed
+
+
+class GradientQuantizer:
+    """Forward hook that routes a layer's output gradient through LUQ's quantizer, seeded from the layer's
+    own ``luq_seed`` buffer (one stream per layer, so the draws do not depend on the backward order)."""
+
+    def __init__(self, smp: int):
+        self.smp, self.enabled = smp, True
 
     def __call__(self, module, args, output):
         if self.enabled and torch.is_tensor(output) and output.requires_grad:
-            return _LogQuantizeGradient.apply(output, self.smp, self.seeds)
+            return _LogQuantizeGradient.apply(output, self.smp, _BufferSeeds(module.luq_seed))
         return None
+
+
+def _layer_seed(base: int, name: str) -> int:
+    """Independent per-layer streams from one seed: a hash of the seed and the layer's name."""
+    digest = hashlib.blake2b(f"{base}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % SEED_LIMIT
 
 
 def prepare_luq(model: nn.Module, config: LUQConfig | None = None, **kwargs) -> nn.Module:
@@ -119,10 +140,11 @@ def prepare_luq(model: nn.Module, config: LUQConfig | None = None, **kwargs) -> 
         raise ValueError("no layers to quantize for LUQ: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
     replace_layers(model, [LayerPlan(n, "", 4, 4) for n in names],
                    lambda plan, module, cls: (SAWBQuantizer("weight"), SAWBQuantizer("act")))
-    seeds = SeedStream(config.seed)
+    base = resolve_seed(config.seed)
     for n in names:
         layer = model.get_submodule(n)
-        layer.gradient_quantizer = GradientQuantizer(config.smp, seeds)
+        layer.register_buffer("luq_seed", torch.tensor(_layer_seed(base, n), dtype=torch.int64))
+        layer.gradient_quantizer = GradientQuantizer(config.smp)
         layer.register_forward_hook(layer.gradient_quantizer)
     return model
 
