@@ -627,7 +627,6 @@ def test_torch_checkpoint_recompute_is_left_exact():
 
 def test_one_storage_saved_by_several_ops_is_compressed_and_counted_once():
     from effplug.models import tiny_llama
-    from effplug.profile import saved_bytes
 
     torch.manual_seed(0)
     model = tiny_llama()

@@ -138,6 +138,16 @@ def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
                          activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
     resumed.train(resume_from_checkpoint=str(tmp_path / "eff" / "checkpoint-3"))
     assert resumed.activation_callback.engine.forward_count == 8  # 6 restored + 2 new
+    # ... also from a copy outside output_dir: read from the folder being resumed
+    import shutil
+
+    shutil.copytree(tmp_path / "eff" / "checkpoint-3", tmp_path / "copied" / "step3")
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    args = _hf_args(tmp_path / "elsewhere", max_steps=4, gradient_accumulation_steps=2)
+    moved = EffTrainer(model=model, args=args, train_dataset=rows,
+                       activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+    moved.train(resume_from_checkpoint=str(tmp_path / "copied" / "step3"))
+    assert moved.activation_callback.engine.forward_count == 8
 
     # A plain Trainer callback cannot calibrate: it says so.
     with caplog.at_level("WARNING"):

@@ -544,3 +544,27 @@ def test_a_first_batch_of_inf_leaves_lsq_uninitialized():
     assert not bool(fq.initialized) and torch.isfinite(fq.step).all()
     fq(torch.randn(2, 8))
     assert bool(fq.initialized) and torch.isfinite(fq.step).all()
+
+
+def test_binarizing_relu_inputs_says_why_the_network_collapses(caplog):
+    from effplug.logs import forget
+
+    forget("binarize")
+    torch.manual_seed(0)
+    relu_net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, 4))
+    engine = binary.Binarizer(relu_net, binary.BinarizationConfig())
+    with caplog.at_level("WARNING", logger="effplug.quant"):
+        relu_net(torch.randn(4, 8))
+        relu_net(torch.randn(4, 8))
+    warnings = [r for r in caplog.records if "never negative" in r.message]
+    assert len(warnings) == 1 and "2" in warnings[0].message and "Hardtanh" in warnings[0].message
+    assert relu_net[2].act_quant.nonnegative_input and engine.layer_names == ["2"]
+    caplog.clear()
+    forget("binarize")
+    signed = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Hardtanh(), torch.nn.Linear(16, 16),
+                                 torch.nn.Hardtanh(), torch.nn.Linear(16, 4))
+    binary.Binarizer(signed, binary.BinarizationConfig())
+    with caplog.at_level("WARNING", logger="effplug.quant"):
+        signed(torch.randn(4, 8))
+    assert not any("never negative" in r.message for r in caplog.records)

@@ -207,6 +207,16 @@ def test_hf_apply_quantization_callback_and_eff_trainer_once_qat(tmp_path):
                          callbacks=[resumed]).train(resume_from_checkpoint=str(tmp_path / "bin" / "checkpoint-2"))
     restored = resumed.engine.teacher.state_dict()
     assert all(torch.equal(restored[k], teacher[k]) for k in teacher)
+    # resumed from a copy outside output_dir: the state is read from the folder being resumed
+    import shutil
+
+    shutil.copytree(tmp_path / "bin" / "checkpoint-2", tmp_path / "copied" / "run-a")
+    elsewhere = BinarizationCallback(method="dirnet")
+    model = tiny_gpt2(vocab_size=vocab, n_positions=32)
+    transformers.Trainer(model=model, args=_hf_args(tmp_path / "other", max_steps=3), train_dataset=rows,
+                         callbacks=[elsewhere]).train(resume_from_checkpoint=str(tmp_path / "copied" / "run-a"))
+    restored = elsewhere.engine.teacher.state_dict()
+    assert all(torch.equal(restored[k], teacher[k]) for k in teacher)
 
     with pytest.raises(ValueError, match="use effplug.hf.EffTrainer"):
         QuantizationCallback(QATConfig(bit_widths=[2, 4]))

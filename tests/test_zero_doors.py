@@ -42,6 +42,8 @@ def test_measured_model_states_follow_the_zero_formulas(zero_results):
 
 def test_zero_checkpoint_resumes_and_converts_to_a_plain_state_dict(zero_results):
     assert zero_results[0]["plain_keys_match"] and zero_results[0]["plain_equal"]
+    assert any("optim_states" in f for f in zero_results[0]["weights_only_files"])
+    assert len(zero_results[0]["weights_only_files"]) == 3 and zero_results[0]["weights_only_registered"]
     for result in zero_results:
         assert result["resumed_global_step"] == 25 and result["resumed_steps"] == 5
         # the resumed run continues exactly where an uninterrupted one would be

@@ -74,6 +74,13 @@ def lightning_phase(out: Path, rank: int) -> dict:
                 result["plain_keys_match"] = sorted(k.removeprefix("model.") for k in plain) == \
                     sorted(k.removeprefix("model.") for k in final)
                 result["plain_equal"] = all(torch.equal(plain[k], final[k]) for k in final if k in plain)
+                # every file of the folder, optimizer shards included, loads with weights_only=True
+                from effplug.parallel.zero import load_zero_file
+
+                files = sorted(ckpt.rglob("*.pt"))
+                result["weights_only_files"] = [f.name for f in files if load_zero_file(str(f)) is not None]
+                result["weights_only_registered"] = all(
+                    torch.load(f, weights_only=True) is not None for f in files)  # the strategy registered them
             resume = Record()
             resumed = trainer("zero2", STEPS + 5, [resume])
             resumed.fit(module(), loader, ckpt_path=str(ckpt))

@@ -9,12 +9,10 @@ plain ``Trainer`` those methods keep their starting allocation and say so once.
 from __future__ import annotations
 
 import logging
-import os
-
-import torch
 
 from effplug._optional import require
 from effplug.compress import ActivationCompressor, CompressionConfig
+from effplug.hf._checkpoint import load_state, save_state
 
 transformers = require("transformers", extra="hf")
 log = logging.getLogger("effplug.hf")
@@ -40,15 +38,13 @@ class ActivationCompressionCallback(transformers.TrainerCallback):
                 "method=%r calibrates from the loss before backward, which a TrainerCallback cannot see; "
                 "it keeps its starting setting. Use effplug.hf.EffTrainer to calibrate.", self.config.method
             )
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
-        if state.global_step > 0 and os.path.exists(path):
-            self.engine.load_state_dict(torch.load(path, weights_only=True))
+        saved = load_state(args, state, STATE_FILE, "activation compression")
+        if saved is not None:
+            self.engine.load_state_dict(saved)
 
     def on_save(self, args, state, control, **kwargs):
         if self.engine is not None and state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            torch.save(self.engine.state_dict(), os.path.join(folder, STATE_FILE))
+            save_state(args, state, STATE_FILE, self.engine.state_dict())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.engine is not None and logs is not None and self.engine.last_report.original_bytes:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from effplug._optional import require
 from effplug.comm import GradientCompressor, make_compressor, register
+from effplug.hf._checkpoint import load_state, save_state
 
 transformers = require("transformers", extra="hf")
 log = logging.getLogger("effplug.hf")
@@ -45,17 +45,12 @@ class GradientCompressionCallback(transformers.TrainerCallback):
         if not self.registered:
             register(wrapped, self.compressor)
             self.registered = True
-        if state.global_step > 0:  # resuming: HF restored global_step from checkpoint-<step>
-            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", self._state_file(args))
-            if os.path.exists(path):
-                self.compressor.load_state_dict(torch.load(path, weights_only=True))
-            else:
-                log.warning("effplug: %s not found; %s compressor state restarts", path, self.compressor.name)
+        saved = load_state(args, state, self._state_file(args), f"{self.compressor.name} compressor")
+        if saved is not None:
+            self.compressor.load_state_dict(saved)
 
     def on_save(self, args, state, control, **kwargs):
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        torch.save(self.compressor.state_dict(), os.path.join(folder, self._state_file(args)))
+        save_state(args, state, self._state_file(args), self.compressor.state_dict())
 
     @staticmethod
     def _state_file(args) -> str:

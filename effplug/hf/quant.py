@@ -7,11 +7,10 @@ The swap must happen before the Trainer builds its optimizer (in ``train()``) an
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from effplug._optional import require
+from effplug.hf._checkpoint import load_state, save_state
 from effplug.quant import QATConfig, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
 
@@ -59,18 +58,16 @@ class BinarizationCallback(transformers.TrainerCallback):
             self.engine = _binary.Binarizer(model, self.config)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", BINARIZATION_STATE_FILE)
-        if state.global_step > 0 and os.path.exists(path):
-            self.engine.load_state_dict(torch.load(path, weights_only=True))
+        saved = load_state(args, state, BINARIZATION_STATE_FILE, "binarization")
+        if saved is not None:
+            self.engine.load_state_dict(saved)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.engine.set_progress(state.global_step / max(state.max_steps, 1))
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            torch.save(self.engine.state_dict(), os.path.join(folder, BINARIZATION_STATE_FILE))
+            save_state(args, state, BINARIZATION_STATE_FILE, self.engine.state_dict())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.engine is not None:

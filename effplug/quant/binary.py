@@ -21,16 +21,19 @@ straight-through estimator, no balance, scale or distillation.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from effplug.logs import log_once
 from effplug.quant.convert import LayerPlan, _matches, quantized_layers, replace_layers
 from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
 
 METHODS = ("dirnet", "sign_ste")
+log = logging.getLogger("effplug.quant")
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,24 @@ class SignQuantizer(nn.Module):
         self.bits = 1
         self.enabled = True
         self.t, self.k = 1.0, 1.0
+        self.layer_name = ""
+        self.nonnegative_input: bool | None = None  # decided on the first batch (activations)
 
     def extra_repr(self) -> str:
         return f"{self.role}, {self.method}, t={self.t:.3g}, k={self.k:.3g}"
+
+    @torch.no_grad()
+    def _check_input_is_signed(self, x) -> None:
+        """sign() of a non-negative input (after ReLU) is +1 everywhere: the layer sees a constant and the
+        network collapses to chance (a float-trained ReLU net: val_acc 0.834 -> 0.098). Say so once."""
+        self.nonnegative_input = bool((x >= 0).all())
+        if self.nonnegative_input:
+            log_once(log, "binarize-nonnegative",
+                     "effplug.quant binarization: the input of %s is never negative (a ReLU before it?), so sign() "
+                     "makes it constant and the network loses what it learned. DIR-Net needs activations that "
+                     "take both signs: replace ReLU with Hardtanh/PReLU/identity before binarized layers, "
+                     "exclude those layers (exclude=[...]), or keep activations in float "
+                     "(binarize_activations=False). Reported once.", self.layer_name or "a binarized layer")
 
     def _sign(self, x):
         return _SignSTE.apply(x) if self.method == "sign_ste" else _SignDTE.apply(x, self.t, self.k)
@@ -101,6 +119,8 @@ class SignQuantizer(nn.Module):
     def forward(self, x):
         if not self.enabled:
             return x
+        if self.role == "act" and self.nonnegative_input is None:
+            self._check_input_is_signed(x)
         if self.role == "act" or self.method == "sign_ste":
             return self._sign(x)
         w = x.movedim(self.channel_dim, 0)
@@ -147,6 +167,10 @@ class Binarizer:
             return SignQuantizer("weight", method, cls.weight_channel_dim), act
 
         replace_layers(model, plans, build)
+        for name in self.layer_names:
+            act = model.get_submodule(name).act_quant
+            if act is not None:
+                act.layer_name = name
         self.progress = 0.0
         self.last_distill_loss = 0.0
         self._teacher_out: dict = {}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
-from effplug.parallel.zero import deepspeed_config
+from effplug.parallel.zero import deepspeed_config, deepspeed_safe_globals
 
 require("pytorch_lightning", extra="lightning")
 
@@ -35,6 +35,10 @@ class ZeroStrategy(DeepSpeedStrategy):
     ``ZeroStrategy(stage=2)``, ``ZeroStrategy(stage=3, offload="all", param_persistence_threshold=0)``, or
     ``ZeroStrategy(config=<a full DeepSpeed dict>)``. Keyword options of ``deepspeed_config`` go to it; the
     rest go to Lightning's ``DeepSpeedStrategy``. Needs ``pip install 'effplug[deepspeed]'``.
+
+    Building one registers the DeepSpeed classes its optimizer shards pickle as torch safe globals, so
+    ``torch.load(shard, weights_only=True)`` reads them (``effplug.parallel.zero.load_zero_file`` does it
+    for one load without registering anything).
     """
 
     strategy_name = "zero"
@@ -42,6 +46,8 @@ class ZeroStrategy(DeepSpeedStrategy):
     def __init__(self, stage: int = 2, offload: str | None = None, config: dict | None = None, **options: Any):
         require("deepspeed", extra="deepspeed")
         import inspect
+
+        torch.serialization.add_safe_globals(deepspeed_safe_globals())
 
         accepted = set(inspect.signature(deepspeed_config).parameters) - {"stage", "offload"}
         zero_kwargs = {k: options.pop(k) for k in list(options) if k in accepted}
