@@ -128,6 +128,15 @@ def _train(model, rank, steps, first=0):
         opt.step()
 
 
+def _to_buffer(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def _comm_worker(rank, world, port, results):
     import torch.distributed as dist
 
@@ -171,22 +180,26 @@ def _comm_worker(rank, world, port, results):
     local_scale = local.abs().max()
     dist.all_reduce(local_scale, op=dist.ReduceOp.MAX)
     out["cgx_local_scale"] = local_scale.item()
-    # resume: residuals restored into a fresh DDP (new buckets) continue exactly like the original run
-    model, comp = _ddp(TopKCompressor(ratio=0.02))
-    _train(model, rank, 3)
-    saved_params = [p.detach().clone() for p in model.parameters()]
-    saved_state = comp.state_dict()
-    _train(model, rank, 2, first=3)
-    continued = [p.detach().clone() for p in model.parameters()]
-    for restore in (True, False):
-        fresh, fresh_comp = _ddp(TopKCompressor(ratio=0.02))
-        with torch.no_grad():
-            for p, s in zip(fresh.parameters(), saved_params, strict=True):
-                p.copy_(s)
-        if restore:
-            fresh_comp.load_state_dict(saved_state)
-        _train(fresh, rank, 2, first=3)
-        out[f"resume_{restore}"] = all(torch.equal(a, b) for a, b in zip(fresh.parameters(), continued, strict=True))
+    # resume: residuals and seed streams restored into a fresh DDP (new buckets) continue exactly like the
+    # original run (keyed per parameter, so DDP's different first-step buckets after a resume do not matter)
+    for name, make in {"topk": lambda: TopKCompressor(ratio=0.02), "cgx": lambda: CGXCompressor(bits=4, seed=0),
+                       "natural": lambda: NaturalCompressor(seed=0)}.items():
+        model, comp = _ddp(make())
+        _train(model, rank, 3)
+        saved_params = [p.detach().clone() for p in model.parameters()]
+        saved_state = torch.load(_to_buffer(comp.state_dict()), weights_only=True)
+        _train(model, rank, 2, first=3)
+        continued = [p.detach().clone() for p in model.parameters()]
+        for restore in (True, False):
+            fresh, fresh_comp = _ddp(make())
+            with torch.no_grad():
+                for p, s in zip(fresh.parameters(), saved_params, strict=True):
+                    p.copy_(s)
+            if restore:
+                fresh_comp.load_state_dict(saved_state)
+            _train(fresh, rank, 2, first=3)
+            same = all(torch.equal(a, b) for a, b in zip(fresh.parameters(), continued, strict=True))
+            out[f"resume_{restore}" if name == "topk" else f"resume_{name}_{restore}"] = same
     # PowerSGD: state round trip through plain tensors after compression started
     model, comp = _ddp(PowerSGDCompressor(rank=1, start_iter=2))
     _train(model, rank, 4)
@@ -227,8 +240,9 @@ def _expected_bytes(world):
     k = math.ceil(0.01 * numel)
     flag = ring(4)  # the one-element non-finite flag every rank agrees on before choosing a path
     topk = (world - 1) * (4 * k + 4 * k) + flag  # all-gather of fp32 values and int32 indices
-    chunk = -(-numel // world)
-    natural = 2 * (world - 1) / world * world * (chunk + 4) + flag  # codes + base exponent, both directions
+    # each parameter is encoded on its own (so resume is exact): codes + its base exponent per slice, both ways
+    slices = sum(-(-n // world) + 4 for n in (2048, 32, 320, 10))
+    natural = 2 * (world - 1) / world * world * slices + flag
     cgx_exact = ring(4 * (32 + 320 + 10))  # the two biases and the 320-element layer are below 1024
     cgx_chunk = 2048 // world * 4 // 8 + 4 * (2048 // world // 1024)  # 4-bit codes + bf16 scale and zero
     cgx = cgx_exact + flag + 2 * (world - 1) / world * world * cgx_chunk
@@ -265,6 +279,13 @@ def test_resume_restores_residuals(ddp_results):
     for rank in range(2):
         assert ddp_results[rank]["resume_True"]
         assert not ddp_results[rank]["resume_False"]  # without the residuals the run really diverges
+
+
+def test_cgx_and_natural_resume_exactly_with_their_seed_streams(ddp_results):
+    for rank in range(2):
+        for name in ("cgx", "natural"):
+            assert ddp_results[rank][f"resume_{name}_True"], (rank, name)
+            assert not ddp_results[rank][f"resume_{name}_False"], (rank, name)  # restarted streams diverge
 
 
 def test_powersgd_state_is_plain_and_restores(ddp_results):

@@ -21,6 +21,7 @@ reported once. Per-rank state (residuals, seed positions) is ``state_dict()``: p
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import time
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from effplug.codecs import SeedStream
+from effplug.kernels.philox import resolve_seed
 from effplug.kernels import pow2 as _pow2
 from effplug.kernels import quant as _quant
 from effplug.kernels import topk as _topk
@@ -85,13 +87,6 @@ class _Collectives:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _rank_seed(seed: int | None, rank: int) -> int | None:
-    """Independent seed streams per rank from one user seed (None stays None: fresh private seeds)."""
-    if seed is None:
-        return None
-    return (seed * 0x9E3779B97F4A7C15 + (rank + 1) * 0xBF58476D1CE4E5B9) % 2**63
 
 
 class GradientCompressor:
@@ -294,46 +289,83 @@ class TopKCompressor(GradientCompressor):
 
 
 class _ReduceScatterAllGather(GradientCompressor):
-    """Compressed reduce-scatter (all-to-all of encoded chunks, owner averages) then compressed all-gather."""
+    """Compressed reduce-scatter (all-to-all of encoded chunks, owner averages) then compressed all-gather.
+
+    Every parameter is encoded on its own: padded to a multiple of ``world * chunk_multiple`` and split into
+    one slice per rank, with random draws from its own seed stream (keyed by name, like top-k's residuals).
+    So what a parameter's gradient becomes does not depend on which DDP bucket holds it, and a resumed run
+    (whose first step uses DDP's initial buckets, not the rebuilt ones) repeats the uninterrupted run exactly.
+    """
 
     chunk_multiple = 1
 
     def __init__(self, seed: int | None, min_compress_size: int, compress_1d: bool):
         super().__init__(min_compress_size, compress_1d)
         self.seed = seed
-        self._seeds: SeedStream | None = None
+        self._base_seed: int | None = None
+        self._streams: dict[str, SeedStream] = {}
 
-    def _seed_stream(self, rank: int) -> SeedStream:
-        if self._seeds is None:
-            self._seeds = SeedStream(_rank_seed(self.seed, rank))
-        return self._seeds
+    def _stream(self, key: str, rank: int) -> SeedStream:
+        if key not in self._streams:
+            if self._base_seed is None:
+                self._base_seed = resolve_seed(self.seed)
+            digest = hashlib.blake2b(f"{self._base_seed}:{rank}:{key}".encode(), digest_size=8).digest()
+            self._streams[key] = SeedStream(int.from_bytes(digest, "little") % 2**63)
+        return self._streams[key]
 
-    # subclasses: encode a flat vector into W equal byte chunks, decode one chunk's bytes
-    def _encode_chunks(self, flat: torch.Tensor, world_size: int, seed: int) -> torch.Tensor: ...
+    # subclasses: encode a padded vector into ``parts`` equal byte slices; decode one slice; a slice's bytes
+    def _encode_parts(self, values: torch.Tensor, parts: int, seed: int) -> list[torch.Tensor]: ...
 
-    def _decode_chunk(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor: ...
+    def _decode_part(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor: ...
+
+    def _part_nbytes(self, numel: int) -> int: ...
 
     def _average_compressed(self, flat, segments, comm):
-        world, seeds = comm.world_size, self._seed_stream(comm.rank)
+        world, rank = comm.world_size, comm.rank
         multiple = world * self.chunk_multiple
-        padded = flat.new_zeros(-(-flat.numel() // multiple) * multiple)
-        padded[:flat.numel()] = flat
-        chunk = padded.numel() // world
-        received = comm.all_to_all(self._encode_chunks(padded, world, seeds.draw()))
-        parts = received.view(world, -1)
-        mine = self._decode_chunk(parts[0], chunk, flat.dtype)
-        for r in range(1, world):  # rank order, as a ring reduction would
-            mine = mine + self._decode_chunk(parts[r], chunk, flat.dtype)
-        mine = mine.div_(world)
-        gathered = comm.all_gather(self._encode_chunks(mine, 1, seeds.draw()))
-        return torch.cat([self._decode_chunk(g, chunk, flat.dtype) for g in gathered])[:flat.numel()]
+        layout, offset = [], 0  # (segment, offset in flat, slice length per rank)
+        for seg in segments:
+            layout.append((seg, offset, -(-seg.numel // multiple) * multiple // world))
+            offset += seg.numel
+        encoded = []
+        for seg, start, length in layout:
+            padded = flat.new_zeros(length * world)
+            padded[:seg.numel] = flat[start:start + seg.numel]
+            encoded.append(self._encode_parts(padded, world, self._stream(seg.key, rank).draw()))
+        send = torch.cat([parts[j] for j in range(world) for parts in encoded])
+        received = comm.all_to_all(send).view(world, -1)
+        sizes = [self._part_nbytes(length) for _, _, length in layout]
+        own = []  # this rank's slice of every parameter, averaged over ranks (rank order, as a ring would sum)
+        for i, part in enumerate(received[0].split(sizes)):
+            total = self._decode_part(part, layout[i][2], flat.dtype)
+            for r in range(1, world):
+                total = total + self._decode_part(received[r].split(sizes)[i], layout[i][2], flat.dtype)
+            own.append(total.div_(world))
+        reencoded = [self._encode_parts(v, 1, self._stream(seg.key, rank).draw())[0]
+                     for v, (seg, _, _) in zip(own, layout, strict=True)]
+        gathered = [g.split(sizes) for g in comm.all_gather(torch.cat(reencoded))]
+        out = []
+        for i, (seg, _, length) in enumerate(layout):
+            whole = torch.cat([self._decode_part(gathered[r][i], length, flat.dtype) for r in range(world)])
+            out.append(whole[:seg.numel])
+        return torch.cat(out)
 
     def state_dict(self) -> dict:
-        return {"next_seed": self._seeds.next_seed} if self._seeds is not None else {}
+        return {"next_seed": {key: stream.next_seed for key, stream in self._streams.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if "next_seed" in state:
-            self._seeds = SeedStream(int(state["next_seed"]))
+        streams = state.get("next_seed", {})
+        if not isinstance(streams, dict):  # saved before streams were per parameter: no way to map it
+            log.warning("effplug.comm %s: this checkpoint keeps one seed stream per rank (an older effplug); "
+                        "per-parameter streams restart", self.name)
+            return
+        self._streams = {key: _stream_at(int(position)) for key, position in streams.items()}
+
+
+def _stream_at(position: int) -> SeedStream:
+    stream = SeedStream(0)
+    stream.next_seed = position
+    return stream
 
 
 class NaturalCompressor(_ReduceScatterAllGather):
@@ -344,15 +376,18 @@ class NaturalCompressor(_ReduceScatterAllGather):
     def __init__(self, seed: int | None = None, min_compress_size: int = 0, compress_1d: bool = True):
         super().__init__(seed, min_compress_size, compress_1d)
 
-    def _encode_chunks(self, flat, world_size, seed):
-        encoded = _pow2.pow2_encode(flat, seed=seed)
-        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=flat.device).view(torch.uint8)
-        # every chunk carries the 4-byte base exponent, so each owner decodes on its own
-        return torch.cat([encoded.codes.view(world_size, -1), base.expand(world_size, 4)], dim=1).reshape(-1)
+    def _encode_parts(self, values, parts, seed):
+        encoded = _pow2.pow2_encode(values, seed=seed)
+        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=values.device).view(torch.uint8)
+        # every slice carries the 4-byte base exponent, so each owner decodes on its own
+        return list(torch.cat([encoded.codes.view(parts, -1), base.expand(parts, 4)], dim=1).unbind(0))
 
-    def _decode_chunk(self, payload, numel, dtype):
+    def _decode_part(self, payload, numel, dtype):
         lo_exp = int(payload[numel:numel + 4].clone().view(torch.int32).item())  # clone: byte offset may be odd
         return _pow2.pow2_decode(_pow2.Pow2Codes(payload[:numel], lo_exp, dtype))
+
+    def _part_nbytes(self, numel):
+        return numel + 4
 
 
 class CGXCompressor(_ReduceScatterAllGather):
@@ -360,7 +395,8 @@ class CGXCompressor(_ReduceScatterAllGather):
 
     Per bucket: ``zero = min``, ``scale = (max - min) / (2**bits - 1)`` (bf16, so gradients never underflow
     the scale), ``q = floor((x - zero) / scale + u)``; an unbiased estimate of ``x``. Tensors that are 1-D or
-    below ``min_compress_size`` elements stay exact (CGX's layer filter).
+    below ``min_compress_size`` elements stay exact (CGX's layer filter). Buckets never straddle two
+    parameters: each parameter is padded to whole buckets.
     """
 
     name = "cgx"
@@ -375,19 +411,22 @@ class CGXCompressor(_ReduceScatterAllGather):
         self.bits, self.bucket_size = bits, bucket_size
         self.chunk_multiple = bucket_size
 
-    def _encode_chunks(self, flat, world_size, seed):
-        qt = _quant.quantize_pack(flat, self.bits, self.bucket_size, True, seed, torch.bfloat16)
-        data, scale, zero = qt.data.view(world_size, -1), qt.scale.view(world_size, -1), qt.zero.view(world_size, -1)
-        return torch.cat([data, scale.view(torch.uint8).view(world_size, -1), zero.view(torch.uint8).view(world_size, -1)],
-                         dim=1).reshape(-1)
+    def _encode_parts(self, values, parts, seed):
+        qt = _quant.quantize_pack(values, self.bits, self.bucket_size, True, seed, torch.bfloat16)
+        data, scale, zero = qt.data.view(parts, -1), qt.scale.view(parts, -1), qt.zero.view(parts, -1)
+        return list(torch.cat([data, scale.view(torch.uint8).view(parts, -1), zero.view(torch.uint8).view(parts, -1)],
+                              dim=1).unbind(0))
 
-    def _decode_chunk(self, payload, numel, dtype):
+    def _decode_part(self, payload, numel, dtype):
         code_bytes, groups = numel * self.bits // 8, numel // self.bucket_size
         scale = payload[code_bytes:code_bytes + 2 * groups].view(torch.bfloat16)
         zero = payload[code_bytes + 2 * groups:code_bytes + 4 * groups].view(torch.bfloat16)
         qt = _quant.QuantizedTensor(payload[:code_bytes], scale, zero, self.bits, self.bucket_size,
                                     torch.Size([numel]), dtype)
         return _quant.unpack_dequantize(qt)
+
+    def _part_nbytes(self, numel):
+        return numel * self.bits // 8 + 4 * (numel // self.bucket_size)
 
 
 class PowerSGDCompressor(GradientCompressor):
