@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 
 from effplug.codecs import SeedStream
-from effplug.kernels.philox import resolve_seed
 from effplug.kernels import pow2 as _pow2
 from effplug.kernels import quant as _quant
 from effplug.kernels import topk as _topk
+from effplug.kernels.philox import resolve_seed
 from effplug.profile import CommMeter
 
 log = logging.getLogger("effplug.comm")
