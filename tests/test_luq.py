@@ -36,7 +36,7 @@ def test_sawb_forward_is_int4():
     scale = float(sawb_clip(x)) / 8
     codes = q / scale
     torch.testing.assert_close(codes, torch.round(codes), atol=1e-4, rtol=0)
-    assert codes.min() >= -8 and codes.max() <= 7
+    assert codes.min() >= -8 - 1e-4 and codes.max() <= 7 + 1e-4  # q / scale rounds, as assert_close allows
     act = SAWBQuantizer("act")(torch.rand(1000))
     assert act.min() >= 0
 

@@ -14,7 +14,7 @@ class EngineStateMixin:
     def state_dict(self) -> dict:
         if self.engine is not None:
             return seal(self.engine.state_dict())
-        return seal(dict(self._pending_state or {}))
+        return seal(self._pending_state) if self._pending_state else {}  # a detached engine leaves nothing
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = unseal(state_dict, type(self).__name__)

@@ -97,6 +97,9 @@ class GradientCompressor:
     """
 
     name = "dense"
+    # Lossy compressors take another code path for inf/NaN, so ranks must agree on it first; the dense base
+    # averages exactly on either path and sends no flag.
+    agrees_on_nonfinite = False
 
     def __init__(self, min_compress_size: int = 0, compress_1d: bool = True):
         if isinstance(min_compress_size, bool) or not isinstance(min_compress_size, int) or min_compress_size < 0:
@@ -154,7 +157,8 @@ class GradientCompressor:
         exact = [s for s in segments if not s.compress]
         packed = [s for s in segments if s.compress]
         dense = torch.cat([flat[s.start:s.start + s.numel] for s in exact]).div_(comm.world_size) if exact else flat[:0]
-        if packed:
+        agree = bool(packed) and self.agrees_on_nonfinite
+        if agree:
             # One rank's inf/NaN (an fp16 overflow) must send every rank down the same path, or the collectives
             # differ and the job hangs. A one-element flag rides in the exact all-reduce, so it costs no extra call.
             local_bad = not bool(torch.isfinite(flat).all())
@@ -162,7 +166,7 @@ class GradientCompressor:
                 self._warn_nonfinite(comm.rank)
             dense = torch.cat([dense, flat.new_full((1,), float(local_bad))])
         reduced = comm.all_reduce_sum(dense) if dense.numel() else dense
-        if packed:
+        if agree:
             reduced, flags = reduced[:-1], reduced[-1:]
             if bool(flags[0] != 0):  # some rank overflowed: average exactly (as DDP would) so every rank sees it
                 exact, packed = segments, []
@@ -233,6 +237,7 @@ class TopKCompressor(GradientCompressor):
     """
 
     name = "topk"
+    agrees_on_nonfinite = True
 
     def __init__(self, ratio: float = 0.01, error_feedback: bool = True, min_compress_size: int = 0,
                  compress_1d: bool = True):
@@ -298,6 +303,7 @@ class _ReduceScatterAllGather(GradientCompressor):
     """
 
     chunk_multiple = 1
+    agrees_on_nonfinite = True
 
     def __init__(self, seed: int | None, min_compress_size: int, compress_1d: bool):
         super().__init__(min_compress_size, compress_1d)

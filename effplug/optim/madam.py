@@ -123,7 +123,7 @@ class LNSMadam(_MultiplicativeOptimizer):
                 f"LNSMadam: lr={group['lr']!r} is not a positive multiple of 1/gamma = 1/{fmt.gamma}, so the update "
                 f"lr*gamma={steps:g} is not a whole number of grid steps (a scheduler changed it?). Keep lr*gamma a "
                 f"positive integer: a StepLR/MultiStepLR gamma that keeps it whole (e.g. lr 1/2 -> 1/4 -> 1/8 with "
-                f"gamma=0.5 stops at 1/{fmt.gamma}), or a larger LNS gamma")
+                f"gamma=0.5 stops at 1/{fmt.gamma}; the HF Trainer: lr_scheduler_type='constant'), or a larger LNS gamma")
         steps = round(steps)
         moved = (codes.float() + steps * normed * sign).clamp(0, fmt.max_code).to(codes.dtype)
         state["codes"] = torch.where(codes == fmt.zero_code, codes, moved)  # zero stays zero

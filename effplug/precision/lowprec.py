@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from effplug._optional import require
 from effplug.quant.lns import prepare_lns
-from effplug.quant.luq import LUQConfig, prepare_luq, set_luq_enabled
+from effplug.quant.luq import LUQConfig, load_luq_state_dict, luq_state_dict, prepare_luq, set_luq_enabled
 
 require("pytorch_lightning", extra="lightning")
 from pytorch_lightning.plugins.precision import Precision  # noqa: E402
@@ -31,12 +31,28 @@ class LUQPrecision(Precision):
                                 seed=seed)
         self.high_precision_steps = high_precision_steps
         self.module = None
+        self._pending_seeds = None
         self.full_precision = False
 
     def convert_module(self, module):
         module = super().convert_module(module)
-        self.module = prepare_luq(module, self.config)
+        self.module = prepare_luq(module, self.config, persistent_seeds=False)  # Lightning loads weights first
+        if self._pending_seeds is not None:
+            load_luq_state_dict(self.module, self._pending_seeds)
+            self._pending_seeds = None
         return module
+
+    def state_dict(self) -> dict:
+        return {"seeds": luq_state_dict(self.module)} if self.module is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        seeds = state_dict.get("seeds")
+        if seeds is None:
+            return
+        if self.module is None:
+            self._pending_seeds = seeds
+        else:
+            load_luq_state_dict(self.module, seeds)
 
     def optimizer_step(self, optimizer, model, closure, **kwargs):
         self._maybe_switch_to_full_precision(model)

@@ -128,8 +128,14 @@ def _layer_seed(base: int, name: str) -> int:
     return int.from_bytes(digest, "little") % SEED_LIMIT
 
 
-def prepare_luq(model: nn.Module, config: LUQConfig | None = None, **kwargs) -> nn.Module:
-    """Swap Linear/Conv layers for INT4-forward, LUQ-backward versions in place; returns ``model``."""
+def prepare_luq(model: nn.Module, config: LUQConfig | None = None, persistent_seeds: bool = True,
+                **kwargs) -> nn.Module:
+    """Swap Linear/Conv layers for INT4-forward, LUQ-backward versions in place; returns ``model``.
+
+    Each converted layer's seed position is its int64 buffer ``luq_seed``: in the model's ``state_dict``
+    (HF, DeepSpeed and plain checkpoints carry it) unless ``persistent_seeds=False``, for frameworks that load
+    weights before converting (Lightning: ``LUQPrecision`` checkpoints :func:`luq_state_dict` instead).
+    """
     config = config if config is not None else LUQConfig(**kwargs)
     names = [n for n, m in model.named_modules()
              if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
@@ -143,10 +149,27 @@ def prepare_luq(model: nn.Module, config: LUQConfig | None = None, **kwargs) -> 
     base = resolve_seed(config.seed)
     for n in names:
         layer = model.get_submodule(n)
-        layer.register_buffer("luq_seed", torch.tensor(_layer_seed(base, n), dtype=torch.int64))
+        layer.register_buffer("luq_seed", torch.tensor(_layer_seed(base, n), dtype=torch.int64),
+                              persistent=persistent_seeds)
         layer.gradient_quantizer = GradientQuantizer(config.smp)
         layer.register_forward_hook(layer.gradient_quantizer)
     return model
+
+
+def luq_state_dict(model: nn.Module) -> dict:
+    """``{layer name: seed position}`` of every LUQ layer (plain ints)."""
+    return {name: int(m.luq_seed) for name, m in model.named_modules() if isinstance(getattr(m, "luq_seed", None),
+                                                                                    torch.Tensor)}
+
+
+def load_luq_state_dict(model: nn.Module, state: dict) -> None:
+    """Restore :func:`luq_state_dict`; a layer missing from either side is an error naming it."""
+    current = luq_state_dict(model)
+    if set(current) != set(state):
+        raise ValueError(f"LUQ state names layers {sorted(state)} but this model's LUQ layers are {sorted(current)}; "
+                         "resume with the same model and LUQ settings")
+    for name, position in state.items():
+        model.get_submodule(name).luq_seed.fill_(int(position))
 
 
 def set_luq_enabled(model: nn.Module, enabled: bool) -> nn.Module:
