@@ -71,4 +71,4 @@ def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
     comm = {r["config"]: r for r in rows if r.get("devices") == 2}
     assert comm["DDP dense, 2 procs"]["comm_ratio"] == 1.0 and comm["DDP dense, 2 procs"]["step_ratio"] == 1.0
     assert comm["ddp_topk 1%, 2 procs"]["comm_ratio"] > 40 and comm["ddp_cgx 4-bit, 2 procs"]["comm_ratio"] > 6
-    assert "49.9x fewer" in out or "50.0x fewer" in out
+    assert "49.8x fewer" in out  # 1% of the gradients, plus the 4-byte non-finite flag each bucket carries
