@@ -568,3 +568,120 @@ def test_binarizing_relu_inputs_says_why_the_network_collapses(caplog):
     with caplog.at_level("WARNING", logger="effplug.quant"):
         signed(torch.randn(4, 8))
     assert not any("never negative" in r.message for r in caplog.records)
+
+
+# ---- drops into any model: attention blocks, coverage reports, small models ------------------------------
+
+def test_multihead_attention_projections_are_quantized_on_the_lightning_demo_transformer(caplog):
+    from pytorch_lightning.demos import Transformer
+
+    from effplug.quant.convert import set_quantization_enabled
+    from effplug.quant.modules import QuantMultiheadAttention
+
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=64, ninp=32, nhead=2, nhid=32, nlayers=1)
+    x = torch.randint(0, 64, (4, 8))
+    model.eval()
+    with torch.no_grad():
+        float_out = model(x, x)
+    weights = {n: p for n, p in model.named_parameters() if p.dim() >= 2 and n != "embedding.weight"}
+    with caplog.at_level("INFO", logger="effplug.quant"):
+        quantize_model(model, QATConfig(weight_bits=4, act_bits=8))
+    covered = {id(p) for layer in quantized_layers(model).values() for n, p in layer.named_parameters()
+               if "quant" not in n}
+    assert all(id(p) in covered for p in weights.values())  # in_proj_weight and out_proj too
+    assert sum(isinstance(m, QuantMultiheadAttention) for m in model.modules()) == 3
+    report = model._effplug_coverage
+    assert report.unsupported == {} and list(report.left_float) == ["embedding"]
+    assert "8 layers converted" in caplog.text and "left in float: embedding" in caplog.text
+    model.train()
+    out = model(x, x)
+    out.sum().backward()
+    attention = model.transformer.encoder.layers[0].self_attn
+    assert attention.in_proj_weight.grad is not None and attention.out_proj.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(x, x), float_out, atol=1e-4)  # quantized in eval too
+        set_quantization_enabled(model, False)
+        torch.testing.assert_close(model(x, x), float_out)  # the float path is torch's own
+
+
+def test_batch_first_encoder_eval_keeps_the_quantized_path():
+    from effplug.quant.convert import set_quantization_enabled
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 2, 64, batch_first=True, dropout=0.0)
+    encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    quantize_model(encoder, QATConfig(weight_bits=2, act_bits=4, first_last_bits=None))
+    x = torch.randn(2, 5, 32)
+    encoder.train()
+    encoder(x)
+    encoder.eval()
+    with torch.no_grad():  # torch's fused fast path would read the float weights here
+        quantized = encoder(x)
+        set_quantization_enabled(encoder, False)
+        assert not torch.allclose(quantized, encoder(x), atol=1e-3)
+
+
+def test_a_one_layer_model_is_quantized_at_weight_bits_and_says_why(caplog):
+    with caplog.at_level("WARNING", logger="effplug.quant"):
+        model = quantize_model(torch.nn.Sequential(torch.nn.Linear(8, 4)), QATConfig(weight_bits=2, act_bits=8))
+    assert model[0].weight_quant.bits == 2 and "first_last_bits=None" in caplog.text
+
+
+def test_quantize_model_on_a_bare_linear_returns_the_quantized_layer():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    quantized = quantize_model(linear, QATConfig(weight_bits=2, act_bits=None, weight_estimator="minmax"))
+    assert quantized is not linear and quantized.weight is linear.weight
+    assert not torch.equal(quantized(x), linear(x))
+
+
+def test_quantizing_again_with_other_settings_is_refused():
+    model = quantize_model(_digits_resnet(), QATConfig(weight_bits=4))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, QATConfig(weight_bits=2))
+    assert quantize_model(model, QATConfig(weight_bits=4)) is model  # the same settings: nothing to do
+
+
+def test_export_refuses_attention_blocks_with_what_to_do():
+    wrapped = quantize_model(torch.nn.ModuleDict({"attn": torch.nn.MultiheadAttention(8, 2),
+                                                  "head": torch.nn.Linear(8, 8)}), QATConfig())
+    wrapped.eval()
+    wrapped["attn"](torch.randn(3, 1, 8), torch.randn(3, 1, 8), torch.randn(3, 1, 8))
+    wrapped["head"](torch.randn(3, 8))
+    with pytest.raises(ValueError, match="exclude"):
+        export_quantized(wrapped)
+
+
+def test_luq_lns_and_binarization_report_their_coverage_and_what_they_skip(caplog):
+    from effplug.quant.lns import prepare_lns
+    from effplug.quant.luq import prepare_luq
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 8), "attn": torch.nn.MultiheadAttention(8, 2),
+                                    "a": torch.nn.Linear(8, 8), "b": torch.nn.Linear(8, 8), "head": torch.nn.Linear(8, 4)})
+
+    for technique, convert in (("LUQ", lambda m: prepare_luq(m, exclude="head")),
+                               ("LNS", lambda m: prepare_lns(m, exclude="head")),
+                               ("binarization", lambda m: binary.Binarizer(m, binary.BinarizationConfig(
+                                   exclude="head", keep_first_last=False, distill_weight=0)))):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="effplug.quant"):
+            convert(net())
+        lines = [r for r in caplog.records if f"effplug.quant {technique}:" in r.message]
+        assert len(lines) == 1, technique
+        line = lines[0]
+        # attention is not handled by these techniques: a WARNING that names it; exclude="head" is one pattern
+        assert line.levelname == "WARNING" and "attn (MultiheadAttention)" in line.getMessage(), technique
+        assert "head (excluded by 'head')" in line.getMessage() and "2 layers converted" in line.getMessage()
+
+
+def test_lightning_doors_take_a_single_exclude_pattern_as_a_string():
+    pytest.importorskip("pytorch_lightning")
+    from effplug.callbacks import Binarization, QuantizationAwareTraining
+
+    assert Binarization(exclude="head").config.exclude == ("head",)
+    assert QuantizationAwareTraining(exclude="head").config.exclude == ("head",)

@@ -32,13 +32,13 @@ class QuantizationAwareTraining(pl.Callback):
 
     def __init__(self, weight_bits: int = 4, act_bits: int | None = 8, weight_estimator: str = "octav",
                  act_estimator: str = "minmax", backend: str = "generic", per_channel: bool | None = None,
-                 first_last_bits: int | None = 8, exclude: list[str] | None = None, bits: dict | None = None,
+                 first_last_bits: int | None = 8, exclude: str | list[str] | None = None, bits: dict | None = None,
                  bit_widths: list[int] | None = None, quantize_embeddings: bool = False,
                  config: QATConfig | None = None, log_stats: bool = True):
         self.config = config if config is not None else QATConfig(
             weight_bits=weight_bits, act_bits=act_bits, weight_estimator=weight_estimator,
             act_estimator=act_estimator, backend=backend, per_channel=per_channel, first_last_bits=first_last_bits,
-            exclude=tuple(exclude or ()), bits=dict(bits or {}),
+            exclude=exclude or (), bits=dict(bits or {}),
             bit_widths=tuple(bit_widths) if bit_widths else None, quantize_embeddings=quantize_embeddings,
         )
         self.log_stats = log_stats
@@ -117,11 +117,11 @@ class Binarization(EngineStateMixin, pl.Callback):
 
     def __init__(self, method: str = "dirnet", distill_weight: float = 1.0, keep_first_last: bool = True,
                  binarize_activations: bool = True, t_min: float = 0.1, t_max: float = 10.0,
-                 exclude: list[str] | None = None, config: _binary.BinarizationConfig | None = None,
+                 exclude: str | list[str] | None = None, config: _binary.BinarizationConfig | None = None,
                  log_stats: bool = True):
         self.config = config if config is not None else _binary.BinarizationConfig(
             method=method, distill_weight=distill_weight, keep_first_last=keep_first_last,
-            binarize_activations=binarize_activations, t_min=t_min, t_max=t_max, exclude=tuple(exclude or ()))
+            binarize_activations=binarize_activations, t_min=t_min, t_max=t_max, exclude=exclude or ())
         self.log_stats = log_stats
         self.engine: _binary.Binarizer | None = None
         self._pending_state: dict | None = None

@@ -23,11 +23,11 @@ class LUQPrecision(Precision):
     precision = "32-true"
 
     def __init__(self, bits: int = 4, smp: int = 1, high_precision_steps: int = 0, keep_first_last: bool = False,
-                 exclude: list[str] | None = None, seed: int = 0):
+                 exclude: str | list[str] | None = None, seed: int = 0):
         super().__init__()
         if high_precision_steps < 0:
             raise ValueError(f"high_precision_steps={high_precision_steps!r} must be >= 0")
-        self.config = LUQConfig(bits=bits, smp=smp, keep_first_last=keep_first_last, exclude=tuple(exclude or ()),
+        self.config = LUQConfig(bits=bits, smp=smp, keep_first_last=keep_first_last, exclude=exclude or (),
                                 seed=seed)
         self.high_precision_steps = high_precision_steps
         self.module = None
@@ -73,10 +73,10 @@ class LNSPrecision(Precision):
     precision = "32-true"
 
     def __init__(self, bits: int = 8, gamma: int = 8, weights: bool = True, activations: bool = False,
-                 gradients: bool = False, exclude: list[str] | None = None):
+                 gradients: bool = False, exclude: str | list[str] | None = None):
         super().__init__()
         self.settings = dict(bits=bits, gamma=gamma, weights=weights, activations=activations, gradients=gradients,
-                             exclude=tuple(exclude or ()))
+                             exclude=exclude or ())
         from effplug.quant.lns import LNSFormat
 
         LNSFormat(bits, gamma)  # validate now, before the Trainer runs

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from effplug.logs import log_once
-from effplug.quant.convert import LayerPlan, _matches, quantized_layers, replace_layers
-from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+from effplug.quant.convert import LayerPlan, quantized_layers, replace_layers, select_compute_layers
+from effplug.quant.coverage import report_coverage
 
 METHODS = ("dirnet", "sign_ste")
 log = logging.getLogger("effplug.quant")
@@ -167,6 +167,7 @@ class Binarizer:
             return SignQuantizer("weight", method, cls.weight_channel_dim), act
 
         replace_layers(model, plans, build)
+        self.coverage = report_coverage(model, "binarization", self.layer_names, self._left_float)
         for name in self.layer_names:
             act = model.get_submodule(name).act_quant
             if act is not None:
@@ -182,11 +183,8 @@ class Binarizer:
             self._attach_distillation()
 
     def _plan(self) -> list[LayerPlan]:
-        names = [n for n, m in self.model.named_modules()
-                 if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
-                 and _matches(n, self.config.exclude) is None]
-        if self.config.keep_first_last:
-            names = names[1:-1]
+        names, self._left_float = select_compute_layers(self.model, self.config.exclude, self.config.keep_first_last,
+                                                        "binarization")
         return [LayerPlan(n, "", 1, 1 if self.config.binarize_activations else None) for n in names]
 
     def binarizers(self):

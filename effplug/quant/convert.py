@@ -9,8 +9,16 @@ from dataclasses import dataclass
 from torch import nn
 
 from effplug.quant.config import QATConfig
+from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import FakeQuantize
-from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+from effplug.quant.modules import (
+    QuantEmbedding,
+    QuantLinear,
+    QuantMixin,
+    QuantMultiheadAttention,
+    attention_class_for,
+    quant_class_for,
+)
 from effplug.quant.nested import NestedWeightQuantizer, prepare_width_statistics
 
 log = logging.getLogger("effplug.quant")
@@ -32,6 +40,11 @@ def _matches(name: str, patterns) -> str | None:
     return None
 
 
+def qat_class_for(module: nn.Module):
+    """The QAT class replacing ``module``: the shared layer classes plus ``nn.MultiheadAttention``."""
+    return quant_class_for(module) or attention_class_for(module)
+
+
 def plan_layers(model: nn.Module, config: QATConfig) -> tuple[list[LayerPlan], list[tuple[str, str]]]:
     """Which layers get which bits, and which are left in floating point (with the reason)."""
     candidates, skipped = [], []
@@ -39,21 +52,29 @@ def plan_layers(model: nn.Module, config: QATConfig) -> tuple[list[LayerPlan], l
         if isinstance(module, QuantMixin):
             skipped.append((name, "already quantized"))
             continue
-        cls = quant_class_for(module)
+        cls = qat_class_for(module)
         if cls is None:
             continue
         if cls is QuantEmbedding and not config.quantize_embeddings:
+            skipped.append((name, "embedding; quantize_embeddings=True quantizes it"))
             continue
         pattern = _matches(name, config.exclude)
         if pattern is not None:
             skipped.append((name, f"excluded by {pattern!r}"))
             continue
         candidates.append((name, module))
-    compute = [name for name, m in candidates if quant_class_for(m) is not QuantEmbedding]
+    compute = [name for name, m in candidates if qat_class_for(m) is not QuantEmbedding]
     edges = {compute[0], compute[-1]} if (compute and config.first_last_bits is not None) else set()
+    if edges and len(compute) <= 2 and config.first_last_bits != config.weight_bits:
+        # every layer is "first" or "last": the rule would silently run the whole model at first_last_bits
+        log.warning("effplug.quant: the model has %d quantizable layer(s), all first or last, so "
+                    "first_last_bits=%s would replace weight_bits=%s everywhere; weight_bits is used for all of "
+                    "them. Pass first_last_bits=None to silence this, or exclude=[...] to keep one in float.",
+                    len(compute), config.first_last_bits, config.weight_bits)
+        edges = set()
     plans = []
     for name, module in candidates:
-        is_embedding = quant_class_for(module) is QuantEmbedding
+        is_embedding = qat_class_for(module) is QuantEmbedding
         w_bits, a_bits = config.weight_bits, None if is_embedding else config.act_bits
         if name in edges:
             w_bits, a_bits = config.first_last_bits, (None if a_bits is None else config.first_last_bits)
@@ -70,8 +91,8 @@ def plan_layers(model: nn.Module, config: QATConfig) -> tuple[list[LayerPlan], l
 def _weight_quantizer(config: QATConfig, module: nn.Module, bits: int, channel_dim: int, nested: bool):
     preset = config.preset
     per_channel = config.weight_per_channel
-    channels = module.weight.shape[channel_dim]
     dim = channel_dim if per_channel else None
+    channels = float_weight(module).shape[channel_dim]
     if nested:
         return NestedWeightQuantizer(config.bit_widths, dim, channels)
     mode = "symmetric" if preset.weight_symmetric else "asymmetric"
@@ -110,7 +131,8 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
 
     ``quantize_model(model, QATConfig(weight_bits=4, act_bits=4, weight_estimator="lsq"))``. Parameters are
     shared, not copied: build the optimizer after this call (Lightning and HF doors do) and it covers the
-    weights plus any learned step sizes. Returns ``model``.
+    weights plus any learned step sizes. Returns ``model`` (a new module when ``model`` itself is one layer,
+    such as a bare ``nn.Linear``: use the return value). Logs one coverage line (``model._effplug_coverage``).
     """
     if config is None:
         config = QATConfig(**kwargs)
@@ -118,35 +140,89 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
         raise ValueError("pass either a QATConfig or keyword settings, not both")
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize_model needs an nn.Module; got {type(model).__name__}")
+    if quantized_layers(model):
+        previous = getattr(model, "_effplug_qat_config", None)
+        if previous is None or previous == config:
+            log.info("effplug.quant: the model is already quantized with these settings; nothing to do")
+            return model
+        raise ValueError(f"the model is already quantized with {previous}; quantizing it again with {config} would "
+                         "stack two conversions. Convert a fresh float model, or change widths of a once-QAT model "
+                         "with effplug.quant.set_bits")
     plans, skipped = plan_layers(model, config)
-    if not plans and not skipped:
-        raise ValueError("no quantizable layers (nn.Linear, nn.Conv1d/2d, HF Conv1D) were found in the model")
+    if not plans:
+        raise ValueError("no quantizable layers (nn.Linear, nn.Conv1d/2d, HF Conv1D, nn.MultiheadAttention) were "
+                         "found in the model" + (f"; left in float: {dict(skipped)}" if skipped else ""))
+
     def build(plan, module, cls):
         nested = config.bit_widths is not None and cls is not QuantEmbedding and not plan.edge
         weight_quant = _weight_quantizer(config, module, plan.weight_bits, cls.weight_channel_dim, nested)
         act_quant = _act_quantizer(config, plan.act_bits) if plan.act_bits is not None else None
         return weight_quant, act_quant
 
-    replace_layers(model, plans, build)
+    model = replace_layers(model, plans, build)
     if config.bit_widths is not None:
         prepare_width_statistics(model, config.bit_widths)
-    for name, reason in skipped:
-        log.info("effplug.quant: %s stays in floating point (%s)", name or "<root>", reason)
     model._effplug_qat_plan = plans
+    model._effplug_qat_config = config
+    model._effplug_coverage = report_coverage(model, "QAT", [p.name for p in plans], dict(skipped))
     return model
 
 
-def replace_layers(model: nn.Module, plans: list[LayerPlan], build) -> None:
-    """Swap each planned layer for its quantized class; ``build(plan, module, cls)`` gives the quantizers."""
+def float_weight(module: nn.Module):
+    """The weight a layer's quantizer covers (an attention block's packed q/k/v projection)."""
+    return module.in_proj_weight if isinstance(module, nn.MultiheadAttention) else module.weight
+
+
+def replace_layers(model: nn.Module, plans: list[LayerPlan], build) -> nn.Module:
+    """Swap each planned layer for its quantized class; ``build(plan, module, cls)`` gives the quantizers.
+
+    Returns ``model``, or its quantized replacement when ``model`` itself is the (one) layer.
+    """
     modules = dict(model.named_modules())
     for plan in plans:
         module = modules[plan.name]
-        cls = quant_class_for(module)
+        cls = qat_class_for(module)
         weight_quant, act_quant = build(plan, module, cls)
-        quantized = cls.from_float(module, weight_quant, act_quant)
-        quantized.to(module.weight.device)
+        if cls is QuantMultiheadAttention:  # its output projection gets a weight quantizer of its own
+            out_weight_quant, memory_quant = build(plan, module.out_proj, QuantLinear)
+            quantized = cls.from_float(module, weight_quant, act_quant, out_weight_quant, memory_quant)
+        else:
+            quantized = cls.from_float(module, weight_quant, act_quant)
+        quantized.to(float_weight(module).device)
         parent_name, _, child = plan.name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, quantized)
+        if not plan.name:
+            model = quantized
+        else:
+            setattr(modules[parent_name] if parent_name else model, child, quantized)
+    return model
+
+
+def select_compute_layers(model: nn.Module, exclude=(), keep_first_last: bool = False,
+                          technique: str = "") -> tuple[list[str], dict[str, str]]:
+    """Linear/Conv/HF Conv1D layers a technique converts, and what it leaves in float with the reason.
+
+    Shared by LUQ, LNS and binarization; their conversion then logs :func:`report_coverage` with both.
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    names, left = [], {}
+    for name, module in model.named_modules():
+        cls = quant_class_for(module)
+        if isinstance(module, QuantMixin):
+            left[name] = "already converted"
+        elif cls is QuantEmbedding:
+            left[name] = f"embedding ({technique} converts compute layers)"
+        elif cls is not None:
+            pattern = _matches(name, tuple(exclude))
+            if pattern is None:
+                names.append(name)
+            else:
+                left[name] = f"excluded by {pattern!r}"
+    if keep_first_last and names:
+        for edge in {names[0], names[-1]}:
+            left[edge] = "first/last layer, keep_first_last=True"
+        names = names[1:-1]
+    return names, left
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -100,15 +100,13 @@ def prepare_lns(model: torch.nn.Module, bits: int = 8, gamma: int = 8, weights: 
 
     Pair it with ``effplug.optim.LNSMadam``, which keeps the stored weights on the same grid. Returns ``model``.
     """
-    from effplug.quant.convert import LayerPlan, _matches, replace_layers
-    from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
+    from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
+    from effplug.quant.coverage import report_coverage
 
     fmt = LNSFormat(bits, gamma)
     if not (weights or activations or gradients):
         raise ValueError("nothing to quantize: set weights, activations or gradients to True")
-    names = [n for n, m in model.named_modules()
-             if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
-             and _matches(n, tuple(exclude)) is None]
+    names, left = select_compute_layers(model, exclude, technique="LNS")
     if not names:
         raise ValueError("no layers to quantize: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
 
@@ -118,6 +116,7 @@ def prepare_lns(model: torch.nn.Module, bits: int = 8, gamma: int = 8, weights: 
         return weight_quant, (LNSQuantizer(fmt) if activations else None)
 
     replace_layers(model, [LayerPlan(n, "", bits, bits if activations else None) for n in names], build)
+    report_coverage(model, "LNS", names, left)
     if gradients:
         for n in names:
             model.get_submodule(n).register_forward_hook(

@@ -22,9 +22,9 @@ from torch import nn
 
 from effplug.kernels import log_quantize
 from effplug.kernels.philox import SEED_LIMIT, resolve_seed
-from effplug.quant.convert import LayerPlan, _matches, replace_layers
+from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
+from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import _round_ste
-from effplug.quant.modules import QuantEmbedding, QuantMixin, quant_class_for
 
 SAWB_4BIT = (12.1, 12.2)
 
@@ -137,15 +137,12 @@ def prepare_luq(model: nn.Module, config: LUQConfig | None = None, persistent_se
     weights before converting (Lightning: ``LUQPrecision`` checkpoints :func:`luq_state_dict` instead).
     """
     config = config if config is not None else LUQConfig(**kwargs)
-    names = [n for n, m in model.named_modules()
-             if quant_class_for(m) not in (None, QuantEmbedding) and not isinstance(m, QuantMixin)
-             and _matches(n, config.exclude) is None]
-    if config.keep_first_last:
-        names = names[1:-1]
+    names, left = select_compute_layers(model, config.exclude, config.keep_first_last, "LUQ")
     if not names:
         raise ValueError("no layers to quantize for LUQ: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
     replace_layers(model, [LayerPlan(n, "", 4, 4) for n in names],
                    lambda plan, module, cls: (SAWBQuantizer("weight"), SAWBQuantizer("act")))
+    report_coverage(model, "LUQ", names, left)
     base = resolve_seed(config.seed)
     for n in names:
         layer = model.get_submodule(n)

@@ -94,3 +94,66 @@ def quant_class_for(module: nn.Module):
             globals()["QuantConv1D"] = _HF_CLASS_CACHE[base]  # so pickle finds it by name
         return _HF_CLASS_CACHE[base]
     return None
+
+
+class QuantMultiheadAttention(QuantMixin, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with fake-quantized projections.
+
+    ``F.multi_head_attention_forward`` takes the projection weights as arguments, so the packed q/k/v weight
+    (``in_proj_weight``, through ``weight_quant``) and the output projection's weight (``out_weight_quant``)
+    pass through their quantizers first; the query (``act_quant``) and, in cross-attention, the key/value
+    memory (``memory_quant``) are quantized at the input. The attention output that enters ``out_proj`` is
+    formed inside torch's function and stays in float (the conversion report says so).
+    """
+
+    out_weight_quant: nn.Module
+    memory_quant: nn.Module | None
+
+    @classmethod
+    def from_float(cls, module, weight_quant, act_quant, out_weight_quant=None, memory_quant=None):
+        quantized = super().from_float(module, weight_quant, act_quant)
+        quantized.out_weight_quant = out_weight_quant
+        quantized.memory_quant = memory_quant
+        # A forward pre-hook keeps nn.TransformerEncoderLayer off its fused eval fast path, which reads the float
+        # weights directly and would skip quantization without a word.
+        quantized.register_forward_pre_hook(_keeps_the_quantized_path)
+        return quantized
+
+    @property
+    def weight(self) -> torch.Tensor:  # what export and the quantizer builders read
+        return self.in_proj_weight
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        same_kv = key is value
+        self_attention = query is key and same_kv
+        query = self.quantized_input(query)
+        if self_attention:
+            key = value = query
+        elif self.memory_quant is not None:
+            key = self.memory_quant(key)
+            value = key if same_kv else self.memory_quant(value)
+        batched = query.dim() == 3
+        if self.batch_first and batched:
+            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+        out_weight = self.out_weight_quant(self.out_proj.weight) if self.out_weight_quant is not None \
+            else self.out_proj.weight
+        output, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.quantized_weight(), self.in_proj_bias,
+            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, out_weight, self.out_proj.bias,
+            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if self.batch_first and batched:
+            output = output.transpose(1, 0)
+        return output, weights
+
+
+def _keeps_the_quantized_path(module, args):
+    return None
+
+
+def attention_class_for(module: nn.Module):
+    """``QuantMultiheadAttention`` for an ``nn.MultiheadAttention`` with one packed q/k/v weight, else None."""
+    if type(module) is nn.MultiheadAttention and module._qkv_same_embed_dim:
+        return QuantMultiheadAttention
+    return None
