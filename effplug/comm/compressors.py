@@ -341,11 +341,12 @@ class _ReduceScatterAllGather(GradientCompressor):
         send = torch.cat([parts[j] for j in range(world) for parts in encoded])
         received = comm.all_to_all(send).view(world, -1)
         sizes = [self._part_nbytes(length) for _, _, length in layout]
+        parts = [row.split(sizes) for row in received]
         own = []  # this rank's slice of every parameter, averaged over ranks (rank order, as a ring would sum)
-        for i, part in enumerate(received[0].split(sizes)):
-            total = self._decode_part(part, layout[i][2], flat.dtype)
+        for i, (_, _, length) in enumerate(layout):
+            total = self._decode_part(parts[0][i], length, flat.dtype)
             for r in range(1, world):
-                total = total + self._decode_part(received[r].split(sizes)[i], layout[i][2], flat.dtype)
+                total = total + self._decode_part(parts[r][i], length, flat.dtype)
             own.append(total.div_(world))
         reencoded = [self._encode_parts(v, 1, self._stream(seg.key, rank).draw())[0]
                      for v, (seg, _, _) in zip(own, layout, strict=True)]
