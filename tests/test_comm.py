@@ -85,6 +85,23 @@ def test_merge_rank_states_keeps_the_pending_correction():
     assert torch.equal(merged["residuals"]["w"], torch.full((3,), 1.5))
 
 
+def test_a_compressor_that_compresses_nothing_says_so_with_the_knob(caplog):
+    small = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))  # every tensor < 1,024 elements
+    comp = CGXCompressor(bits=4).bind(small)
+    grads = [torch.randn_like(p) for p in small.parameters()]
+    with caplog.at_level("WARNING", logger="effplug.comm"):
+        for _ in range(2):
+            comp.average(torch.cat([g.flatten() for g in grads]), comp.segments(list(small.parameters())))
+    warnings = [r for r in caplog.records if "sends the same bytes as dense" in r.message]
+    assert len(warnings) == 1 and "min_compress_size=1024" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="effplug.comm"):
+        CGXCompressor(bits=4, min_compress_size=64).bind(small).average(
+            torch.cat([g.flatten() for g in grads]), CGXCompressor(min_compress_size=64).bind(small).segments(
+                list(small.parameters())))
+    assert not any("sends the same bytes as dense" in r.message for r in caplog.records)
+
+
 def test_nonfinite_gradients_are_averaged_exactly(caplog):
     comp = TopKCompressor(ratio=0.01)
     g = torch.randn(500)

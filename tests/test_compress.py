@@ -670,3 +670,24 @@ def test_seeded_runs_repeat_without_an_explicit_seed_and_leave_the_global_rng_al
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert torch.equal(run(), run())
+
+
+def test_compressing_nothing_says_so_once_with_the_knob(caplog):
+    pl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    model = BoringModel()  # Linear(32, 2) on batches of 64: every saved tensor is under min_numel
+    engine = ActivationCompressor(model, method="actnn", bits=4).attach()
+    with caplog.at_level("WARNING", logger="effplug.compress"):
+        for _ in range(2):
+            model(torch.randn(4, 32)).sum().backward()
+    engine.detach()
+    warnings = [r for r in caplog.records if "compressed no saved tensor" in r.message]
+    assert len(warnings) == 1 and "min_numel=256" in warnings[0].getMessage()
+    assert "batch input" in warnings[0].getMessage() and pl is not None
+    caplog.clear()
+    small = nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 2))
+    with caplog.at_level("WARNING", logger="effplug.compress"), compressed_activations(small, min_numel=1) as quiet:
+        small(torch.randn(4, 32)).sum().backward()
+    assert quiet.last_report.held_bytes < quiet.last_report.original_bytes
+    assert not any("compressed no saved tensor" in r.message for r in caplog.records)

@@ -35,6 +35,7 @@ from effplug.kernels import pow2 as _pow2
 from effplug.kernels import quant as _quant
 from effplug.kernels import topk as _topk
 from effplug.kernels.philox import resolve_seed
+from effplug.logs import log_once
 from effplug.profile import CommMeter
 
 log = logging.getLogger("effplug.comm")
@@ -176,9 +177,18 @@ class GradientCompressor:
         if packed:
             values = torch.cat([flat[s.start:s.start + s.numel] for s in packed])
             _scatter_back(out, packed, self._average_compressed(values, packed, comm))
+            self._compressed_something = True
         if end_step:
+            self._warn_if_nothing_compressed(comm.rank)
             self.meter.end_step()
         return out
+
+    def _warn_if_nothing_compressed(self, rank: int) -> None:
+        if self.meter.steps == 0 and not getattr(self, "_compressed_something", False) and rank == 0:
+            log_once(log, f"nothing-compressed-{self.name}-{id(self)}",
+                     "effplug.comm %s: no gradient tensor was compressed in the first step (every one is 1-D or "
+                     "below min_compress_size=%d elements), so it sends the same bytes as dense DDP. Lower "
+                     "min_compress_size (or set compress_1d=True) to compress them.", self.name, self.min_compress_size)
 
     def _average_compressed(self, flat: torch.Tensor, segments: list[Segment], comm: _Collectives) -> torch.Tensor:
         return comm.all_reduce_sum(flat.div(comm.world_size))

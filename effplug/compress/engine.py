@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
+from effplug.logs import log_once
 from effplug.profile import saved_bytes
 from effplug.state import require_same_config
 
@@ -292,6 +293,7 @@ class ActivationCompressor:
         self._identity: dict = {}
         self._slot = 0
         self._report: CompressionReport | None = None
+        self._input_bytes = 0
         self._recording = False
         self._recorded: list[_Saved] = []
         self._probe_slot = -1
@@ -372,6 +374,7 @@ class ActivationCompressor:
         self._input_ptrs = {_storage_ptr(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         self._identity = {}
         self._slot = 0
+        self._input_bytes = 0
         self._report = CompressionReport()
         if torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
             # Someone outside (checkpoint around the whole model, save_on_cpu) already owns the saved tensors.
@@ -389,10 +392,26 @@ class ActivationCompressor:
         self._identity = {}
         self._input_ptrs = set()
         if self._report is not None:
+            if self.forward_count == 1:
+                self._warn_if_nothing_compressed(self._report)
             self.last_report = self._report
             self.total_original_bytes += self._report.original_bytes
             self.total_held_bytes += self._report.held_bytes
             self._report = None
+
+    def _warn_if_nothing_compressed(self, report: CompressionReport) -> None:
+        if any(e.compressed for e in report.per_layer.values()):
+            return
+        kept = dict(report.kept_exact)
+        if self._input_bytes:
+            kept["batch input"] = self._input_bytes
+        reasons = ", ".join(f"{reason} ({nbytes:,} bytes)" for reason, nbytes in kept.items()) or \
+            "nothing was saved inside the model's forward"
+        log_once(log, f"nothing-compressed-{id(self)}",
+                 "effplug.compress %s: the first forward compressed no saved tensor, so activation memory is "
+                 "unchanged; kept exact: %s. Tensors under min_numel=%d stay exact: lower min_numel to compress "
+                 "small activations (scope='model' also covers the body of HF models and LightningModules).",
+                 self.config.method, reasons, self.config.min_numel)
 
     # -- pack / unpack --------------------------------------------------------------------------------
 
@@ -426,6 +445,7 @@ class ActivationCompressor:
         if ptr in self._param_ptrs:
             return self._keep(t, layer, None, count=False)
         if ptr in self._input_ptrs:
+            self._input_bytes += t.numel() * t.element_size()  # not activations: outside the report's totals
             return self._keep(t, layer, "batch input", count=False)
         whole = _covers_storage(t)
         if whole:  # any dense view of one whole storage (a reshape, a transpose) can share one payload
