@@ -9,6 +9,10 @@ import sys
 def _demo(args) -> int:
     from effplug import demo
 
+    for kind, wanted, known in (("--task", args.task, demo.DEMO_TASKS), ("--config", args.config, demo.DEMO_CONFIGS)):
+        unknown = sorted(set(wanted or ()) - set(known))
+        if unknown:
+            raise UsageError(f"unknown {kind} {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
     rows = demo.run_demo(quick=args.quick, configs=args.config, tasks=args.task, progress=not args.no_progress)
     print()
     print(demo.format_table(rows))
@@ -28,10 +32,18 @@ def _env(args) -> int:
 def _plan(args) -> int:
     from effplug.parallel.zero import format_plan, plan
 
-    rows = plan(args.params, args.gpus, args.gpu_mem, param_bytes=args.param_bytes, grad_bytes=args.grad_bytes,
-                optimizer_bytes=args.optimizer_bytes, headroom=args.headroom)
+    try:
+        rows = plan(args.params, args.gpus, args.gpu_mem, param_bytes=args.param_bytes, grad_bytes=args.grad_bytes,
+                    optimizer_bytes=args.optimizer_bytes, headroom=args.headroom)
+    except ValueError as error:
+        raise UsageError(str(error).replace("num_params=", "--params ").replace("gpu_mem_gb=", "--gpu-mem ")
+                         .replace("headroom=", "--headroom ").replace("gpus=", "--gpus ")) from None
     print(format_plan(rows, args.params, args.gpus, args.gpu_mem))
     return 0
+
+
+class UsageError(Exception):
+    """A bad command line: printed as argparse prints usage errors, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as error:
+        print(f"effplug {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -72,3 +72,18 @@ def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
     assert comm["DDP dense, 2 procs"]["comm_ratio"] == 1.0 and comm["DDP dense, 2 procs"]["step_ratio"] == 1.0
     assert comm["ddp_topk 1%, 2 procs"]["comm_ratio"] > 40 and comm["ddp_cgx 4-bit, 2 procs"]["comm_ratio"] > 6
     assert "49.8x fewer" in out  # 1% of the gradients, plus the 4-byte non-finite flag each bucket carries
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--params", "-1", "--gpus", "8", "--gpu-mem", "80"], "--params -1.0 is not valid"),
+    (["plan", "--params", "nan", "--gpus", "8", "--gpu-mem", "80"], "--params nan"),
+    (["plan", "--params", "7e9", "--gpus", "8", "--gpu-mem", "inf"], "--gpu-mem inf"),
+    (["plan", "--params", "7e9", "--gpus", "0", "--gpu-mem", "80"], "--gpus 0"),
+    (["plan", "--params", "7e9", "--gpus", "8", "--gpu-mem", "80", "--headroom", "1.5"], "above 1"),
+    (["demo", "--task", "foo"], "unknown --task 'foo'; choose from 'digits-resnet'"),
+    (["demo", "--config", "nope"], "unknown --config 'nope'"),
+])
+def test_bad_command_lines_exit_with_a_usage_error(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"effplug {argv[0]}: error:" in err

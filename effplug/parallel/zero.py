@@ -190,8 +190,22 @@ def plan(num_params: float, gpus: int, gpu_mem_gb: float, *, param_bytes: int = 
     communication: stages 1-2 move 2Ψ per step like DDP, stage 3 moves 3Ψ); ``zero3_offload`` if only
     offload fits.
     """
-    if gpus < 1 or gpu_mem_gb <= 0:
-        raise ValueError("gpus must be >= 1 and gpu_mem_gb > 0")
+    import math
+
+    checks = {"num_params": (num_params, "a positive finite parameter count, e.g. 7e9"),
+              "gpu_mem_gb": (gpu_mem_gb, "positive finite GiB per GPU, e.g. 80"),
+              "headroom": (headroom, "a fraction in (0, 1], e.g. 0.9")}
+    for name, (value, allowed) in checks.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}={value!r} is not valid; use {allowed}")
+    if headroom > 1:
+        raise ValueError(f"headroom={headroom!r} is above 1: model states cannot use more than the GPU's memory; "
+                         "use a fraction in (0, 1], e.g. 0.9")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus={gpus!r} is not valid; use an integer >= 1")
+    for name, value in (("param_bytes", param_bytes), ("grad_bytes", grad_bytes), ("optimizer_bytes", optimizer_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} is not valid; use a non-negative integer of bytes per parameter")
     budget = headroom * gpu_mem_gb * 2**30
     rows = []
     for name, stage, offload in [("ddp", 0, None), ("zero1", 1, None), ("zero2", 2, None), ("zero3", 3, None),
