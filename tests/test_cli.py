@@ -78,7 +78,7 @@ def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
     (["plan", "--params", "-1", "--gpus", "8", "--gpu-mem", "80"], "--params -1.0 is not valid"),
     (["plan", "--params", "nan", "--gpus", "8", "--gpu-mem", "80"], "--params nan"),
     (["plan", "--params", "7e9", "--gpus", "8", "--gpu-mem", "inf"], "--gpu-mem inf"),
-    (["plan", "--params", "7e9", "--gpus", "0", "--gpu-mem", "80"], "--gpus 0"),
+    (["plan", "--params", "7e9", "--gpus", "0", "--gpu-mem", "80"], "--gpus 0: gpus must be >= 1"),
     (["plan", "--params", "7e9", "--gpus", "8", "--gpu-mem", "80", "--headroom", "1.5"], "above 1"),
     (["demo", "--task", "foo"], "unknown --task 'foo'; choose from 'digits-resnet'"),
     (["demo", "--config", "nope"], "unknown --config 'nope'"),

@@ -360,3 +360,28 @@ def test_forcing_triton_on_cpu_without_the_interpreter_says_what_to_do(monkeypat
 def test_default_dispatch_uses_torch_for_cpu_tensors(monkeypatch):
     monkeypatch.delenv("EFFPLUG_KERNELS", raising=False)
     assert dispatch.kernel_backend(torch.ones(1)) == "torch"
+
+
+# -- values at the edges: fp32 max, NaN in top-k, out-of-range channel dims ----------------------------------
+
+
+def test_pow2_round_keeps_values_near_fp32_max_finite(backend):
+    top = torch.finfo(torch.float32).max
+    x = torch.tensor([top, -top, 2.0**127, 1.5 * 2.0**127, 1.0] * 64)
+    y = pow2_round(x, seed=3)
+    assert torch.isfinite(y).all() and (y.abs()[::5] == 2.0**127).all()
+    assert torch.isfinite(pow2_decode(pow2_encode(x, seed=3))).all()
+
+
+def test_topk_select_counts_nan_as_the_largest_and_returns_k(backend):
+    g = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    g[5] = float("nan")
+    values, indices = topk_select(g, 0.1)
+    assert values.numel() == indices.numel() == 10 and 5 in indices.tolist() and values.isnan().sum() == 1
+
+
+def test_fake_quantize_rejects_a_channel_dim_out_of_range():
+    with pytest.raises(ValueError, match="channel_dim=5 is out of range for a 2-D tensor"):
+        fake_quantize(torch.randn(3, 4), torch.ones(4), torch.zeros(4), -8, 7, 5)
+    out = fake_quantize(torch.randn(3, 4), torch.ones(4), torch.zeros(4), -8, 7, -1)  # negative dims still work
+    assert out.shape == (3, 4)

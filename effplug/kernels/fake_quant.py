@@ -58,6 +58,9 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int,
     if not (isinstance(qmin, int) and isinstance(qmax, int) and qmin < qmax):
         raise ValueError(f"need integers qmin < qmax; got qmin={qmin!r}, qmax={qmax!r}")
     if channel_dim is not None:
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -x.dim() <= channel_dim < x.dim():
+            raise ValueError(f"channel_dim={channel_dim!r} is out of range for a {x.dim()}-D tensor; use a dimension "
+                             f"in [{-x.dim()}, {x.dim() - 1}] or None for one scale per tensor")
         channel_dim = channel_dim % x.dim()
     scale, zero, channels = _channel_params(x, scale, zero_point, channel_dim)
     if x.numel() == 0:

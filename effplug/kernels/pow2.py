@@ -41,7 +41,8 @@ def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tens
     bits = t.view(torch.int32)
     exponent = ((bits >> 23) & 0xFF) - 127
     mantissa = (bits & 0x7FFFFF).to(torch.int64)
-    round_up = ((r >> 9) < mantissa).to(torch.int32)
+    # 2**128 overflows fp32 to inf: values in the top binade [2**127, max] round down to 2**127 (biased there only)
+    round_up = (((r >> 9) < mantissa) & (exponent < 127)).to(torch.int32)
     in_range = (((exponent + round_up) + 127) << 23).view(torch.float32)
     lowest = torch.tensor((lo_exp + 127) << 23, dtype=torch.int32, device=t.device).view(torch.float32)
     p = t * torch.tensor(2.0**-lo_exp, dtype=torch.float32, device=t.device)

@@ -148,7 +148,7 @@ def _pow2_sr_kernel(x_ptr, out_ptr, n, seed, alpha, lo_exp, EMIT_CODES: tl.const
     bits = t.to(tl.int32, bitcast=True)
     exponent = ((bits >> 23) & 0xFF) - 127
     mantissa = tl.cast(bits & 0x7FFFFF, tl.uint32)
-    round_up = tl.where((r >> 9) < mantissa, 1, 0)
+    round_up = tl.where(((r >> 9) < mantissa) & (exponent < 127), 1, 0)  # 2**128 is inf: the top binade stays
     in_range = (((exponent + round_up) + 127) << 23).to(tl.float32, bitcast=True)
     lo = tl.cast(lo_exp, tl.int32)
     lowest = tl.cast((lo + 127) << 23, tl.int32).to(tl.float32, bitcast=True)
@@ -182,6 +182,7 @@ def _topk_count_kernel(x_ptr, counts_ptr, n, threshold, BLOCK: tl.constexpr):
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     m = tl.abs(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    m = tl.where(m != m, float("inf"), m)  # NaN counts as the largest magnitude
     thr = tl.cast(threshold, tl.float32)
     tl.store(counts_ptr + 2 * pid, tl.sum(tl.where(mask & (m > thr), 1, 0), axis=0))
     tl.store(counts_ptr + 2 * pid + 1, tl.sum(tl.where(mask & (m == thr), 1, 0), axis=0))
@@ -197,6 +198,7 @@ def _topk_compact_kernel(
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     m = tl.abs(x.to(tl.float32))
+    m = tl.where(m != m, float("inf"), m)
     thr = tl.cast(threshold, tl.float32)
     tied = tl.where(mask & (m == thr), 1, 0)
     tie_rank = tl.load(ties_before_ptr + pid) + tl.cumsum(tied, axis=0)

@@ -202,7 +202,7 @@ def plan(num_params: float, gpus: int, gpu_mem_gb: float, *, param_bytes: int = 
         raise ValueError(f"headroom={headroom!r} is above 1: model states cannot use more than the GPU's memory; "
                          "use a fraction in (0, 1], e.g. 0.9")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"gpus={gpus!r} is not valid; use an integer >= 1")
+        raise ValueError(f"gpus={gpus!r}: gpus must be >= 1 (an integer count of data-parallel ranks)")
     for name, value in (("param_bytes", param_bytes), ("grad_bytes", grad_bytes), ("optimizer_bytes", optimizer_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} is not valid; use a non-negative integer of bytes per parameter")
