@@ -322,3 +322,12 @@ def test_strategy_splits_options_and_rejects_misplaced_ones():
         CompressedDDPStrategy("topk", bits=4)
     with pytest.raises(ValueError, match="choose one of"):
         CompressedDDPStrategy("randomk")
+
+
+def test_strategy_options_are_checked_at_construction_with_a_suggestion():
+    pytest.importorskip("pytorch_lightning")
+    from effplug.strategies import CompressedDDPStrategy
+
+    with pytest.raises(TypeError, match=r"'ratoi' \(did you mean 'ratio'\?\)"):
+        CompressedDDPStrategy("topk", ratoi=0.01)  # used to build, then fail on every rank after launch
+    assert CompressedDDPStrategy("topk", ratio=0.01, static_graph=False).compressor.ratio == 0.01

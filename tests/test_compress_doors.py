@@ -205,3 +205,24 @@ def test_doors_reject_bad_settings_early():
         ActivationCompressionCallback().on_train_begin(SimpleNamespace(output_dir="."), SimpleNamespace(global_step=0), None)
     with pytest.raises(ValueError, match="bits=5"):
         EffTrainer(model=torch.nn.Linear(2, 2), activation_compression={"bits": 5})
+
+
+def test_misspelled_settings_name_the_users_class_and_the_valid_fields():
+    from effplug.callbacks import ActivationCompression
+    from effplug.hf import ActivationCompressionCallback, EffTrainer
+
+    for make, owner in ((lambda: ActivationCompression(metod="actnn"), "ActivationCompression"),
+                        (lambda: ActivationCompressionCallback(metod="actnn"), "ActivationCompressionCallback"),
+                        (lambda: EffTrainer(model=torch.nn.Linear(2, 2), activation_compression={"metod": "gact"}),
+                         r"EffTrainer\(activation_compression=...\)")):
+        with pytest.raises(TypeError, match=rf"{owner} got unknown option\(s\) 'metod' \(did you mean 'method'\?\); "
+                                            "valid options: bits, "):
+            make()
+    with pytest.raises(ValueError, match="did you mean 'bits'"):
+        ActivationCompression(bit=4)
+    # a string is the method's name; anything else fails at construction, not inside train()
+    assert EffTrainer(model=torch.nn.Linear(2, 2), args=transformers.TrainingArguments(
+        output_dir="/tmp/effplug-unused", use_cpu=True, report_to=[]),
+        activation_compression="actnn").activation_callback.config.method == "actnn"
+    with pytest.raises(TypeError, match="takes a CompressionConfig, a dict of its fields or a method name"):
+        EffTrainer(model=torch.nn.Linear(2, 2), activation_compression=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from effplug._optional import require
 from effplug.callbacks._engine_state import EngineStateMixin
 from effplug.compress import ActivationCompressor, CompressionConfig
+from effplug.options import build_config
 
 pl = require("pytorch_lightning", extra="lightning")
 
@@ -19,7 +20,9 @@ class ActivationCompression(EngineStateMixin, pl.Callback):
 
     def __init__(self, method: str = "actnn", bits: float | None = None, config: CompressionConfig | None = None,
                  log_stats: bool = True, **kwargs):
-        self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
+        if config is None:
+            kwargs.update(method=method, bits=bits)
+        self.config = build_config(CompressionConfig, "ActivationCompression", config, shorthand="method", **kwargs)
         self.log_stats = log_stats
         self.engine: ActivationCompressor | None = None
         self._pending_state: dict | None = None

@@ -41,6 +41,7 @@ from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
 from effplug.logs import log_once
+from effplug.options import build_config
 from effplug.profile import saved_bytes
 from effplug.state import require_same_config
 
@@ -272,10 +273,7 @@ class ActivationCompressor:
     """Compress what ``model``'s forward saves for backward. Use ``attach()``/``detach()`` or ``with``."""
 
     def __init__(self, model: torch.nn.Module, config: CompressionConfig | None = None, **kwargs):
-        if config is None:
-            config = CompressionConfig(**kwargs)
-        elif kwargs:
-            raise ValueError("pass either a CompressionConfig or keyword arguments, not both")
+        config = build_config(CompressionConfig, "ActivationCompressor", config, shorthand="method", **kwargs)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"ActivationCompressor needs a torch.nn.Module; got {type(model).__name__}")
         self.model, self.config = model, config

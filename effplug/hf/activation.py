@@ -13,6 +13,7 @@ import logging
 from effplug._optional import require
 from effplug.compress import ActivationCompressor, CompressionConfig
 from effplug.hf._checkpoint import load_state, save_state
+from effplug.options import build_config
 
 transformers = require("transformers", extra="hf")
 log = logging.getLogger("effplug.hf")
@@ -24,7 +25,9 @@ class ActivationCompressionCallback(transformers.TrainerCallback):
     """``Trainer(callbacks=[ActivationCompressionCallback(method="actnn", bits=4)])``."""
 
     def __init__(self, method: str = "actnn", bits: float | None = None, config: CompressionConfig | None = None, **kwargs):
-        self.config = config if config is not None else CompressionConfig(method=method, bits=bits, **kwargs)
+        if config is None:
+            kwargs.update(method=method, bits=bits)
+        self.config = build_config(CompressionConfig, "ActivationCompressionCallback", config, shorthand="method", **kwargs)
         self.engine: ActivationCompressor | None = None
         self.can_calibrate = False  # EffTrainer sets it: it sees the loss before backward
 

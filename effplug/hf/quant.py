@@ -11,6 +11,7 @@ import torch
 
 from effplug._optional import require
 from effplug.hf._checkpoint import load_state, save_state
+from effplug.options import build_config
 from effplug.quant import QATConfig, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
 
@@ -31,7 +32,7 @@ class QuantizationCallback(transformers.TrainerCallback):
     """``Trainer(model, args, callbacks=[QuantizationCallback(QATConfig(...))])``: converts in ``on_init_end``."""
 
     def __init__(self, config: QATConfig | None = None, **kwargs):
-        self.config = config if config is not None else QATConfig(**kwargs)
+        self.config = build_config(QATConfig, "QuantizationCallback", config, **kwargs)
         if self.config.bit_widths is not None:
             raise ValueError("once-QAT (bit_widths) runs the loss once per width; a callback cannot change the "
                              "loss, so use effplug.hf.EffTrainer(quantization=QATConfig(bit_widths=...))")
@@ -48,7 +49,7 @@ class BinarizationCallback(transformers.TrainerCallback):
     and stores the RBD teacher and progress next to each checkpoint."""
 
     def __init__(self, config: _binary.BinarizationConfig | None = None, **kwargs):
-        self.config = config if config is not None else _binary.BinarizationConfig(**kwargs)
+        self.config = build_config(_binary.BinarizationConfig, "BinarizationCallback", config, **kwargs)
         self.engine: _binary.Binarizer | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):

@@ -7,6 +7,7 @@ from effplug.compress import CompressionConfig
 from effplug.hf.activation import ActivationCompressionCallback
 from effplug.hf.comm import compress_gradients
 from effplug.hf.quant import apply_quantization
+from effplug.options import build_config
 from effplug.quant import QATConfig, multi_bit_loss
 
 transformers = require("transformers", extra="hf")
@@ -25,9 +26,10 @@ class EffTrainer(transformers.Trainer):
     def __init__(self, *args, activation_compression: CompressionConfig | dict | None = None,
                  quantization: QATConfig | dict | None = None, comm=None, **kwargs):
         # validate before the Trainer does any work
-        compression = CompressionConfig(**activation_compression) if isinstance(activation_compression, dict) \
-            else activation_compression
-        self.quantization = QATConfig(**quantization) if isinstance(quantization, dict) else quantization
+        compression = None if activation_compression is None else build_config(
+            CompressionConfig, "EffTrainer(activation_compression=...)", activation_compression, shorthand="method")
+        self.quantization = None if quantization is None else build_config(
+            QATConfig, "EffTrainer(quantization=...)", quantization)
         if self.quantization is not None:
             model = kwargs.get("model", args[0] if args else None)
             if model is None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from effplug.logs import log_once
+from effplug.options import build_config
 from effplug.quant.convert import LayerPlan, quantized_layers, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
 
@@ -149,7 +150,7 @@ class Binarizer:
 
     def __init__(self, model: nn.Module, config: BinarizationConfig | None = None, teacher: nn.Module | None = None,
                  **kwargs):
-        self.config = config if config is not None else BinarizationConfig(**kwargs)
+        self.config = build_config(BinarizationConfig, "Binarizer", config, **kwargs)
         self.model = model
         self.teacher = None
         if self.config.method == "dirnet" and self.config.distill_weight > 0:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from effplug.options import build_config
 from effplug.quant.config import QATConfig
 from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import FakeQuantize
@@ -134,10 +135,7 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
     weights plus any learned step sizes. Returns ``model`` (a new module when ``model`` itself is one layer,
     such as a bare ``nn.Linear``: use the return value). Logs one coverage line (``model._effplug_coverage``).
     """
-    if config is None:
-        config = QATConfig(**kwargs)
-    elif kwargs:
-        raise ValueError("pass either a QATConfig or keyword settings, not both")
+    config = build_config(QATConfig, "quantize_model", config, **kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize_model needs an nn.Module; got {type(model).__name__}")
     if quantized_layers(model):

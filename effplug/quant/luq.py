@@ -22,6 +22,7 @@ from torch import nn
 
 from effplug.kernels import log_quantize
 from effplug.kernels.philox import SEED_LIMIT, resolve_seed
+from effplug.options import build_config
 from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import _round_ste
@@ -136,7 +137,7 @@ def prepare_luq(model: nn.Module, config: LUQConfig | None = None, persistent_se
     (HF, DeepSpeed and plain checkpoints carry it) unless ``persistent_seeds=False``, for frameworks that load
     weights before converting (Lightning: ``LUQPrecision`` checkpoints :func:`luq_state_dict` instead).
     """
-    config = config if config is not None else LUQConfig(**kwargs)
+    config = build_config(LUQConfig, "prepare_luq", config, **kwargs)
     names, left = select_compute_layers(model, config.exclude, config.keep_first_last, "LUQ")
     if not names:
         raise ValueError("no layers to quantize for LUQ: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")

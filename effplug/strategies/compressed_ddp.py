@@ -8,6 +8,7 @@ import torch
 
 from effplug._optional import require
 from effplug.comm import COMPRESSORS, GradientCompressor, comm_hook, compressor_options, make_compressor
+from effplug.options import check_options
 
 require("pytorch_lightning", extra="lightning")
 
@@ -15,6 +16,16 @@ from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook  # n
 from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
 
 CHECKPOINT_KEY = "effplug_comm"
+
+
+def _ddp_strategy_options() -> set[str]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    own = set(inspect.signature(DDPStrategy.__init__).parameters) - {"self", "kwargs"}
+    ddp = set(inspect.signature(DistributedDataParallel.__init__).parameters) - {"self", "module", "kwargs"}
+    return own | ddp
 
 
 class CompressedDDPStrategy(DDPStrategy):
@@ -42,6 +53,10 @@ class CompressedDDPStrategy(DDPStrategy):
                 detail = ", ".join(f"{k} (an option of {'/'.join(v)})" for k, v in misplaced.items())
                 raise ValueError(f"{detail} is not an option of the {compressor!r} compressor; it takes "
                                  f"{sorted(accepted)}")
+            # what is left goes to DDPStrategy and then to DistributedDataParallel(...) on every rank after launch:
+            # check it now, against both, so a typo fails here and not on every rank
+            check_options(f"CompressedDDPStrategy({compressor!r})", options,
+                          set(accepted) | _ddp_strategy_options())
         self.compressor = make_compressor(compressor, **compressor_kwargs)
         super().__init__(ddp_comm_state=self.compressor, ddp_comm_hook=comm_hook, **options)
 
