@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
+from effplug.parallel.fsdp import shard_by_layer
 from effplug.parallel.zero import deepspeed_config, deepspeed_safe_globals
 
 require("pytorch_lightning", extra="lightning")
@@ -159,17 +160,3 @@ class FSDP2Strategy(ModelParallelStrategy):
     def register_strategies(cls, strategy_registry) -> None:
         if "fsdp2" not in strategy_registry:
             strategy_registry.register("fsdp2", cls, description="FSDP2 fully_shard per layer, CPU or CUDA (effplug)")
-
-
-def shard_by_layer(module: torch.nn.Module, mesh) -> torch.nn.Module:
-    """``fully_shard`` every submodule that directly owns parameters, then the root (skips ones already sharded)."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-
-    for child in list(module.modules())[1:]:
-        if isinstance(child, FSDPModule):
-            continue
-        if any(True for _ in child.parameters(recurse=False)):
-            fully_shard(child, mesh=mesh)
-    if not isinstance(module, FSDPModule):
-        fully_shard(module, mesh=mesh)
-    return module
