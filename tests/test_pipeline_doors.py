@@ -1,7 +1,7 @@
 """Pipelines through their Lightning door: strategy names, 2 gloo processes, against one process."""
 
-
 import pytest
+import torch
 from conftest import run_door_worker
 
 
@@ -76,3 +76,25 @@ def test_validation_chains_the_stages_on_every_rank(pipeline_results):
         for name in ("pipeline_1f1b", "pipeline_chimera"):
             assert result[f"{name}_val_fit"] == pytest.approx(result["val_expected"], abs=1e-5), name
             assert result[f"{name}_val_validate"] == pytest.approx(result["val_expected"], abs=1e-5), name
+
+
+def test_the_network_is_found_where_users_keep_it_or_the_error_names_module_attr():
+    pytest.importorskip("pytorch_lightning")
+    from effplug.strategies.pipeline import find_pipeline_model
+
+    class Holder(torch.nn.Module):
+        def __init__(self, **children):
+            super().__init__()
+            for name, child in children.items():
+                setattr(self, name, child)
+
+    seq = lambda: torch.nn.Sequential(torch.nn.Linear(2, 2))  # noqa: E731
+    assert find_pipeline_model(Holder(net=seq())) == "net"
+    assert find_pipeline_model(Holder(network=seq(), head=torch.nn.Linear(2, 2))) == "network"
+    assert find_pipeline_model(Holder(body=seq(), loss=torch.nn.CrossEntropyLoss())) == "body"  # the only Sequential
+    assert find_pipeline_model(Holder(model=seq(), net=seq())) == "model"
+    assert find_pipeline_model(Holder(trunk=seq()), "trunk") == "trunk"
+    with pytest.raises(AttributeError, match="module_attr='<attribute>'"):
+        find_pipeline_model(Holder(a=seq(), b=seq()))
+    with pytest.raises(AttributeError, match=r"module_attr='missing'.*no nn.Module attribute"):
+        find_pipeline_model(Holder(net=seq()), "missing")

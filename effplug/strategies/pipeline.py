@@ -26,6 +26,7 @@ import torch
 
 from effplug._optional import require
 from effplug.comm.acsgd import ACSGDConfig, batch_sample_ids
+from effplug.logs import log_once
 from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
 
 require("pytorch_lightning", extra="lightning")
@@ -53,13 +54,41 @@ def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
 
+NETWORK_ATTRIBUTES = ("model", "net", "network")
+
+
+def find_pipeline_model(module: torch.nn.Module, module_attr: str | None = None) -> str:
+    """The attribute of ``module`` that holds the network to split (see ``PipelineStrategy``)."""
+    if module_attr is not None:
+        if not isinstance(getattr(module, module_attr, None), torch.nn.Module):
+            raise AttributeError(f"PipelineStrategy(module_attr={module_attr!r}): {type(module).__name__} has no "
+                                 f"nn.Module attribute {module_attr!r}; name the attribute that holds the network")
+        return module_attr
+    for name in NETWORK_ATTRIBUTES:
+        if isinstance(getattr(module, name, None), torch.nn.Module):
+            return name
+    sequential = [name for name, child in module.named_children() if isinstance(child, torch.nn.Sequential)]
+    if len(sequential) == 1:
+        return sequential[0]
+    children = [name for name, _ in module.named_children()]
+    raise AttributeError(f"PipelineStrategy cannot tell which attribute of {type(module).__name__} holds the network "
+                         f"(none of {', '.join(NETWORK_ATTRIBUTES)}; children: {children or 'none'}): pass "
+                         "PipelineStrategy(module_attr='<attribute>') or name it self.model")
+
+
 class PipelineStrategy(DDPStrategy):
-    """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr="model", acsgd=None)``."""
+    """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr=None, acsgd=None)``.
+
+    ``module_attr`` names the LightningModule attribute that holds the network; by default the first of
+    ``model``, ``net``, ``network`` that is a module, else the module's only ``nn.Sequential`` child.
+    The strategy runs the pipeline schedule **instead of your** ``training_step`` (it logs that once at
+    startup): the loss is the module's ``pipeline_loss(output, target)``, else cross-entropy.
+    """
 
     strategy_name = "pipeline"
 
     def __init__(self, schedule: str = "1f1b", microbatches: int = 4, split_points: list[int] | None = None,
-                 module_attr: str = "model", acsgd: bool | ACSGDConfig | dict | None = None, **kwargs: Any):
+                 module_attr: str | None = None, acsgd: bool | ACSGDConfig | dict | None = None, **kwargs: Any):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULES}")
         self.acsgd = _acsgd_config(acsgd)
@@ -94,7 +123,13 @@ class PipelineStrategy(DDPStrategy):
             raise ValueError("PipelineStrategy runs a whole batch as micro-batches; instead of "
                              f"accumulate_grad_batches={trainer.accumulate_grad_batches}, raise microbatches= and the batch size")
         module = self.lightning_module
+        self.module_attr = find_pipeline_model(module, self.module_attr)
         model = getattr(module, self.module_attr)
+        log_once(log, "pipeline-takes-over-training-step",
+                 "effplug pipeline_%s: the pipeline schedule runs instead of %s.training_step (the network is "
+                 "module.%s; loss: pipeline_loss(output, target) if the module defines it, else cross-entropy). "
+                 "validation/test/predict steps run unchanged.", self.schedule, type(module).__name__,
+                 self.module_attr)
         if isinstance(model, StageList) and self.runner is not None:  # validate/test after fit: already split
             return self._setup_without_broadcast(trainer)
         rank, world = self.global_rank, self.world_size
