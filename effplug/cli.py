@@ -1,4 +1,5 @@
-"""The ``effplug`` command: ``demo``, ``env`` and ``plan``."""
+"""The ``effplug`` command: ``demo``, ``env``, ``plan``, and ``fit``/``validate``/``test``/``predict``
+(LightningCLI with effplug's strategy names registered)."""
 
 from __future__ import annotations
 
@@ -69,10 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--headroom", type=float, default=0.9,
                          help="fraction of GPU memory model states may use (the rest: activations, buffers)")
     planner.set_defaults(func=_plan)
+    for name in ("fit", "validate", "test", "predict"):  # listed for --help; main() hands these to LightningCLI
+        sub.add_parser(name, help=f"LightningCLI {name} with effplug's strategy names registered "
+                                  f"(effplug {name} --config run.yaml)", add_help=False)
     return parser
 
 
 def main(argv: list | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("fit", "validate", "test", "predict"):
+        from effplug.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(argv)  # LightningCLI parses (and exits on --help or errors) itself
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -87,3 +87,56 @@ def test_bad_command_lines_exit_with_a_usage_error(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and f"effplug {argv[0]}: error:" in err
+
+
+LIGHTNING_CLI_YAML = """
+seed_everything: 0
+model:
+  class_path: pytorch_lightning.demos.boring_classes.BoringModel
+data:
+  class_path: pytorch_lightning.demos.boring_classes.BoringDataModule
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: 3
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  default_root_dir: {root}
+  strategy:
+    class_path: effplug.strategies.CompressedDDPStrategy
+    init_args:
+      compressor: cgx
+      bits: 8
+      min_compress_size: 16
+  callbacks:
+    - class_path: effplug.callbacks.ActivationCompression
+      init_args:
+        method: actnn
+        bits: 4
+"""
+
+
+def test_effplug_fit_runs_a_lightning_cli_yaml_with_effplug_init_args(tmp_path):
+    pytest.importorskip("pytorch_lightning")
+    config = tmp_path / "run.yaml"
+    config.write_text(LIGHTNING_CLI_YAML.format(root=tmp_path))
+    done = subprocess.run([sys.executable, "-m", "effplug", "fit", "--config", str(config)], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_steps=3` reached" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("name, kind", [("zero2", "ZeroStrategy"), ("ddp_topk", "CompressedDDPStrategy")])
+def test_strategy_names_resolve_in_a_yaml_through_the_entry_point(tmp_path, name, kind):
+    pytest.importorskip("pytorch_lightning")
+    if name == "zero2":
+        pytest.importorskip("deepspeed")
+    from effplug.lightning_cli import run_lightning_cli
+
+    config = tmp_path / "run.yaml"
+    yaml = LIGHTNING_CLI_YAML.format(root=tmp_path)
+    yaml = yaml[:yaml.index("  strategy:")] + f"  strategy: {name}\n"
+    config.write_text(yaml)
+    cli_object = run_lightning_cli(["--config", str(config)], run=False)
+    assert type(cli_object.trainer.strategy).__name__ == kind

@@ -40,7 +40,23 @@ class CompressedDDPStrategy(DDPStrategy):
 
     strategy_name = "ddp_compressed"
 
-    def __init__(self, compressor: str | GradientCompressor = "topk", **options: Any):
+    def __init__(self, compressor: str | GradientCompressor = "topk", *, ratio: float | None = None,
+                 error_feedback: bool | None = None, bits: int | None = None, bucket_size: int | None = None,
+                 seed: int | None = None, min_compress_size: int | None = None, compress_1d: bool | None = None,
+                 rank: int | None = None, start_iter: int | None = None, min_compression_rate: float | None = None,
+                 warm_start: bool | None = None, find_unused_parameters: bool = False, static_graph: bool = False,
+                 gradient_as_bucket_view: bool = False, **options: Any):
+        # Typed compressor options (None: the compressor's default) so LightningCLI's init_args reach them;
+        # jsonargparse rejects what a signature does not name.
+        typed = dict(ratio=ratio, error_feedback=error_feedback, bits=bits, bucket_size=bucket_size, seed=seed,
+                     min_compress_size=min_compress_size, compress_1d=compress_1d, rank=rank, start_iter=start_iter,
+                     min_compression_rate=min_compression_rate, warm_start=warm_start)
+        options = {**{k: v for k, v in typed.items() if v is not None}, **options}
+        for name, value, default in (("find_unused_parameters", find_unused_parameters, False),
+                                     ("static_graph", static_graph, False),
+                                     ("gradient_as_bucket_view", gradient_as_bucket_view, False)):
+            if value != default:
+                options[name] = value
         if isinstance(compressor, GradientCompressor):
             compressor_kwargs = {}
         else:

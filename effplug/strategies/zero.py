@@ -44,9 +44,19 @@ class ZeroStrategy(DeepSpeedStrategy):
 
     strategy_name = "zero"
 
-    def __init__(self, stage: int = 2, offload: str | None = None, config: dict | None = None, **options: Any):
+    def __init__(self, stage: int = 2, offload: str | None = None, config: dict | None = None, *,
+                 param_persistence_threshold: int | None = None, reduce_bucket_size: int | None = None,
+                 quantized_weights: bool = False, hierarchical_partition_size: int | None = None,
+                 quantized_gradients: bool = False, gradient_clipping: float | None = None, **options: Any):
         require("deepspeed", extra="deepspeed")
         import inspect
+
+        # typed ZeRO options (LightningCLI's init_args need names in the signature); None/False: the default
+        typed = dict(param_persistence_threshold=param_persistence_threshold, reduce_bucket_size=reduce_bucket_size,
+                     hierarchical_partition_size=hierarchical_partition_size, gradient_clipping=gradient_clipping)
+        options = {**{k: v for k, v in typed.items() if v is not None}, **options}
+        options.update({k: True for k, v in (("quantized_weights", quantized_weights),
+                                             ("quantized_gradients", quantized_gradients)) if v})
 
         torch.serialization.add_safe_globals(deepspeed_safe_globals())
 
