@@ -226,3 +226,32 @@ def test_misspelled_settings_name_the_users_class_and_the_valid_fields():
         activation_compression="actnn").activation_callback.config.method == "actnn"
     with pytest.raises(TypeError, match="takes a CompressionConfig, a dict of its fields or a method name"):
         EffTrainer(model=torch.nn.Linear(2, 2), activation_compression=4)
+
+
+def test_hf_metrics_reach_the_log_history_and_loggers_before_ours(tmp_path):
+    from effplug.hf import ActivationCompressionCallback, EffTrainer
+    from effplug.models import tiny_gpt2
+
+    seen = []
+
+    class Logger(transformers.TrainerCallback):  # stands in for a report_to integration, registered first
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    vocab, rows = _char_lm_dataset()
+    torch.manual_seed(0)
+    trainer = transformers.Trainer(model=tiny_gpt2(vocab_size=vocab, n_positions=32),
+                                   args=_hf_args(tmp_path / "cb", max_steps=2), train_dataset=rows,
+                                   callbacks=[Logger(), ActivationCompressionCallback(method="actnn", bits=4)])
+    trainer.train()
+    assert any("act_saved_ratio" in entry for entry in trainer.state.log_history)
+    assert any("act_saved_ratio" in entry for entry in seen)
+    eff = EffTrainer(model=tiny_gpt2(vocab_size=vocab, n_positions=32), args=_hf_args(tmp_path / "eff", max_steps=2),
+                     train_dataset=rows, callbacks=[Logger()], activation_compression="actnn",
+                     quantization={"bit_widths": [4, 8], "act_bits": 8})
+    seen.clear()
+    eff.train()
+    logged = [entry for entry in eff.state.log_history if "loss" in entry]
+    assert logged and all("act_saved_ratio" in e and "qat_loss_4bit" in e and e["loss_is_sum_over_widths"] == 2
+                          for e in logged)
+    assert any("qat_loss_8bit" in entry and "act_saved_ratio" in entry for entry in seen)

@@ -13,6 +13,7 @@ import logging
 from effplug._optional import require
 from effplug.compress import ActivationCompressor, CompressionConfig
 from effplug.hf._checkpoint import load_state, save_state
+from effplug.hf._metrics import MetricsCallback
 from effplug.options import build_config
 
 transformers = require("transformers", extra="hf")
@@ -21,7 +22,7 @@ log = logging.getLogger("effplug.hf")
 STATE_FILE = "effplug_activation_compression.pt"
 
 
-class ActivationCompressionCallback(transformers.TrainerCallback):
+class ActivationCompressionCallback(MetricsCallback):
     """``Trainer(callbacks=[ActivationCompressionCallback(method="actnn", bits=4)])``."""
 
     def __init__(self, method: str = "actnn", bits: float | None = None, config: CompressionConfig | None = None, **kwargs):
@@ -49,9 +50,10 @@ class ActivationCompressionCallback(transformers.TrainerCallback):
         if self.engine is not None and state.is_world_process_zero:
             save_state(args, state, STATE_FILE, self.engine.state_dict())
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.engine is not None and logs is not None and self.engine.last_report.original_bytes:
-            logs.update({f"act_{k}": v for k, v in self.engine.summary().items()})
+    def metrics(self) -> dict:
+        if self.engine is None or not self.engine.last_report.original_bytes:
+            return {}
+        return {f"act_{k}": v for k, v in self.engine.summary().items()}
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.engine is not None:

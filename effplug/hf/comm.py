@@ -9,6 +9,7 @@ import torch
 from effplug._optional import require
 from effplug.comm import GradientCompressor, make_compressor, register
 from effplug.hf._checkpoint import load_state, save_state
+from effplug.hf._metrics import MetricsCallback, put_first
 
 transformers = require("transformers", extra="hf")
 log = logging.getLogger("effplug.hf")
@@ -16,7 +17,7 @@ log = logging.getLogger("effplug.hf")
 STATE_FILE = "effplug_comm_rank{rank}.pt"
 
 
-class GradientCompressionCallback(transformers.TrainerCallback):
+class GradientCompressionCallback(MetricsCallback):
     """Average gradients with an effplug compressor under the HF Trainer's DDP.
 
     Callbacks never see the DDP wrapper, so the callback holds the trainer: build it with
@@ -52,6 +53,13 @@ class GradientCompressionCallback(transformers.TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         save_state(args, state, self._state_file(args), self.compressor.state_dict())
 
+    def metrics(self) -> dict:
+        meter = self.compressor.meter
+        if not self.registered or not meter.steps:
+            return {}
+        return {"comm_bytes_per_step": meter.bytes_per_step, "comm_dense_bytes_per_step": meter.dense_bytes_per_step,
+                "comm_ratio": meter.ratio}
+
     @staticmethod
     def _state_file(args) -> str:
         return STATE_FILE.format(rank=args.process_index)
@@ -61,4 +69,5 @@ def compress_gradients(trainer, compressor: str | GradientCompressor = "topk", *
     """Add gradient compression to a built ``transformers.Trainer``; returns the callback (``.compressor.meter``)."""
     callback = GradientCompressionCallback(compressor, trainer=trainer, **options)
     trainer.add_callback(callback)
+    put_first(trainer, callback)
     return callback

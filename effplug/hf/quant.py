@@ -11,6 +11,7 @@ import torch
 
 from effplug._optional import require
 from effplug.hf._checkpoint import load_state, save_state
+from effplug.hf._metrics import MetricsCallback
 from effplug.options import build_config
 from effplug.quant import QATConfig, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
@@ -44,7 +45,7 @@ class QuantizationCallback(transformers.TrainerCallback):
             apply_quantization(model, self.config)
 
 
-class BinarizationCallback(transformers.TrainerCallback):
+class BinarizationCallback(MetricsCallback):
     """DIR-Net binarization for the HF Trainer: binarizes in ``on_init_end``, runs DTE's schedule per step,
     and stores the RBD teacher and progress next to each checkpoint."""
 
@@ -53,6 +54,7 @@ class BinarizationCallback(transformers.TrainerCallback):
         self.engine: _binary.Binarizer | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        super().on_init_end(args, state, control, **kwargs)
         if model is None:
             raise ValueError("BinarizationCallback needs the model; use it with transformers.Trainer")
         if self.engine is None:
@@ -70,6 +72,5 @@ class BinarizationCallback(transformers.TrainerCallback):
         if state.is_world_process_zero:
             save_state(args, state, BINARIZATION_STATE_FILE, self.engine.state_dict())
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.engine is not None:
-            logs["bin_distill_loss"] = self.engine.last_distill_loss
+    def metrics(self) -> dict:
+        return {"bin_distill_loss": self.engine.last_distill_loss} if self.engine is not None else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from effplug._optional import require
 from effplug.compress import CompressionConfig
+from effplug.hf._metrics import put_first
 from effplug.hf.activation import ActivationCompressionCallback
 from effplug.hf.comm import compress_gradients
 from effplug.hf.quant import apply_quantization
@@ -41,10 +42,19 @@ class EffTrainer(transformers.Trainer):
             self.activation_callback = ActivationCompressionCallback(config=compression)
             self.activation_callback.can_calibrate = True
             self.add_callback(self.activation_callback)
+            put_first(self, self.activation_callback)
+        self.last_width_losses: dict = {}
         self.comm_callback = None
         if comm is not None:
             options = dict(comm) if isinstance(comm, dict) else {"compressor": comm}
             self.comm_callback = compress_gradients(self, options.pop("compressor", "topk"), **options)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self.last_width_losses and "loss" in logs:
+            # once-QAT's training loss is the sum of one loss per width (the paper's objective): say so
+            logs["loss_is_sum_over_widths"] = len(self.last_width_losses)
+            logs.update({f"qat_loss_{bits}bit": float(value) for bits, value in self.last_width_losses.items()})
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         if self.quantization is not None and self.quantization.bit_widths is not None and model.training:
@@ -55,6 +65,7 @@ class EffTrainer(transformers.Trainer):
                 return loss
 
             loss, per_width = multi_bit_loss(model, loss_at_width)
+            self.last_width_losses = per_width
             result = (loss, outputs["last"]) if return_outputs else loss
         else:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
