@@ -255,3 +255,25 @@ def test_hf_metrics_reach_the_log_history_and_loggers_before_ours(tmp_path):
     assert logged and all("act_saved_ratio" in e and "qat_loss_4bit" in e and e["loss_is_sum_over_widths"] == 2
                           for e in logged)
     assert any("qat_loss_8bit" in entry and "act_saved_ratio" in entry for entry in seen)
+
+
+def test_eff_seq2seq_trainer_trains_t5_with_compression_and_qat(tmp_path):
+    from effplug.hf import EffSeq2SeqTrainer
+    from effplug.quant import quantized_layers
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                   num_heads=2, d_kv=16, decoder_start_token_id=0, pad_token_id=0)
+    model = transformers.T5ForConditionalGeneration(config)
+    gen = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(1, 64, (24,), generator=gen), "labels": torch.randint(1, 64, (12,), generator=gen)}
+            for _ in range(32)]
+    args = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
+                                                 report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+                                                 logging_steps=1, learning_rate=1e-3)
+    trainer = EffSeq2SeqTrainer(model=model, args=args, train_dataset=rows, activation_compression="actnn",
+                                quantization={"weight_bits": 8, "act_bits": 8})
+    out = trainer.train()
+    assert isinstance(trainer, transformers.Seq2SeqTrainer) and out.training_loss > 0
+    assert quantized_layers(model) and trainer.activation_callback.engine.last_report.ratio > 2
+    assert any("act_saved_ratio" in entry for entry in trainer.state.log_history)

@@ -3,7 +3,8 @@
 from effplug.hf.activation import ActivationCompressionCallback
 from effplug.hf.comm import GradientCompressionCallback, compress_gradients
 from effplug.hf.quant import BinarizationCallback, QuantizationCallback, apply_quantization
-from effplug.hf.trainer import EffTrainer
+from effplug.hf.trainer import EffSeq2SeqTrainer, EffTrainer, EffTrainerMixin
 
-__all__ = ["ActivationCompressionCallback", "BinarizationCallback", "EffTrainer", "GradientCompressionCallback",
+__all__ = ["ActivationCompressionCallback", "BinarizationCallback", "EffSeq2SeqTrainer", "EffTrainer",
+           "EffTrainerMixin", "GradientCompressionCallback",
            "QuantizationCallback", "apply_quantization", "compress_gradients"]

@@ -14,8 +14,10 @@ from effplug.quant import QATConfig, multi_bit_loss
 transformers = require("transformers", extra="hf")
 
 
-class EffTrainer(transformers.Trainer):
-    """``EffTrainer(model, args, ..., activation_compression=..., quantization=...)``.
+class EffTrainerMixin:
+    """The effplug doors that need to see or shape the loss, for any ``transformers.Trainer`` subclass:
+    ``class MyTrainer(EffTrainerMixin, MyBaseTrainer)`` (mixin first). ``EffTrainer`` and
+    ``EffSeq2SeqTrainer`` are the two built in.
 
     - ``activation_compression``: a ``CompressionConfig`` (or dict); GACT/COMET calibrate from the loss here.
     - ``quantization``: a ``QATConfig`` (or dict); the model is converted before the optimizer exists. With
@@ -61,7 +63,8 @@ class EffTrainer(transformers.Trainer):
             outputs = {}
 
             def loss_at_width():
-                loss, outputs["last"] = super(EffTrainer, self).compute_loss(model, inputs, return_outputs=True, **kwargs)
+                loss, outputs["last"] = super(EffTrainerMixin, self).compute_loss(model, inputs, return_outputs=True,
+                                                                                  **kwargs)
                 return loss
 
             loss, per_width = multi_bit_loss(model, loss_at_width)
@@ -73,3 +76,12 @@ class EffTrainer(transformers.Trainer):
         if engine is not None and engine.calibration_pending:
             engine.calibrate(result[0] if return_outputs else result)
         return result
+
+
+class EffTrainer(EffTrainerMixin, transformers.Trainer):
+    """``EffTrainer(model, args, ..., activation_compression=..., quantization=..., comm=...)``: see
+    ``EffTrainerMixin``."""
+
+
+class EffSeq2SeqTrainer(EffTrainerMixin, transformers.Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` (T5, BART: ``predict_with_generate`` and generation settings) with effplug's doors."""
