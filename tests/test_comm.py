@@ -331,3 +331,18 @@ def test_strategy_options_are_checked_at_construction_with_a_suggestion():
     with pytest.raises(TypeError, match=r"'ratoi' \(did you mean 'ratio'\?\)"):
         CompressedDDPStrategy("topk", ratoi=0.01)  # used to build, then fail on every rank after launch
     assert CompressedDDPStrategy("topk", ratio=0.01, static_graph=False).compressor.ratio == 0.01
+
+
+def test_unclear_errors_now_say_what_to_do():
+    with pytest.raises(ValueError, match="bucket_size=1000 is not supported; use a power of two"):
+        CGXCompressor(bucket_size=1000)
+    with pytest.raises(ValueError, match="seed='x': use an int"):
+        CGXCompressor(seed="x")
+    with pytest.raises(ValueError, match="seed='x'"):
+        NaturalCompressor(seed="x")
+    transformers = pytest.importorskip("transformers")
+    from effplug.hf import compress_gradients
+
+    with pytest.raises(TypeError, match="needs the built transformers.Trainer"):
+        compress_gradients(None)
+    assert transformers is not None

@@ -1,6 +1,7 @@
 """ZeRO engine parts without processes: the DeepSpeed config builder, the memory formulas and the planner."""
 
 import pytest
+import torch
 
 from effplug import cli
 from effplug.parallel.zero import deepspeed_config, estimate_memory, plan
@@ -132,3 +133,20 @@ def test_fsdp2_shards_multihead_attention_as_one_unit():
 
     done = subprocess.run([sys.executable, "-c", FSDP2_ATTENTION_SCRIPT], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_zero_strategy_errors_say_what_to_do(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    pytest.importorskip("deepspeed")
+    from effplug.lit_modules import ClassifierModule
+    from effplug.precision import LUQPrecision
+    from effplug.strategies import ZeroStrategy
+
+    with pytest.raises(ValueError, match="'zero_optimization' section that sets 'stage'"):
+        ZeroStrategy(config={})
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy="zero2", plugins=[LUQPrecision()], max_steps=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 8), torch.randint(0, 2, (16,)))
+    with pytest.raises(ValueError, match="LUQPrecision cannot run under a ZeRO strategy"):  # was KeyError: 0
+        trainer.fit(ClassifierModule(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))),
+                    torch.utils.data.DataLoader(data, batch_size=8))

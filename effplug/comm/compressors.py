@@ -317,6 +317,8 @@ class _ReduceScatterAllGather(GradientCompressor):
 
     def __init__(self, seed: int | None, min_compress_size: int, compress_1d: bool):
         super().__init__(min_compress_size, compress_1d)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed={seed!r}: use an int, or None to derive it from the framework's seed")
         self.seed = seed
         self._base_seed: int | None = None
         self._streams: dict[str, SeedStream] = {}
@@ -423,7 +425,7 @@ class CGXCompressor(_ReduceScatterAllGather):
         if bits not in _quant.ALLOWED_BITS:
             raise ValueError(f"bits={bits!r} is not supported by cgx: use 1, 2, 4 or 8 (codes are bit-packed "
                              "into bytes); 4 is CGX's default")
-        _quant.validate_quant_args(bits, bucket_size, torch.bfloat16)
+        _quant.validate_quant_args(bits, bucket_size, torch.bfloat16, group_name="bucket_size")
         super().__init__(seed, min_compress_size, compress_1d)
         self.bits, self.bucket_size = bits, bucket_size
         self.chunk_multiple = bucket_size

@@ -67,6 +67,10 @@ class GradientCompressionCallback(MetricsCallback):
 
 def compress_gradients(trainer, compressor: str | GradientCompressor = "topk", **options) -> GradientCompressionCallback:
     """Add gradient compression to a built ``transformers.Trainer``; returns the callback (``.compressor.meter``)."""
+    if not isinstance(trainer, transformers.Trainer):
+        raise TypeError(f"compress_gradients needs the built transformers.Trainer (it registers the hook on "
+                        f"trainer.model_wrapped); got {type(trainer).__name__}. Build the Trainer first, or use "
+                        "effplug.hf.EffTrainer(comm=...)")
     callback = GradientCompressionCallback(compressor, trainer=trainer, **options)
     trainer.add_callback(callback)
     put_first(trainer, callback)

@@ -62,17 +62,20 @@ def packed_nbytes(numel: int, bits: int, group_size: int, scale_dtype: torch.dty
     return groups * group_size * bits // 8 + 2 * groups * elem
 
 
-def validate_quant_args(bits: int, group_size: int, scale_dtype: torch.dtype = torch.float16) -> None:
+def validate_quant_args(bits: int, group_size: int, scale_dtype: torch.dtype = torch.float16,
+                        group_name: str = "group_size") -> None:
+    """``group_name``: what the caller calls the group (CGX: ``bucket_size``), so the error names the user's knob."""
     if bits not in ALLOWED_BITS:
         raise ValueError(f"bits={bits!r} is not supported; use one of 1, 2, 4, 8")
     if (
-        not isinstance(group_size, int)
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int)
         or group_size < MIN_GROUP
         or group_size > MAX_GROUP
         or group_size & (group_size - 1)
     ):
         raise ValueError(
-            f"group_size={group_size!r} is not supported; use a power of two from {MIN_GROUP} to {MAX_GROUP}"
+            f"{group_name}={group_size!r} is not supported; use a power of two from {MIN_GROUP} to {MAX_GROUP}"
         )
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"scale_dtype={scale_dtype} is not supported; use torch.float16 or torch.bfloat16")

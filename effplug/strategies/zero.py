@@ -68,6 +68,11 @@ class ZeroStrategy(DeepSpeedStrategy):
             del config["gradient_accumulation_steps"], config["train_micro_batch_size_per_gpu"]
         elif zero_kwargs:
             raise ValueError(f"pass either config= or ZeRO options, not both (got {sorted(zero_kwargs)})")
+        if not isinstance(config, dict) or not isinstance(config.get("zero_optimization"), dict) \
+                or "stage" not in config["zero_optimization"]:
+            raise ValueError("ZeroStrategy(config=...) needs a DeepSpeed config dict with a 'zero_optimization' "
+                             "section that sets 'stage'; build one with effplug.parallel.zero.deepspeed_config(stage) "
+                             "or pass ZeroStrategy(stage=2) instead")
         self.stage = config["zero_optimization"]["stage"]
         super().__init__(config=config, **options)
 
@@ -75,6 +80,16 @@ class ZeroStrategy(DeepSpeedStrategy):
         return self.root_device.type == "cpu"
 
     def setup_environment(self) -> None:
+        from pytorch_lightning.plugins.precision import DeepSpeedPrecision
+
+        if not isinstance(self.precision_plugin, DeepSpeedPrecision):
+            # DeepSpeed's engine runs the optimizer step; another precision plugin's step skips its bookkeeping and
+            # fails deep inside ZeRO (KeyError: 0)
+            raise ValueError(
+                f"{type(self.precision_plugin).__name__} cannot run under a ZeRO strategy: DeepSpeed owns the optimizer "
+                "step and needs its own precision plugin. Drop plugins=[...] and convert the model in the "
+                "LightningModule instead (effplug.quant.luq.prepare_luq(self.model) or effplug.quant.lns.prepare_lns "
+                "in __init__), with precision='32-true' or 'bf16-mixed' on the Trainer")
         if self._on_cpu():
             DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDA-only guard
         else:
