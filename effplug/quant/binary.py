@@ -168,7 +168,8 @@ class Binarizer:
             return SignQuantizer("weight", method, cls.weight_channel_dim), act
 
         replace_layers(model, plans, build)
-        self.coverage = report_coverage(model, "binarization", self.layer_names, self._left_float)
+        self.coverage = model._effplug_coverage = report_coverage(model, "binarization", self.layer_names,
+                                                                  self._left_float)
         for name in self.layer_names:
             act = model.get_submodule(name).act_quant
             if act is not None:

@@ -27,7 +27,7 @@ class CoverageReport:
 
     @property
     def share(self) -> float:
-        """Fraction of the weight-matrix parameters (2-D and up, any module) that were converted."""
+        """Fraction of the weight-matrix parameters (2-D and up, named ``*weight``, any module) converted."""
         return self.covered_parameters / self.weight_parameters if self.weight_parameters else 0.0
 
     def line(self) -> str:
@@ -45,7 +45,8 @@ def report_coverage(model: nn.Module, technique: str, converted: list[str], left
     report = CoverageReport(technique, list(converted), dict(left_float))
     converted_set = set(converted)
     for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+        # weight matrices: 2-D and up, named *weight (not ViT's cls_token or position table)
+        own = [p for n, p in module.named_parameters(recurse=False) if p.dim() >= 2 and n.endswith("weight")]
         if not own:
             continue
         numel = sum(p.numel() for p in own)

@@ -116,7 +116,7 @@ def prepare_lns(model: torch.nn.Module, bits: int = 8, gamma: int = 8, weights: 
         return weight_quant, (LNSQuantizer(fmt) if activations else None)
 
     replace_layers(model, [LayerPlan(n, "", bits, bits if activations else None) for n in names], build)
-    report_coverage(model, "LNS", names, left)
+    model._effplug_coverage = report_coverage(model, "LNS", names, left)
     if gradients:
         for n in names:
             model.get_submodule(n).register_forward_hook(

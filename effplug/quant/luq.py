@@ -143,7 +143,7 @@ def prepare_luq(model: nn.Module, config: LUQConfig | None = None, persistent_se
         raise ValueError("no layers to quantize for LUQ: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
     replace_layers(model, [LayerPlan(n, "", 4, 4) for n in names],
                    lambda plan, module, cls: (SAWBQuantizer("weight"), SAWBQuantizer("act")))
-    report_coverage(model, "LUQ", names, left)
+    model._effplug_coverage = report_coverage(model, "LUQ", names, left)
     base = resolve_seed(config.seed)
     for n in names:
         layer = model.get_submodule(n)
