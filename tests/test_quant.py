@@ -685,3 +685,21 @@ def test_lightning_doors_take_a_single_exclude_pattern_as_a_string():
 
     assert Binarization(exclude="head").config.exclude == ("head",)
     assert QuantizationAwareTraining(exclude="head").config.exclude == ("head",)
+
+
+@pytest.mark.parametrize("layers, first_last_bits", [(1, 8), (3, None)])
+def test_once_qat_trains_at_lr_0_1_without_first_last_layers(layers, first_last_bits):
+    torch.manual_seed(0)
+    model = quantize_model(torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(layers)]),
+                           QATConfig(bit_widths=(2, 4, 8), act_bits=8, first_last_bits=first_last_bits))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(32, 16)
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss, per_width = multi_bit_loss(model, lambda: model(x).square().mean())
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it diverged to NaN / 1e12 before
+    assert all(float(q.step.abs().max()) < 1 for q in nested.nested_quantizers(model))

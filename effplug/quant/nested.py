@@ -86,12 +86,16 @@ class NestedWeightQuantizer(nn.Module):
         if not bool(self.initialized):
             self._init_step(w.detach().float())
         n = w.numel() / (w.shape[self.channel_dim] if self.channel_dim is not None else 1)
-        middle = self.bit_widths[len(self.bit_widths) // 2]
-        step = self._shape(w, _scale_grad(self.step, 1.0 / math.sqrt(n * (2 ** (middle - 1) - 1))).abs().clamp_min(1e-8))
+        shift = 2 ** (self.top - self.bits)
+        # Width b works with the effective step s_b = s * shift. LSQ scales d/ds_b by g_b = 1/sqrt(N Q_P(b)); the
+        # chain rule then multiplies it by the shift on the way to the shared s, so a 2-bit width of an 8-bit
+        # model moved s by 64x its LSQ step and diverged in one SGD step (0.002 -> -0.04 -> 3.6). Scaling by
+        # g_b / shift**2 gives s the update LSQ would give s_b, mapped back to s (our deviation, docs/once-qat.md).
+        factor = 1.0 / (math.sqrt(n * max(2 ** (self.bits - 1) - 1, 1)) * shift**2)
+        step = self._shape(w, _scale_grad(self.step, factor).abs().clamp_min(1e-8))
         u = self.top_codes(w.float(), step)
         for _ in range(self.top - self.bits):  # cascade: drop one bit-plane per width
             u = _floor_ste(u / 2)
-        shift = 2 ** (self.top - self.bits)
         return ((u + 0.5 - 2 ** (self.bits - 1)) * step * shift).to(w.dtype)
 
     def integer_codes(self, w: torch.Tensor):
