@@ -385,3 +385,16 @@ def test_fake_quantize_rejects_a_channel_dim_out_of_range():
         fake_quantize(torch.randn(3, 4), torch.ones(4), torch.zeros(4), -8, 7, 5)
     out = fake_quantize(torch.randn(3, 4), torch.ones(4), torch.zeros(4), -8, 7, -1)  # negative dims still work
     assert out.shape == (3, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pow2_encode_many_equals_one_call_per_tensor(backend, dtype):
+    from effplug.kernels.pow2 import pow2_encode_many
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=gen).to(dtype) * scale for n, scale in ((7, 1.0), (1024, 1e-3), (33, 50.0),
+                                                                                  (4, 0.0), (257, 1e-30))]
+    seeds = [3, 2**62 + 5, 0, 11, 7]
+    for many, one in zip(pow2_encode_many(tensors, seeds), [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds)],
+                         strict=True):
+        assert torch.equal(many.codes, one.codes) and many.lo_exp == one.lo_exp and many.dtype == one.dtype

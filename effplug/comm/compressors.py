@@ -338,6 +338,10 @@ class _ReduceScatterAllGather(GradientCompressor):
 
     def _part_nbytes(self, numel: int) -> int: ...
 
+    def _encode_many(self, vectors: list[torch.Tensor], parts: int, seeds: list[int]) -> list[list[torch.Tensor]]:
+        """Every parameter's slices; subclasses may encode all parameters in one pass (same bytes)."""
+        return [self._encode_parts(v, parts, s) for v, s in zip(vectors, seeds, strict=True)]
+
     def _average_compressed(self, flat, segments, comm):
         world, rank = comm.world_size, comm.rank
         multiple = world * self.chunk_multiple
@@ -345,11 +349,12 @@ class _ReduceScatterAllGather(GradientCompressor):
         for seg in segments:
             layout.append((seg, offset, -(-seg.numel // multiple) * multiple // world))
             offset += seg.numel
-        encoded = []
+        padded_segments = []
         for seg, start, length in layout:
             padded = flat.new_zeros(length * world)
             padded[:seg.numel] = flat[start:start + seg.numel]
-            encoded.append(self._encode_parts(padded, world, self._stream(seg.key, rank).draw()))
+            padded_segments.append(padded)
+        encoded = self._encode_many(padded_segments, world, [self._stream(s.key, rank).draw() for s, _, _ in layout])
         send = torch.cat([parts[j] for j in range(world) for parts in encoded])
         received = comm.all_to_all(send).view(world, -1)
         sizes = [self._part_nbytes(length) for _, _, length in layout]
@@ -360,8 +365,8 @@ class _ReduceScatterAllGather(GradientCompressor):
             for r in range(1, world):
                 total = total + self._decode_part(parts[r][i], length, flat.dtype)
             own.append(total.div_(world))
-        reencoded = [self._encode_parts(v, 1, self._stream(seg.key, rank).draw())[0]
-                     for v, (seg, _, _) in zip(own, layout, strict=True)]
+        reencoded = [parts[0] for parts in self._encode_many(own, 1, [self._stream(s.key, rank).draw()
+                                                                        for s, _, _ in layout])]
         gathered = [g.split(sizes) for g in comm.all_gather(torch.cat(reencoded))]
         out = []
         for i, (seg, _, length) in enumerate(layout):
@@ -396,8 +401,15 @@ class NaturalCompressor(_ReduceScatterAllGather):
         super().__init__(seed, min_compress_size, compress_1d)
 
     def _encode_parts(self, values, parts, seed):
-        encoded = _pow2.pow2_encode(values, seed=seed)
-        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=values.device).view(torch.uint8)
+        return self._slices(_pow2.pow2_encode(values, seed=seed), parts, values.device)
+
+    def _encode_many(self, vectors, parts, seeds):
+        return [self._slices(e, parts, v.device) for e, v in zip(_pow2.pow2_encode_many(vectors, seeds), vectors,
+                                                                  strict=True)]
+
+    @staticmethod
+    def _slices(encoded, parts, device):
+        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=device).view(torch.uint8)
         # every slice carries the 4-byte base exponent, so each owner decodes on its own
         return list(torch.cat([encoded.codes.view(parts, -1), base.expand(parts, 4)], dim=1).unbind(0))
 

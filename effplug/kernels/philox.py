@@ -86,8 +86,11 @@ def _wrapping_multiply_is_exact() -> bool:
 _mulhilo = _mulhilo_wrapping if _wrapping_multiply_is_exact() else _mulhilo_split  # 3x fewer int64 ops on CPU
 
 
-def philox4x32(seed: int, counters: torch.Tensor, n_rounds: int = N_ROUNDS) -> tuple:
-    """The four Philox4x32 output words for counters ``(c, 0, 0, 0)``, as uint32 values in int64 tensors."""
+def philox4x32(seed, counters: torch.Tensor, n_rounds: int = N_ROUNDS) -> tuple:
+    """The four Philox4x32 output words for counters ``(c, 0, 0, 0)``, as uint32 values in int64 tensors.
+
+    ``seed`` is an int, or an int64 tensor of one seed per counter (many streams in one pass).
+    """
     c0 = counters.to(torch.int64) & _MASK32
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
@@ -114,6 +117,21 @@ def random_words(seed: int, n: int, device: torch.device | str = "cpu") -> torch
         words = philox4x32(seed, torch.arange(start, stop, device=device))
         torch.stack(words, dim=1, out=out[start:stop])
     return out.view(-1)[:n]
+
+
+def random_words_streams(seeds: list[int], lengths: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.cat([random_words(s, n) for s, n in zip(seeds, lengths)])``, computed in one Philox pass."""
+    counters = [-(-n // 4) for n in lengths]
+    keys = torch.repeat_interleave(torch.tensor(seeds, dtype=torch.int64, device=device),
+                                   torch.tensor(counters, device=device))
+    starts = torch.repeat_interleave(torch.tensor([0, *counters[:-1]], device=device).cumsum(0),
+                                     torch.tensor(counters, device=device))
+    local = torch.arange(keys.numel(), device=device) - starts
+    words = torch.stack(philox4x32(keys, local), dim=1).view(-1)
+    if all(n % 4 == 0 for n in lengths):
+        return words
+    keep = torch.cat([torch.arange(4 * c, device=device) < n for c, n in zip(counters, lengths, strict=True)])
+    return words[keep]
 
 
 def uniform24(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from effplug.kernels import dispatch
-from effplug.kernels.philox import random_words, resolve_seed
+from effplug.kernels.philox import random_words, random_words_streams, resolve_seed
 
 MIN_EXP = -126  # smallest normal fp32 exponent; subnormals go through the underflow branch
 CODE_EXP_LEVELS = 127  # exponent codes 1..127 in the 8-bit sign+exponent form, code 0 means zero
@@ -37,15 +37,20 @@ class Pow2Codes:
 
 
 def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tensor:
-    r = random_words(seed, t.numel(), t.device).view(t.shape)
+    return _pow2_magnitude_from_words(t, random_words(seed, t.numel(), t.device).view(t.shape), lo_exp)
+
+
+def _pow2_magnitude_from_words(t: torch.Tensor, r: torch.Tensor, lo_exp) -> torch.Tensor:
+    """``lo_exp``: an int, or an int32 tensor broadcast against ``t`` (one base exponent per stream)."""
     bits = t.view(torch.int32)
     exponent = ((bits >> 23) & 0xFF) - 127
     mantissa = (bits & 0x7FFFFF).to(torch.int64)
     # 2**128 overflows fp32 to inf: values in the top binade [2**127, max] round down to 2**127 (biased there only)
     round_up = (((r >> 9) < mantissa) & (exponent < 127)).to(torch.int32)
     in_range = (((exponent + round_up) + 127) << 23).view(torch.float32)
-    lowest = torch.tensor((lo_exp + 127) << 23, dtype=torch.int32, device=t.device).view(torch.float32)
-    p = t * torch.tensor(2.0**-lo_exp, dtype=torch.float32, device=t.device)
+    lo = torch.as_tensor(lo_exp, dtype=torch.int32, device=t.device)
+    lowest = ((lo + 127) << 23).view(torch.float32)
+    p = t * ((127 - lo) << 23).view(torch.float32)  # t * 2**-lo_exp, exactly
     u = (r >> 8).to(torch.float32) * (1.0 / 16777216.0)
     underflow = torch.where(u < p, lowest, torch.zeros_like(t))
     mag = torch.where(t >= lowest, in_range, underflow)
@@ -102,6 +107,32 @@ def pow2_encode(x: torch.Tensor, seed: int | None = None) -> Pow2Codes:
     lo_exp = MIN_EXP if peak == 0 else max(MIN_EXP, _exponent_of(peak) + 1 - (CODE_EXP_LEVELS - 1))
     codes = _pow2_sr(x, resolve_seed(seed), 1.0, lo_exp, emit_codes=True)
     return Pow2Codes(codes, lo_exp, x.dtype)
+
+
+def pow2_encode_many(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2Codes]:
+    """``[pow2_encode(t, s) for t, s in zip(tensors, seeds)]``, bit for bit, in one pass on the torch path.
+
+    Gradient compressors encode each parameter on its own stream; one Philox pass over all of them saves the
+    per-call cost (about 0.4 ms per call on CPU). The Triton path calls the kernel once per tensor.
+    """
+    if dispatch.kernel_backend(tensors[0]) == "triton" or len(tensors) == 1:
+        return [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds, strict=True)]
+    flat = [t.detach().reshape(-1).float() for t in tensors]
+    lo_exps = []
+    for t in flat:
+        peak = t.abs().max().item() if t.numel() else 0.0
+        if peak != peak or peak == float("inf"):
+            raise ValueError("cannot pow2-encode a tensor holding inf or NaN; clean or clip the input first")
+        lo_exps.append(MIN_EXP if peak == 0 else max(MIN_EXP, _exponent_of(peak) + 1 - (CODE_EXP_LEVELS - 1)))
+    lengths = [t.numel() for t in flat]
+    device = tensors[0].device
+    values = torch.cat(flat)
+    words = random_words_streams([resolve_seed(s) for s in seeds], lengths, device)
+    lo = torch.repeat_interleave(torch.tensor(lo_exps, dtype=torch.int32, device=device),
+                                 torch.tensor(lengths, device=device))
+    codes = _codes_from_magnitude(_pow2_magnitude_from_words(values.abs(), words, lo), values < 0, lo)
+    return [Pow2Codes(c.view(t.shape), e, t.dtype) for c, e, t in zip(codes.split(lengths), lo_exps, tensors,
+                                                                        strict=True)]
 
 
 def pow2_decode(payload: Pow2Codes) -> torch.Tensor:
