@@ -395,6 +395,6 @@ def test_pow2_encode_many_equals_one_call_per_tensor(backend, dtype):
     tensors = [torch.randn(n, generator=gen).to(dtype) * scale for n, scale in ((7, 1.0), (1024, 1e-3), (33, 50.0),
                                                                                   (4, 0.0), (257, 1e-30))]
     seeds = [3, 2**62 + 5, 0, 11, 7]
-    for many, one in zip(pow2_encode_many(tensors, seeds), [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds)],
+    for many, one in zip(pow2_encode_many(tensors, seeds), [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds, strict=True)],
                          strict=True):
         assert torch.equal(many.codes, one.codes) and many.lo_exp == one.lo_exp and many.dtype == one.dtype
