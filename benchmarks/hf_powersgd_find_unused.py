@@ -1,6 +1,7 @@
 """How often PowerSGD under the HF Trainer (2 gloo processes) finishes, with and without find_unused_parameters.
 
-    python benchmarks/hf_powersgd_find_unused.py --runs 10
+    python benchmarks/hf_powersgd_find_unused.py --runs 10              # both settings
+    python benchmarks/hf_powersgd_find_unused.py --find-unused true     # HF's default for a PreTrainedModel
 
 Each run trains a tiny GPT-2 for 8 steps through ``EffTrainer(comm={"compressor": "powersgd", ...})`` with
 ``TrainingArguments(ddp_find_unused_parameters=True|False)``; a run counts as finished when both ranks exit 0.
@@ -38,13 +39,15 @@ def rank_main(out: str, find_unused: bool) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--find-unused", choices=["both", "true", "false"], default="both")
     parser.add_argument("--json", default="bench_out/hf_powersgd_find_unused.json")
     args = parser.parse_args(argv)
-    from effplug.launch import launch_ranks
     from tasks import write_report
 
+    from effplug.launch import launch_ranks
+
     rows = []
-    for find_unused in (True, False):
+    for find_unused in {"both": (True, False), "true": (True,), "false": (False,)}[args.find_unused]:
         finished, errors = 0, []
         for _ in range(args.runs):
             try:

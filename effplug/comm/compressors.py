@@ -522,6 +522,11 @@ class PowerSGDCompressor(GradientCompressor):
             self.meter.record("all_reduce", sent, world)
         if bucket.is_last():
             self.meter.end_step()
+        if dist.get_backend(group) == "gloo":
+            # torch's hook chains P and Q all-reduces in future callbacks; under gloo, callbacks of two buckets can
+            # interleave differently on two ranks, which mismatches collectives ("Received data size doesn't match
+            # expected size"). Finishing each bucket before the next keeps every rank's order the same.
+            future.wait()
         return future
 
     def state_dict(self) -> dict:

@@ -10,16 +10,11 @@ from effplug._optional import require
 from effplug.comm import GradientCompressor, make_compressor, register
 from effplug.hf._checkpoint import load_state, save_state
 from effplug.hf._metrics import MetricsCallback, put_first
-from effplug.logs import log_once
 
 transformers = require("transformers", extra="hf")
 log = logging.getLogger("effplug.hf")
 
 STATE_FILE = "effplug_comm_rank{rank}.pt"
-POWERSGD_FIND_UNUSED = (
-    "with find_unused_parameters=True (HF's default for a PreTrainedModel) torch's PowerSGD under gloo aborted 6 of 10 "
-    "two-process runs (\"Received data size doesn't match expected size\"), and 10 of 10 passed with False. Set "
-    "ddp_find_unused_parameters=True yourself only if the model really has unused parameters")
 
 
 class GradientCompressionCallback(MetricsCallback):
@@ -48,10 +43,6 @@ class GradientCompressionCallback(MetricsCallback):
                                    "drop comm= or use plain data parallelism")
             log.warning("effplug: a single process sends no gradients; %s compression is idle", self.compressor.name)
             return
-        if self.compressor.name == "powersgd" and getattr(wrapped, "find_unused_parameters", False):
-            log_once(log, "powersgd-find-unused", "effplug: PowerSGD on a DDP with find_unused_parameters=True: %s. "
-                     "Pass TrainingArguments(ddp_find_unused_parameters=False) (EffTrainer(comm='powersgd') does "
-                     "it when the field is unset).", POWERSGD_FIND_UNUSED)
         if not self.registered:
             register(wrapped, self.compressor)
             self.registered = True

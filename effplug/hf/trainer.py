@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from effplug._optional import require
 from effplug.compress import CompressionConfig
 from effplug.hf._metrics import put_first
 from effplug.hf.activation import ActivationCompressionCallback
-from effplug.hf.comm import POWERSGD_FIND_UNUSED, compress_gradients
+from effplug.hf.comm import compress_gradients
 from effplug.hf.quant import apply_quantization
 from effplug.options import build_config
 from effplug.quant import QATConfig, multi_bit_loss
 
 transformers = require("transformers", extra="hf")
-log = logging.getLogger("effplug.hf")
-
-
-def _keep_used_parameters_for_powersgd(comm, args) -> None:
-    """HF's DDP default ``find_unused_parameters=True`` aborts PowerSGD under gloo in most runs; turn it off
-    when the user left it unset (see ``hf.comm.POWERSGD_FIND_UNUSED``)."""
-    name = comm.get("compressor") if isinstance(comm, dict) else getattr(comm, "name", comm)
-    if name == "powersgd" and args is not None and args.ddp_find_unused_parameters is None:
-        args.ddp_find_unused_parameters = False
-        log.info("effplug: comm='powersgd' sets TrainingArguments(ddp_find_unused_parameters=False); %s",
-                 POWERSGD_FIND_UNUSED)
 
 
 class EffTrainerMixin:
@@ -51,7 +38,6 @@ class EffTrainerMixin:
             if model is None:
                 raise ValueError("EffTrainer(quantization=...) needs the model passed to the constructor")
             apply_quantization(model, self.quantization)
-        _keep_used_parameters_for_powersgd(comm, kwargs.get("args", args[1] if len(args) > 1 else None))
         super().__init__(*args, **kwargs)
         self.activation_callback = None
         if compression is not None:
