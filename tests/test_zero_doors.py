@@ -40,6 +40,14 @@ def test_measured_model_states_follow_the_zero_formulas(zero_results):
                 assert value == pytest.approx(formula, rel=0.10), (name, part, value, formula)
 
 
+def test_zero3_meter_counts_persisted_parameters_in_full(zero_results):
+    # every parameter here is under DeepSpeed's persistence threshold: a rank holds it whole, plus its partition
+    for result in zero_results:
+        psi = result["num_params"]
+        assert result["zero3_persist"]["states"]["params"] == pytest.approx(4 * psi * (1 + 1 / 2), rel=0.02)
+        assert result["zero3_persist"]["losses"] == pytest.approx(result["ddp"]["losses"], abs=1e-5)
+
+
 def test_zero_checkpoint_resumes_and_converts_to_a_plain_state_dict(zero_results):
     assert zero_results[0]["plain_keys_match"] and zero_results[0]["plain_equal"]
     assert any("optim_states" in f for f in zero_results[0]["weights_only_files"])

@@ -59,6 +59,8 @@ def lightning_phase(out: Path, rank: int) -> dict:
     strategies = {"ddp": "ddp", "zero1": "zero1", "zero2": "zero2",
                   "zero3": ZeroStrategy(stage=3, param_persistence_threshold=0),
                   "zero3_offload": ZeroStrategy(stage=3, offload="all", param_persistence_threshold=0),
+                  # DeepSpeed's default threshold (1e5 elements): every parameter of this model stays gathered
+                  "zero3_persist": ZeroStrategy(stage=3),
                   "fsdp2": "fsdp2"}
     ckpt = out / "zero2.ckpt"
     for name, strategy in strategies.items():

@@ -262,7 +262,10 @@ def model_state_bytes(model, optimizer=None) -> dict:
     zero_optimizer = getattr(model, "optimizer", None) if hasattr(model, "module") and hasattr(model, "zero_optimization_stage") else None
     if zero_optimizer is not None:
         module = model.module
-        params = sum(_nbytes(p.ds_tensor) if hasattr(p, "ds_tensor") else _nbytes(p) for p in module.parameters())
+        # ZeRO-3 keeps small parameters (under param_persistence_threshold) gathered for good: ds_persist ones
+        # hold their full tensor next to their partition
+        params = sum(_nbytes(p.ds_tensor) + (_nbytes(p.data) if getattr(p, "ds_persist", False) else 0)
+                     if hasattr(p, "ds_tensor") else _nbytes(p) for p in module.parameters())
         grads = sum(_nbytes(t) for t in _tensors(getattr(zero_optimizer, "averaged_gradients", None)))
         grads += sum(_nbytes(p.grad) for p in module.parameters())
         masters = getattr(zero_optimizer, "single_partition_of_fp32_groups", None)
