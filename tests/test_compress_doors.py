@@ -267,13 +267,15 @@ def test_eff_seq2seq_trainer_trains_t5_with_compression_and_qat(tmp_path):
     model = transformers.T5ForConditionalGeneration(config)
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": torch.randint(1, 64, (24,), generator=gen), "labels": torch.randint(1, 64, (12,), generator=gen)}
-            for _ in range(32)]
-    args = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
+            for _ in range(8)]  # one batch, seen again every step: the loss must fall
+    args = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=8,
                                                  report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
-                                                 logging_steps=1, learning_rate=1e-3)
+                                                 logging_steps=1, learning_rate=3e-3)
     trainer = EffSeq2SeqTrainer(model=model, args=args, train_dataset=rows, activation_compression="actnn",
                                 quantization={"weight_bits": 8, "act_bits": 8})
     out = trainer.train()
     assert isinstance(trainer, transformers.Seq2SeqTrainer) and out.training_loss > 0
     assert quantized_layers(model) and trainer.activation_callback.engine.last_report.ratio > 2
     assert any("act_saved_ratio" in entry for entry in trainer.state.log_history)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 8 and losses[-1] < losses[0]

@@ -104,7 +104,7 @@ class SignQuantizer(nn.Module):
     @torch.no_grad()
     def _check_input_is_signed(self, x) -> None:
         """sign() of a non-negative input (after ReLU) is +1 everywhere: the layer sees a constant and the
-        network collapses to chance (a float-trained ReLU net: val_acc 0.834 -> 0.098). Say so once."""
+        network collapses. Say so once."""
         self.nonnegative_input = bool((x >= 0).all())
         if self.nonnegative_input:
             log_once(log, "binarize-nonnegative",
