@@ -1,6 +1,6 @@
 """Layer coverage: the share of weight-matrix parameters each technique converts, on models beyond our own.
 
-    python benchmarks/coverage.py                 # Lightning's demo Transformer, HF GPT-2/Llama/Qwen2/Mistral/T5/RoBERTa/ViT
+    python benchmarks/coverage.py                 # Lightning's demo Transformer, HF GPT-2/Llama/Qwen2/Qwen3/Mistral/T5/DistilBERT/RoBERTa/ViT
     python benchmarks/coverage.py --json out.json
 
 Models are built from tiny configs (no downloads). For each model and technique (QAT, LUQ, LNS) the table gives
@@ -35,9 +35,12 @@ def models() -> dict:
                                                                              vocab_size=256)),
         "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**small)),
         "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**small)),
+        "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**small, head_dim=16)),
         "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(**small)),
         "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
             vocab_size=256, d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16)),
+        "distilbert": lambda: transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+            vocab_size=256, dim=64, hidden_dim=128, n_layers=2, n_heads=4)),
         "roberta": lambda: transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
             vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)),
         "vit": lambda: transformers.ViTForImageClassification(transformers.ViTConfig(

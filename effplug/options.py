@@ -47,3 +47,58 @@ def build_config(cls, owner: str, value=None, shorthand: str | None = None, **fi
         return cls(**{shorthand: value})
     accepted = f"a {cls.__name__}, a dict of its fields" + (f" or a {shorthand} name" if shorthand else "")
     raise TypeError(f"{owner} takes {accepted}; got {type(value).__name__} {value!r}")
+
+
+def checks_keywords(cls=None, *, also_from=None):
+    """Class decorator: an unknown keyword to ``cls(...)`` raises :class:`UnknownOptionError` naming ``cls``,
+    listing its valid keywords and the closest one, instead of Python's bare "unexpected keyword argument".
+
+    For a ``**kwargs`` constructor that forwards to a parent, ``also_from`` is the parent's ``__init__`` whose
+    keywords are valid too. The signature seen by ``inspect`` (and LightningCLI's jsonargparse) is unchanged.
+    """
+    import functools
+    import inspect
+
+    def decorate(cls):
+        init = cls.__init__
+        signature = inspect.signature(init)
+        kinds = {p.kind for p in signature.parameters.values()}
+        valid = {n for n, p in signature.parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+        if inspect.Parameter.VAR_KEYWORD in kinds:
+            if also_from is None:
+                raise TypeError(f"checks_keywords({cls.__name__}): a **kwargs constructor needs also_from=")
+            valid |= {n for n, p in inspect.signature(also_from).parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            check_options(cls.__name__, kwargs, valid)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+        return cls
+
+    return decorate if cls is None else decorate(cls)
+
+
+def name_patterns(value, field: str = "exclude") -> tuple[str, ...]:
+    """Module-name patterns from a string (one pattern, never its characters) or an iterable of strings."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        patterns = tuple(value)
+    except TypeError:
+        patterns = None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{field}={value!r}: give fnmatch patterns of module names, a string or a list of "
+                        f"strings, e.g. {field}=['lm_head', '*.attn.*']")
+    return patterns
+
+
+def require_module(value, owner: str) -> None:
+    """Raise naming ``owner`` unless ``value`` is a torch module."""
+    import torch
+
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{owner} needs a torch.nn.Module (the model to convert); got {type(value).__name__}")

@@ -29,7 +29,7 @@ class _MeasureStates(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.states is None and state.global_step >= 2:
             held = model_state_bytes(self.trainer.model_wrapped)
-            self.states = {"params": held["params"], "optimizer": held["optimizer"]}
+            self.states = {"params": held["params"], "optimizer": held["optimizer"], "offloaded": held["offloaded"]}
 
 
 def main(argv=None) -> dict:

@@ -140,3 +140,25 @@ def test_strategy_names_resolve_in_a_yaml_through_the_entry_point(tmp_path, name
     config.write_text(yaml)
     cli_object = run_lightning_cli(["--config", str(config)], run=False)
     assert type(cli_object.trainer.strategy).__name__ == kind
+
+
+@pytest.mark.parametrize("typo, suggestion", [("ddp_top_k", "ddp_topk"), ("zero_2", "zero2"), ("fsdp_2", "fsdp2"),
+                                              ("pipeline_gpip", "pipeline_gpipe")])
+def test_a_misspelled_strategy_name_suggests_effplugs_name(typo, suggestion):
+    pl = pytest.importorskip("pytorch_lightning")
+    import effplug.strategies  # noqa: F401
+
+    with pytest.raises(ValueError, match=rf"Did you mean '{suggestion}'\?.*zero3_offload"):
+        pl.Trainer(strategy=typo, accelerator="cpu", devices=1, logger=False)
+    # every other name still resolves, and the registry's list is still a list
+    assert type(pl.Trainer(strategy="ddp_topk", accelerator="cpu", devices=1, logger=False).strategy).__name__ == \
+        "CompressedDDPStrategy"
+    assert typo not in pl.strategies.StrategyRegistry.available_strategies()
+
+
+def test_an_unknown_strategy_name_lists_effplugs_names():
+    pl = pytest.importorskip("pytorch_lightning")
+    import effplug.strategies  # noqa: F401
+
+    with pytest.raises(ValueError, match=r"strategy='warpdrive'`\. Registered names.*ddp_cgx.*zero2"):
+        pl.Trainer(strategy="warpdrive", accelerator="cpu", devices=1, logger=False)

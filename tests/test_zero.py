@@ -54,8 +54,11 @@ def test_estimate_follows_the_zero_paper():
     e = estimate_memory(1000, 4, 2, param_bytes=4, grad_bytes=4, optimizer_bytes=12)
     assert (e.param_bytes, e.grad_bytes, e.optimizer_bytes) == (4000, 1000, 3000)
     off = estimate_memory(1000, 4, 3, offload="all")
-    assert off.param_bytes == 0 and off.optimizer_bytes == 0 and off.grad_bytes == 500
-    assert off.offloaded_bytes == 2 * 1000 / 4 + 12 * 1000 / 4
+    # ZeRO-Offload: the optimizer step runs on the CPU, where the gradient partition is reduced to
+    assert off.param_bytes == 0 and off.optimizer_bytes == 0 and off.grad_bytes == 0
+    assert off.offloaded_bytes == 2 * 1000 / 4 + 2 * 1000 / 4 + 12 * 1000 / 4
+    opt = estimate_memory(1000, 4, 2, offload="optimizer")
+    assert opt.param_bytes == 2 * 1000 and opt.grad_bytes == 0 and opt.offloaded_bytes == 14 * 1000 / 4
     with pytest.raises(ValueError, match="world_size"):
         estimate_memory(1000, 0, 1)
 

@@ -29,15 +29,19 @@ def test_measured_model_states_follow_the_zero_formulas(zero_results):
         psi = result["num_params"]
         # DeepSpeed in fp32 keeps an fp32 master partition next to Adam's m and v: 4 + 4 + 12 bytes/param;
         # torch Adam under DDP and FSDP2 has no master copy: 4 + 4 + 8
-        for name, stage, k in [("ddp", 0, 8), ("zero1", 1, 12), ("zero2", 2, 12), ("zero3", 3, 12), ("fsdp2", 3, 8)]:
-            expected = estimate_memory(psi, 2, stage, param_bytes=4, grad_bytes=4, optimizer_bytes=k)
+        for name, stage, k, offload in [("ddp", 0, 8, None), ("zero1", 1, 12, None), ("zero2", 2, 12, None),
+                                        ("zero3", 3, 12, None), ("zero3_offload", 3, 12, "all"), ("fsdp2", 3, 8, None)]:
+            expected = estimate_memory(psi, 2, stage, param_bytes=4, grad_bytes=4, optimizer_bytes=k, offload=offload)
             measured = result[name]["states"]
             # stage <= 1 keeps a full gradient during backward (DeepSpeed's stage 1 then keeps its partition
             # for the step); from stage 2 on, the partition is what a rank holds
             grads = result[name]["peak_grad"] if stage <= 1 else measured["grads"]
-            for part, value in (("params", measured["params"]), ("grads", grads), ("optimizer", measured["optimizer"])):
-                formula = getattr(expected, f"{'grad' if part == 'grads' else part.rstrip('s')}_bytes")
-                assert value == pytest.approx(formula, rel=0.10), (name, part, value, formula)
+            buckets = {"param_bytes": measured["params"], "grad_bytes": grads, "optimizer_bytes": measured["optimizer"],
+                       "offloaded_bytes": measured["offloaded"]}
+            for part, value in buckets.items():
+                formula = getattr(expected, part)
+                # the formula's zero buckets are exactly zero; the others within 10%
+                assert value == pytest.approx(formula, rel=0.10, abs=0), (name, part, value, formula)
 
 
 def test_zero3_meter_counts_persisted_parameters_in_full(zero_results):

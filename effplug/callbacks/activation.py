@@ -22,6 +22,9 @@ class ActivationCompression(EngineStateMixin, pl.Callback):
                  log_stats: bool = True, **kwargs):
         if config is None:
             kwargs.update(method=method, bits=bits)
+        elif bits is not None or method != "actnn":
+            raise ValueError("ActivationCompression: pass either config= or method=/bits=, not both "
+                             f"(got config={config!r} and method={method!r}, bits={bits!r})")
         self.config = build_config(CompressionConfig, "ActivationCompression", config, shorthand="method", **kwargs)
         self.log_stats = log_stats
         self.engine: ActivationCompressor | None = None

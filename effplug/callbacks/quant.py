@@ -10,6 +10,7 @@ import copy
 
 from effplug._optional import require
 from effplug.callbacks._engine_state import EngineStateMixin
+from effplug.options import checks_keywords
 from effplug.quant import QATConfig, multi_bit_loss, quantize_model, quantized_layers
 from effplug.quant import binary as _binary
 from effplug.state import checksum, require_same_config, seal, unseal
@@ -21,6 +22,7 @@ def _loss_of(output):
     return output["loss"] if isinstance(output, dict) else output
 
 
+@checks_keywords
 class QuantizationAwareTraining(pl.Callback):
     """Fake-quantize weights and layer inputs while training: ``Trainer(callbacks=[QuantizationAwareTraining(
     weight_bits=4, act_bits=4, weight_estimator="lsq")])``, or pass ``config=QATConfig(...)``.
@@ -108,6 +110,7 @@ def _quantizer_entries(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if ".weight_quant." in f".{k}" or ".act_quant." in f".{k}"}
 
 
+@checks_keywords
 class Binarization(EngineStateMixin, pl.Callback):
     """DIR-Net binarization: ``Trainer(callbacks=[Binarization()])`` on a model trained in float.
 

@@ -36,6 +36,7 @@ from effplug.kernels import quant as _quant
 from effplug.kernels import topk as _topk
 from effplug.kernels.philox import resolve_seed
 from effplug.logs import log_once
+from effplug.options import check_options
 from effplug.profile import CommMeter
 
 log = logging.getLogger("effplug.comm")
@@ -589,8 +590,5 @@ def make_compressor(compressor: str | GradientCompressor, **options) -> Gradient
         if options:
             raise ValueError(f"options {sorted(options)} were given with a ready compressor instance; set them on it")
         return compressor
-    unknown = set(options) - compressor_options(compressor)
-    if unknown:
-        raise ValueError(f"{compressor} compressor has no option(s) {sorted(unknown)}; it takes "
-                         f"{sorted(compressor_options(compressor))}")
+    check_options(f"the {compressor!r} compressor", options, compressor_options(compressor))
     return _compressor_class(compressor)(**options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from effplug.kernels.quant import ALLOWED_BITS, validate_quant_args
+from effplug.options import checks_keywords
 
 METHODS = ("actnn", "gact", "mesa", "comet", "division")
 SCOPES = ("auto", "model")
@@ -15,6 +16,7 @@ def _fail(field: str, allowed: str, got) -> None:
     raise ValueError(f"{field}={got!r} is not supported; use {allowed}")
 
 
+@checks_keywords
 @dataclass(frozen=True)
 class CompressionConfig:
     """What to compress and how.

@@ -8,7 +8,7 @@ from effplug.hf._metrics import put_first
 from effplug.hf.activation import ActivationCompressionCallback
 from effplug.hf.comm import compress_gradients
 from effplug.hf.quant import apply_quantization
-from effplug.options import build_config
+from effplug.options import build_config, checks_keywords
 from effplug.quant import QATConfig, multi_bit_loss
 
 transformers = require("transformers", extra="hf")
@@ -78,10 +78,12 @@ class EffTrainerMixin:
         return result
 
 
+@checks_keywords(also_from=transformers.Trainer.__init__)
 class EffTrainer(EffTrainerMixin, transformers.Trainer):
     """``EffTrainer(model, args, ..., activation_compression=..., quantization=..., comm=...)``: see
     ``EffTrainerMixin``."""
 
 
+@checks_keywords(also_from=transformers.Seq2SeqTrainer.__init__)
 class EffSeq2SeqTrainer(EffTrainerMixin, transformers.Seq2SeqTrainer):
     """``Seq2SeqTrainer`` (T5, BART: ``predict_with_generate`` and generation settings) with effplug's doors."""

@@ -36,6 +36,9 @@ def requested_backend() -> str | None:
 
 def kernel_backend(x: torch.Tensor) -> str:
     """Return ``"triton"`` or ``"torch"`` for a kernel call on ``x``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"kernel_backend(x) takes the tensor a kernel would run on; got {type(x).__name__}. "
+                        "To force a backend, set EFFPLUG_KERNELS=torch or triton")
     forced = requested_backend()
     if forced == "torch":
         return "torch"

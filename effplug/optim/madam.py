@@ -19,6 +19,7 @@ import logging
 import torch
 
 from effplug.logs import log_once
+from effplug.options import checks_keywords
 from effplug.quant.lns import LNSFormat
 
 log = logging.getLogger("effplug.optim")
@@ -71,6 +72,7 @@ class _MultiplicativeOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
 
+@checks_keywords
 class Madam(_MultiplicativeOptimizer):
     """``Madam(model.parameters(), lr=0.01)``: multiplicative updates; weights keep their sign."""
 
@@ -89,6 +91,7 @@ class Madam(_MultiplicativeOptimizer):
         p.copy_(torch.maximum(torch.minimum(updated, state["max"]), -state["max"]))
 
 
+@checks_keywords
 class LNSMadam(_MultiplicativeOptimizer):
     """``LNSMadam(model.parameters(), lr=1/8, bits=8, gamma=8)``: Madam on an 8-bit LNS grid.
 

@@ -155,6 +155,9 @@ def simulate(order: dict[int, list[Action]], forward_time: float = 1.0, backward
     Dependencies: F(s, m) needs F(s-1, m); B(s, m) needs F(s, m) and B(s+1, m) (the last stage's backward
     follows its own forward). ``latency`` is added to every cross-worker hand-off. Raises on a deadlock.
     """
+    if not isinstance(order, dict) or not all(isinstance(a, Action) for actions in order.values() for a in actions):
+        raise TypeError(f"simulate takes a schedule's per-worker action lists ({{worker: [Action, ...]}}), as "
+                        f"gpipe(depth, microbatches) returns; got {type(order).__name__}")
     depth = depth or (max(a.stage for actions in order.values() for a in actions) + 1)
     done: dict[tuple, float] = {}
     where: dict[tuple, int] = {}

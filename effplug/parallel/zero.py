@@ -148,24 +148,29 @@ def estimate_memory(num_params: float, world_size: int, stage: int, *, param_byt
     """Per-rank model-state bytes for ZeRO ``stage`` on ``world_size`` ranks (the ZeRO paper's formulas).
 
     Defaults are mixed-precision Adam (2 + 2 + 12 bytes per parameter); pass 4, 4, 12 for fp32 training.
-    ``offload="optimizer"`` moves the optimizer partition, ``"all"`` also the parameter partition, to CPU
-    memory (reported as ``offloaded_bytes``). With ``model`` and ``sample_batch`` the activation bytes of one
+    ``offload="optimizer"`` moves the optimizer and gradient partitions (ZeRO-Offload steps on the CPU, and
+    DeepSpeed reduces gradients into CPU memory), ``"all"`` also the parameter partition, to CPU memory
+    (reported as ``offloaded_bytes``). With ``model`` and ``sample_batch`` the activation bytes of one
     forward (``loss_fn(model, batch)`` or ``model(batch)``) come from ``effplug.profile.saved_bytes``; they
     are per micro-batch and not divided by ZeRO.
     """
     _check_stage(stage)
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size={world_size!r}: use a positive int")
-    if num_params <= 0:
-        raise ValueError(f"num_params={num_params!r} must be positive")
+    if isinstance(num_params, bool) or not isinstance(num_params, (int, float)) or not num_params > 0 \
+            or num_params == float("inf"):
+        raise ValueError(f"num_params={num_params!r}: use a positive finite parameter count, e.g. 7e9")
+    if offload not in (None, "optimizer", "all"):
+        raise ValueError(f"offload={offload!r}: use None, 'optimizer' or 'all' (parameters too, stage 3)")
     psi, n = float(num_params), world_size
     params = param_bytes * psi / (n if stage >= 3 else 1)
     grads = grad_bytes * psi / (n if stage >= 2 else 1)
     optimizer = optimizer_bytes * psi / (n if stage >= 1 else 1)
     offloaded = 0.0
     if offload in ("optimizer", "all"):
-        offloaded += optimizer
-        optimizer = 0.0
+        # ZeRO-Offload steps on the CPU: the gradient partition is reduced into CPU memory with the states
+        offloaded += optimizer + grads
+        optimizer = grads = 0.0
     if offload == "all":
         offloaded += params
         params = 0.0
@@ -252,22 +257,41 @@ def _tensors(obj):
             yield item
 
 
+def _offloads(offload_config) -> bool:
+    device = getattr(offload_config, "device", "none")
+    return offload_config is not None and str(getattr(device, "value", device)) != "none"
+
+
 def model_state_bytes(model, optimizer=None) -> dict:
     """Bytes of model states this rank holds: parameters, gradients, optimizer states (with master copies).
 
     ``model`` is a ``deepspeed.DeepSpeedEngine`` (its ZeRO optimizer is read directly) or an FSDP2/plain module
     with its ``optimizer``. Call it after backward and before the optimizer step: DeepSpeed then holds this
     rank's partition of the reduced gradients, ready for its step.
+
+    The buckets match :func:`estimate_memory`'s: under DeepSpeed offload, the optimizer and gradient
+    partitions (and with ``offload_param`` the parameter partition) are counted in ``offloaded``.
+    The engine's config decides, not the tensors' device, so a CPU-only run reports the same buckets as a
+    GPU run.
     """
     zero_optimizer = getattr(model, "optimizer", None) if hasattr(model, "module") and hasattr(model, "zero_optimization_stage") else None
     if zero_optimizer is not None:
         module = model.module
         # ZeRO-3 keeps small parameters (under param_persistence_threshold) gathered for good: ds_persist ones
         # hold their full tensor next to their partition
-        params = sum(_nbytes(p.ds_tensor) + (_nbytes(p.data) if getattr(p, "ds_persist", False) else 0)
-                     if hasattr(p, "ds_tensor") else _nbytes(p) for p in module.parameters())
+        partitions = sum(_nbytes(p.ds_tensor) for p in module.parameters() if hasattr(p, "ds_tensor"))
+        whole = sum(_nbytes(p.data) if getattr(p, "ds_persist", False) else 0 if hasattr(p, "ds_tensor")
+                    else _nbytes(p) for p in module.parameters())
         grads = sum(_nbytes(t) for t in _tensors(getattr(zero_optimizer, "averaged_gradients", None)))
         grads += sum(_nbytes(p.grad) for p in module.parameters())
+        offloads_optimizer = _offloads(model.zero_offload_optimizer())
+        if offloads_optimizer and not grads:
+            # offloaded, gradients are reduced straight into the optimizer's CPU buffers: stage 3 keeps one
+            # flat partition buffer, stages 1-2 the master partitions' .grad
+            flat = getattr(zero_optimizer, "grad_partitions_flat_buffer", None)
+            grads = _nbytes(flat) if flat is not None else sum(
+                _nbytes(t.grad) for t in _tensors(getattr(zero_optimizer, "single_partition_of_fp32_groups", None))
+                if t.grad is not None)
         masters = getattr(zero_optimizer, "single_partition_of_fp32_groups", None)
         if masters is None:
             masters = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)
@@ -275,12 +299,17 @@ def model_state_bytes(model, optimizer=None) -> dict:
         optimizer_bytes = sum(_nbytes(t) for t in _tensors(masters))
         optimizer_bytes += sum(_nbytes(v) for s in inner.state.values() for v in s.values()
                                if hasattr(v, "numel") and v.dim() > 0)
-        return {"params": params, "grads": grads, "optimizer": optimizer_bytes}
+        offloaded = 0
+        if offloads_optimizer:
+            offloaded, optimizer_bytes, grads = optimizer_bytes + grads, 0, 0
+        if _offloads(model.zero_offload_param()):
+            offloaded, partitions = offloaded + partitions, 0
+        return {"params": partitions + whole, "grads": grads, "optimizer": optimizer_bytes, "offloaded": offloaded}
     params = sum(_nbytes(p) for p in model.parameters())
     grads = sum(_nbytes(p.grad) for p in model.parameters())
     optimizer_bytes = 0 if optimizer is None else sum(
         _nbytes(v) for s in optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
-    return {"params": params, "grads": grads, "optimizer": optimizer_bytes}
+    return {"params": params, "grads": grads, "optimizer": optimizer_bytes, "offloaded": 0}
 
 
 def plain_state_dict(checkpoint_dir: str, tag: str | None = None) -> dict:

@@ -9,6 +9,7 @@ functions ``prepare_luq`` / ``prepare_lns`` there).
 from __future__ import annotations
 
 from effplug._optional import require
+from effplug.options import checks_keywords
 from effplug.quant.lns import prepare_lns
 from effplug.quant.luq import LUQConfig, load_luq_state_dict, luq_state_dict, prepare_luq, set_luq_enabled
 
@@ -16,6 +17,7 @@ require("pytorch_lightning", extra="lightning")
 from pytorch_lightning.plugins.precision import Precision  # noqa: E402
 
 
+@checks_keywords
 class LUQPrecision(Precision):
     """4-bit forward and backward (LUQ). ``high_precision_steps``: the last N optimizer steps run in full
     precision (LUQ's fine-tune phase), counted from ``trainer.estimated_stepping_batches``."""
@@ -67,6 +69,7 @@ class LUQPrecision(Precision):
             self.full_precision = True
 
 
+@checks_keywords
 class LNSPrecision(Precision):
     """LNS weights (and optionally layer inputs and output gradients); pair with ``effplug.optim.LNSMadam``."""
 

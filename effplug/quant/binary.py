@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from effplug.logs import log_once
-from effplug.options import build_config
+from effplug.options import build_config, checks_keywords, name_patterns, require_module
 from effplug.quant.convert import LayerPlan, quantized_layers, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
 
@@ -37,6 +37,7 @@ METHODS = ("dirnet", "sign_ste")
 log = logging.getLogger("effplug.quant")
 
 
+@checks_keywords
 @dataclass(frozen=True)
 class BinarizationConfig:
     """``method``: ``dirnet`` or ``sign_ste``; ``keep_first_last``: the first and last layers stay in
@@ -58,7 +59,7 @@ class BinarizationConfig:
             raise ValueError(f"need 0 < t_min < t_max; got t_min={self.t_min}, t_max={self.t_max}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight={self.distill_weight} must be >= 0 (0 turns distillation off)")
-        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
+        object.__setattr__(self, "exclude", name_patterns(self.exclude))
 
 
 class _SignDTE(torch.autograd.Function):
@@ -150,6 +151,7 @@ class Binarizer:
 
     def __init__(self, model: nn.Module, config: BinarizationConfig | None = None, teacher: nn.Module | None = None,
                  **kwargs):
+        require_module(model, "Binarizer")
         self.config = build_config(BinarizationConfig, "Binarizer", config, **kwargs)
         self.model = model
         self.teacher = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from effplug.options import checks_keywords, name_patterns
 from effplug.quant.presets import get_preset
 
 WEIGHT_ESTIMATORS = ("minmax", "percentile", "mse", "octav", "lsq", "lsq+", "dorefa")
@@ -25,6 +26,7 @@ def _check_choice(value, name: str, allowed: tuple) -> None:
         raise ValueError(f"{name}={value!r} is not supported; use one of {', '.join(allowed)}")
 
 
+@checks_keywords
 @dataclass(frozen=True)
 class QATConfig:
     """What to quantize and how.
@@ -72,9 +74,7 @@ class QATConfig:
             if getattr(self, name) is not None:
                 _check_choice(getattr(self, name), name, GRADIENTS)
         get_preset(self.backend)
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude", name_patterns(self.exclude))
         if not isinstance(self.bits, dict):
             raise ValueError(f"bits must be a dict {{name pattern: bits or (weight_bits, act_bits)}}; got {self.bits!r}")
         for pattern, value in self.bits.items():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from effplug.options import build_config
+from effplug.options import build_config, name_patterns, require_module
 from effplug.quant.config import QATConfig
 from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import FakeQuantize
@@ -206,8 +206,8 @@ def select_compute_layers(model: nn.Module, exclude=(), keep_first_last: bool = 
 
     Shared by LUQ, LNS and binarization; their conversion then logs :func:`report_coverage` with both.
     """
-    if isinstance(exclude, str):
-        exclude = (exclude,)
+    require_module(model, technique or "this conversion")
+    exclude = name_patterns(exclude)
     names, left = [], {}
     for name, module in model.named_modules():
         cls = quant_class_for(module)

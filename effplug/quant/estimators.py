@@ -41,6 +41,9 @@ def octav_clip(x: torch.Tensor, bits: int, per_channel_dim: int | None = None, *
     """
     if not isinstance(bits, int) or not 1 <= bits <= 16:
         raise ValueError(f"bits={bits!r} is not supported by octav_clip; use an integer from 1 to 16")
+    if not isinstance(x, torch.Tensor) or x.numel() == 0:
+        raise ValueError(f"octav_clip needs a non-empty tensor of values to clip; got "
+                         f"{type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' of shape ' + str(tuple(x.shape))}")
     coefficient = 4.0 ** (-bits) / 3.0 if noise_coefficient is None else float(noise_coefficient)
     magnitude = _per_channel(x, per_channel_dim).abs()
     clip = magnitude.mean(dim=1) if init is None else init.detach().float().reshape(-1).expand(magnitude.shape[0]).clone()

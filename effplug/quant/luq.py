@@ -22,7 +22,7 @@ from torch import nn
 
 from effplug.kernels import log_quantize
 from effplug.kernels.philox import SEED_LIMIT, resolve_seed
-from effplug.options import build_config
+from effplug.options import build_config, checks_keywords, name_patterns
 from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
 from effplug.quant.fake_quant import _round_ste
@@ -30,6 +30,7 @@ from effplug.quant.fake_quant import _round_ste
 SAWB_4BIT = (12.1, 12.2)
 
 
+@checks_keywords
 @dataclass(frozen=True)
 class LUQConfig:
     """``bits`` of the forward INT grid and of the gradient format (4 in the paper); ``smp`` samples per
@@ -48,7 +49,7 @@ class LUQConfig:
                              "format are defined for 4 bits: use bits=4")
         if isinstance(self.smp, bool) or not isinstance(self.smp, int) or self.smp < 1:
             raise ValueError(f"smp={self.smp!r} must be a positive integer (samples averaged per gradient)")
-        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
+        object.__setattr__(self, "exclude", name_patterns(self.exclude))
 
 
 def sawb_clip(x: torch.Tensor, coefficients: tuple = SAWB_4BIT) -> torch.Tensor:

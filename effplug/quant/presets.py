@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from effplug.options import checks_keywords
 
+
+@checks_keywords
 @dataclass(frozen=True)
 class BackendPreset:
     name: str

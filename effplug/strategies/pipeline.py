@@ -27,6 +27,7 @@ import torch
 from effplug._optional import require
 from effplug.comm.acsgd import ACSGDConfig, batch_sample_ids
 from effplug.logs import log_once
+from effplug.options import checks_keywords
 from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
 
 require("pytorch_lightning", extra="lightning")
@@ -76,6 +77,7 @@ def find_pipeline_model(module: torch.nn.Module, module_attr: str | None = None)
                          "PipelineStrategy(module_attr='<attribute>') or name it self.model")
 
 
+@checks_keywords(also_from=DDPStrategy.__init__)
 class PipelineStrategy(DDPStrategy):
     """``PipelineStrategy(schedule="1f1b", microbatches=4, split_points=None, module_attr=None, acsgd=None)``.
 
@@ -97,6 +99,9 @@ class PipelineStrategy(DDPStrategy):
                              "pipelines are not wired for it yet")
         if not isinstance(microbatches, int) or microbatches < 1:
             raise ValueError(f"microbatches={microbatches!r}: use a positive int")
+        if module_attr is not None and not isinstance(module_attr, str):
+            raise TypeError(f"module_attr={module_attr!r}: name the LightningModule attribute that holds the "
+                            "network, e.g. module_attr='model'")
         super().__init__(**kwargs)
         self.schedule, self.microbatches = schedule, microbatches
         self.split_points, self.module_attr = split_points, module_attr

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from effplug._optional import require
+from effplug.options import checks_keywords
 from effplug.parallel.fsdp import shard_by_layer
 from effplug.parallel.zero import deepspeed_config, deepspeed_safe_globals
 
@@ -148,6 +149,7 @@ ZERO_NAMES = {
 }
 
 
+@checks_keywords(also_from=ModelParallelStrategy.__init__)
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``) over all ranks, as a drop-in strategy: ``"fsdp2"``.
 
