@@ -398,3 +398,39 @@ def test_pow2_encode_many_equals_one_call_per_tensor(backend, dtype):
     for many, one in zip(pow2_encode_many(tensors, seeds), [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds, strict=True)],
                          strict=True):
         assert torch.equal(many.codes, one.codes) and many.lo_exp == one.lo_exp and many.dtype == one.dtype
+
+
+@pytestmark_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_triton_quantize_affine_matches_reference(use_backend, dtype, bits, stochastic):
+    from effplug.kernels.affine import dequantize_affine, quantize_affine
+
+    for name, x in odd_inputs(dtype).items():
+        if x.dim() < 2 or not x.numel():
+            continue
+        for axis in (0, x.dim() - 1):
+            channels = x.shape[axis]
+            low = x.float().amin(dim=[d for d in range(x.dim()) if d != axis]) - 0.01
+            step = (x.float().amax(dim=[d for d in range(x.dim()) if d != axis]) - low) / (2**bits - 1) + 1e-3
+            ref, tri = _run_both(use_backend, lambda: quantize_affine(x, low, step, axis, bits, stochastic, seed=77))
+            assert torch.equal(ref.data, tri.data), (name, axis)
+            assert ref.low.numel() == channels and ref.nbytes == tri.nbytes
+            out = dequantize_affine(ref)
+            assert out.shape == x.shape and out.dtype == x.dtype
+            # stochastic: within one step of the input; nearest: within half a step (plus rounding to dtype)
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            bound = step.view(shape) * (1.0 if stochastic else 0.5) * 1.01 + x.float().abs() * 2.0**-7
+            assert ((out.float() - x.float()).abs() <= bound).all(), (name, axis)
+
+
+def test_quantize_affine_names_what_is_wrong():
+    from effplug.kernels.affine import quantize_affine
+
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="one value per channel along axis 1 \\(6\\)"):
+        quantize_affine(x, torch.zeros(4), torch.ones(4), 1, 4)
+    with pytest.raises(ValueError, match="use one of 1, 2, 4, 8"):
+        quantize_affine(x, torch.zeros(6), torch.ones(6), 1, 3)

@@ -87,7 +87,7 @@ def test_plan_recommends_the_lowest_stage_that_fits(capsys):
 def test_planner_and_strategies_reject_bad_settings():
     with pytest.raises(ValueError, match="gpus must be >= 1"):
         plan(7e9, 0, 80)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="use a positive finite parameter count"):
         estimate_memory(0, 2, 1)
     pytest.importorskip("pytorch_lightning")
     pytest.importorskip("deepspeed")

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from effplug.codecs import SeedStream
-from effplug.kernels import quant as _quant
+from effplug.codecs import SeedStream, UniformCodec
+from effplug.kernels.quant import QuantizedTensor
 
 SCALE_DTYPE = torch.bfloat16  # 8-bit exponent: tiny gradients and large activation changes keep a finite scale
 
@@ -62,34 +62,19 @@ def batch_sample_ids(batch) -> torch.Tensor:
 
 def activation_wire_nbytes(numel: int, bits: int, group_size: int) -> int:
     """Bytes of one compressed activation message (codes, then the scales, then the zeros)."""
-    return _quant.packed_nbytes(numel, bits, group_size, SCALE_DTYPE)
+    return UniformCodec(bits, group_size, scale_dtype=SCALE_DTYPE).nbytes_for(numel)
 
 
 def gradient_wire_nbytes(numel: int, grad_bits: int, group_size: int) -> int:
     """Bytes of one gradient message: the packed gradient, padded to whole fp32 words (it travels as fp32)."""
-    return -(-_quant.packed_nbytes(numel, grad_bits, group_size, SCALE_DTYPE) // 4) * 4
-
-
-def _to_bytes(qt: _quant.QuantizedTensor) -> torch.Tensor:
-    return torch.cat([qt.data, qt.scale.view(torch.uint8), qt.zero.view(torch.uint8)])
-
-
-def _from_bytes(buffer: torch.Tensor, shape, dtype, bits: int, group_size: int) -> _quant.QuantizedTensor:
-    numel = 1
-    for d in shape:
-        numel *= d
-    groups = -(-numel // group_size)
-    code_bytes = groups * group_size * bits // 8
-    scales = buffer[code_bytes:code_bytes + 2 * groups].clone().view(SCALE_DTYPE)  # clone: odd offsets
-    zeros = buffer[code_bytes + 2 * groups:code_bytes + 4 * groups].clone().view(SCALE_DTYPE)
-    return _quant.QuantizedTensor(buffer[:code_bytes], scales, zeros, bits, group_size, torch.Size(shape), dtype)
+    return -(-UniformCodec(grad_bits, group_size, scale_dtype=SCALE_DTYPE).nbytes_for(numel) // 4) * 4
 
 
 @dataclass
 class ActivationPayload:
     sample_ids: torch.Tensor  # int64, one per row
     exact: torch.Tensor | None  # first sight: the activation itself
-    delta: _quant.QuantizedTensor | None  # otherwise: the quantized change against the cache
+    delta: QuantizedTensor | None  # otherwise: the quantized change against the cache
 
     @property
     def nbytes(self) -> int:
@@ -100,13 +85,16 @@ class ActivationPayload:
 class ACSGDCodec:
     """One end of a stage boundary. Sender and receiver each hold one; their caches stay identical."""
 
-    def __init__(self, bits: int = 4, grad_bits: int = 8, group_size: int = 128, seed: int | None = 0):
+    def __init__(self, bits: int = 4, grad_bits: int = 8, group_size: int = 128,
+                 seed: int | SeedStream | None = 0):
         if bits not in (2, 4, 8):
             raise ValueError(f"bits={bits!r}: AC-SGD sends activation changes at 2 or 4 bits (8 also works)")
-        _quant.validate_quant_args(grad_bits, group_size, SCALE_DTYPE)
         self.bits, self.grad_bits, self.group_size = bits, grad_bits, group_size
+        # one stream for both directions, drawn in message order (a stage boundary passes its own spawn)
+        self.seeds = seed if isinstance(seed, SeedStream) else SeedStream(seed)
+        self.activation_codec = UniformCodec(bits, group_size, stochastic=True, scale_dtype=SCALE_DTYPE)
+        self.gradient_codec = UniformCodec(grad_bits, group_size, stochastic=True, scale_dtype=SCALE_DTYPE)
         self.cache: dict[int, torch.Tensor] = {}
-        self._seeds = SeedStream(seed)
 
     def _check_ids(self, sample_ids: torch.Tensor, rows: int) -> list[int]:
         ids = [int(i) for i in sample_ids.reshape(-1).tolist()]
@@ -147,35 +135,35 @@ class ACSGDCodec:
             raise ValueError(f"{len(missing)} samples have no cache yet; send them exact first (remember())")
         qt = self._quantize_change(activation, ids)
         self._update(ids, activation, qt)
-        return _to_bytes(qt)
+        return self.activation_codec.to_bytes(qt)
 
     def decode_bytes(self, buffer: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
         """Receiver: m + Q(a - m) from ``encode_bytes``'s message; the cache moves to it."""
         ids = [int(i) for i in sample_ids.reshape(-1).tolist()]
         like = self.cache[ids[0]]
-        qt = _from_bytes(buffer, (len(ids), *like.shape), like.dtype, self.bits, self.group_size)
+        qt = self.activation_codec.from_bytes(buffer, (len(ids), *like.shape), like.dtype)
         return self._update(ids, like, qt)
 
     def encode_gradient_bytes(self, grad: torch.Tensor) -> torch.Tensor:
         """Backward: the gradient at ``grad_bits`` as ``gradient_wire_nbytes`` uint8 (zero padded)."""
-        data = _to_bytes(self.encode_gradient(grad))
+        data = self.gradient_codec.to_bytes(self.encode_gradient(grad))
         pad = gradient_wire_nbytes(grad.numel(), self.grad_bits, self.group_size) - data.numel()
         return torch.cat([data, data.new_zeros(pad)])
 
     def decode_gradient_bytes(self, buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return _quant.unpack_dequantize(_from_bytes(buffer, like.shape, like.dtype, self.grad_bits, self.group_size))
+        return self.gradient_codec.decode(self.gradient_codec.from_bytes(buffer, like.shape, like.dtype))
 
     # -- internals ---------------------------------------------------------------------------------------
 
-    def _quantize_change(self, activation: torch.Tensor, ids: list[int]) -> _quant.QuantizedTensor:
+    def _quantize_change(self, activation: torch.Tensor, ids: list[int]) -> QuantizedTensor:
         delta = activation.detach() - self._cached(ids, activation)
-        return _quant.quantize_pack(delta, self.bits, self.group_size, True, self._seeds.draw(), SCALE_DTYPE)
+        return self.activation_codec.encode(delta, seed=self.seeds.draw())
 
     def _cached(self, ids: list[int], like: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.cache[i] for i in ids]).to(device=like.device, dtype=like.dtype)
 
-    def _update(self, ids: list[int], like: torch.Tensor, qt: _quant.QuantizedTensor) -> torch.Tensor:
-        new = self._cached(ids, like) + _quant.unpack_dequantize(qt).to(like.dtype)
+    def _update(self, ids: list[int], like: torch.Tensor, qt: QuantizedTensor) -> torch.Tensor:
+        new = self._cached(ids, like) + self.activation_codec.decode(qt).to(like.dtype)
         for row, sample in enumerate(ids):
             self.cache[sample] = new[row].clone()
         return new
@@ -188,15 +176,14 @@ class ACSGDCodec:
         reference = like if like is not None else next(iter(self.cache.values()))
         return self._update(ids, reference, payload.delta)
 
-    def encode_gradient(self, grad: torch.Tensor) -> _quant.QuantizedTensor:
+    def encode_gradient(self, grad: torch.Tensor) -> QuantizedTensor:
         """Backward: the gradient quantized directly at ``grad_bits`` (no cache). Non-finite values stay
         non-finite (their group decodes to NaN), so an overflow still reaches a GradScaler."""
-        return _quant.quantize_pack(grad.detach(), self.grad_bits, self.group_size, True, self._seeds.draw(),
-                                    SCALE_DTYPE, validate=False)
+        return self.gradient_codec.encode(grad.detach(), seed=self.seeds.draw(), allow_nonfinite=True)
 
     @staticmethod
-    def decode_gradient(payload: _quant.QuantizedTensor) -> torch.Tensor:
-        return _quant.unpack_dequantize(payload)
+    def decode_gradient(payload: QuantizedTensor) -> torch.Tensor:
+        return UniformCodec.decode(payload)
 
     def activation_nbytes(self, rows: int, row_numel: int, exact_dtype: torch.dtype = torch.float32,
                           first_sight: bool = False) -> int:
@@ -206,8 +193,8 @@ class ACSGDCodec:
         return activation_wire_nbytes(rows * row_numel, self.bits, self.group_size) + 8 * rows
 
     def state_dict(self) -> dict:
-        return {"cache": {str(k): v.clone() for k, v in self.cache.items()}, "next_seed": self._seeds.next_seed}
+        return {"cache": {str(k): v.clone() for k, v in self.cache.items()}, "seeds": self.seeds.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.cache = {int(k): v.clone() for k, v in state["cache"].items()}
-        self._seeds = SeedStream(int(state["next_seed"]))
+        self.seeds.load_state_dict(state["seeds"] if "seeds" in state else {"next_seed": state["next_seed"]})

@@ -21,7 +21,6 @@ reported once. Per-rank state (residuals, seed positions) is ``state_dict()``: p
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import time
@@ -30,11 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from effplug.codecs import SeedStream
-from effplug.kernels import pow2 as _pow2
+from effplug.codecs import Pow2Codec, SeedStream, TopKCodec, UniformCodec
 from effplug.kernels import quant as _quant
-from effplug.kernels import topk as _topk
-from effplug.kernels.philox import resolve_seed
 from effplug.logs import log_once
 from effplug.options import check_options
 from effplug.profile import CommMeter
@@ -252,33 +248,18 @@ class TopKCompressor(GradientCompressor):
 
     def __init__(self, ratio: float = 0.01, error_feedback: bool = True, min_compress_size: int = 0,
                  compress_1d: bool = True):
-        _topk.validate_ratio(ratio)
+        self.codec = TopKCodec(ratio, error_feedback)
         super().__init__(min_compress_size, compress_1d)
-        self.ratio, self.error_feedback = float(ratio), error_feedback
-        self.residuals: dict[str, torch.Tensor] = {}
+        self.ratio, self.error_feedback = self.codec.ratio, error_feedback
 
-    def _residual(self, flat: torch.Tensor, segments: list[Segment]) -> torch.Tensor | None:
-        if not self.error_feedback or not self.residuals:
-            return None
-        parts = []
-        for s in segments:
-            r = self.residuals.get(s.key)
-            parts.append(r.to(flat) if r is not None and r.numel() == s.numel else flat.new_zeros(s.numel))
-        return torch.cat(parts)
+    @property
+    def residuals(self) -> dict[str, torch.Tensor]:
+        return self.codec.residuals
 
     def select(self, flat: torch.Tensor, segments: list[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """Error-feedback selection on this rank: (values, int32 indices); updates the residuals."""
-        residual = self._residual(flat, segments)
-        accumulated = flat if residual is None else flat + residual
-        values, indices = _topk.topk_select(accumulated, self.ratio)
-        if self.error_feedback:
-            remainder = accumulated.detach().clone()
-            remainder[indices] = 0
-            offset = 0
-            for s in segments:
-                self.residuals[s.key] = remainder[offset:offset + s.numel]
-                offset += s.numel
-        return values, indices.to(torch.int32)
+        payload = self.codec.encode_segments(flat, [(s.key, s.numel) for s in segments])
+        return payload.values, payload.indices.to(torch.int32)
 
     def _average_compressed(self, flat, segments, comm):
         values, indices = self.select(flat, segments)
@@ -289,10 +270,10 @@ class TopKCompressor(GradientCompressor):
         return out
 
     def state_dict(self) -> dict:
-        return {"residuals": {k: v.detach().cpu().clone() for k, v in self.residuals.items()}}
+        return self.codec.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.residuals = {k: v.clone() for k, v in state.get("residuals", {}).items()}
+        self.codec.load_state_dict(state)
 
     def merge_rank_states(self, states, new_world_size, new_rank):
         # What the residuals would add to the averaged update is sum_r e_r / W; giving every new rank
@@ -321,27 +302,14 @@ class _ReduceScatterAllGather(GradientCompressor):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed={seed!r}: use an int, or None to derive it from the framework's seed")
         self.seed = seed
-        self._base_seed: int | None = None
-        self._streams: dict[str, SeedStream] = {}
 
-    def _stream(self, key: str, rank: int) -> SeedStream:
-        if key not in self._streams:
-            if self._base_seed is None:
-                self._base_seed = resolve_seed(self.seed)
-            digest = hashlib.blake2b(f"{self._base_seed}:{rank}:{key}".encode(), digest_size=8).digest()
-            self._streams[key] = SeedStream(int.from_bytes(digest, "little") % 2**63)
-        return self._streams[key]
-
-    # subclasses: encode a padded vector into ``parts`` equal byte slices; decode one slice; a slice's bytes
-    def _encode_parts(self, values: torch.Tensor, parts: int, seed: int) -> list[torch.Tensor]: ...
+    # subclasses: ``self.codec`` (its seed streams keyed by parameter name); every parameter's ``parts`` equal
+    # byte slices; one slice decoded; a slice's bytes
+    def _encode_many(self, vectors: list[torch.Tensor], parts: int, keys: list[str]) -> list[list[torch.Tensor]]: ...
 
     def _decode_part(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor: ...
 
     def _part_nbytes(self, numel: int) -> int: ...
-
-    def _encode_many(self, vectors: list[torch.Tensor], parts: int, seeds: list[int]) -> list[list[torch.Tensor]]:
-        """Every parameter's slices; subclasses may encode all parameters in one pass (same bytes)."""
-        return [self._encode_parts(v, parts, s) for v, s in zip(vectors, seeds, strict=True)]
 
     def _average_compressed(self, flat, segments, comm):
         world, rank = comm.world_size, comm.rank
@@ -355,7 +323,9 @@ class _ReduceScatterAllGather(GradientCompressor):
             padded = flat.new_zeros(length * world)
             padded[:seg.numel] = flat[start:start + seg.numel]
             padded_segments.append(padded)
-        encoded = self._encode_many(padded_segments, world, [self._stream(s.key, rank).draw() for s, _, _ in layout])
+        self.codec.seeds.set_scope(f"rank{rank}")  # every rank draws its own streams
+        keys = [s.key for s, _, _ in layout]
+        encoded = self._encode_many(padded_segments, world, keys)
         send = torch.cat([parts[j] for j in range(world) for parts in encoded])
         received = comm.all_to_all(send).view(world, -1)
         sizes = [self._part_nbytes(length) for _, _, length in layout]
@@ -366,8 +336,7 @@ class _ReduceScatterAllGather(GradientCompressor):
             for r in range(1, world):
                 total = total + self._decode_part(parts[r][i], length, flat.dtype)
             own.append(total.div_(world))
-        reencoded = [parts[0] for parts in self._encode_many(own, 1, [self._stream(s.key, rank).draw()
-                                                                        for s, _, _ in layout])]
+        reencoded = [parts[0] for parts in self._encode_many(own, 1, keys)]
         gathered = [g.split(sizes) for g in comm.all_gather(torch.cat(reencoded))]
         out = []
         for i, (seg, _, length) in enumerate(layout):
@@ -376,21 +345,18 @@ class _ReduceScatterAllGather(GradientCompressor):
         return torch.cat(out)
 
     def state_dict(self) -> dict:
-        return {"next_seed": {key: stream.next_seed for key, stream in self._streams.items()}}
+        return self.codec.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        streams = state.get("next_seed", {})
-        if not isinstance(streams, dict):  # saved before streams were per parameter: no way to map it
-            log.warning("effplug.comm %s: this checkpoint keeps one seed stream per rank (an older effplug); "
-                        "per-parameter streams restart", self.name)
+        if "next_seed" in state:  # effplug before the codec core: {"next_seed": {name: position}}
+            streams = state["next_seed"]
+            if not isinstance(streams, dict):  # older still: one stream per rank, no way to map it
+                log.warning("effplug.comm %s: this checkpoint keeps one seed stream per rank (an older effplug); "
+                            "per-parameter streams restart", self.name)
+                return
+            self.codec.seeds.streams = {k: SeedStream.from_state({"next_seed": v}) for k, v in streams.items()}
             return
-        self._streams = {key: _stream_at(int(position)) for key, position in streams.items()}
-
-
-def _stream_at(position: int) -> SeedStream:
-    stream = SeedStream(0)
-    stream.next_seed = position
-    return stream
+        self.codec.load_state_dict(state)
 
 
 class NaturalCompressor(_ReduceScatterAllGather):
@@ -400,26 +366,16 @@ class NaturalCompressor(_ReduceScatterAllGather):
 
     def __init__(self, seed: int | None = None, min_compress_size: int = 0, compress_1d: bool = True):
         super().__init__(seed, min_compress_size, compress_1d)
+        self.codec = Pow2Codec(seed)
 
-    def _encode_parts(self, values, parts, seed):
-        return self._slices(_pow2.pow2_encode(values, seed=seed), parts, values.device)
-
-    def _encode_many(self, vectors, parts, seeds):
-        return [self._slices(e, parts, v.device) for e, v in zip(_pow2.pow2_encode_many(vectors, seeds), vectors,
-                                                                  strict=True)]
-
-    @staticmethod
-    def _slices(encoded, parts, device):
-        base = torch.tensor([encoded.lo_exp], dtype=torch.int32, device=device).view(torch.uint8)
-        # every slice carries the 4-byte base exponent, so each owner decodes on its own
-        return list(torch.cat([encoded.codes.view(parts, -1), base.expand(parts, 4)], dim=1).unbind(0))
+    def _encode_many(self, vectors, parts, keys):
+        return [Pow2Codec.to_bytes(codes, parts) for codes in self.codec.encode_many(vectors, keys)]
 
     def _decode_part(self, payload, numel, dtype):
-        lo_exp = int(payload[numel:numel + 4].clone().view(torch.int32).item())  # clone: byte offset may be odd
-        return _pow2.pow2_decode(_pow2.Pow2Codes(payload[:numel], lo_exp, dtype))
+        return self.codec.decode(Pow2Codec.from_bytes(payload, numel, dtype))
 
     def _part_nbytes(self, numel):
-        return numel + 4
+        return Pow2Codec.wire_nbytes(numel)
 
 
 class CGXCompressor(_ReduceScatterAllGather):
@@ -438,27 +394,22 @@ class CGXCompressor(_ReduceScatterAllGather):
         if bits not in _quant.ALLOWED_BITS:
             raise ValueError(f"bits={bits!r} is not supported by cgx: use 1, 2, 4 or 8 (codes are bit-packed "
                              "into bytes); 4 is CGX's default")
-        _quant.validate_quant_args(bits, bucket_size, torch.bfloat16, group_name="bucket_size")
         super().__init__(seed, min_compress_size, compress_1d)
+        # bf16 scales, so gradients never underflow the scale
+        self.codec = UniformCodec(bits, bucket_size, stochastic=True, seed=seed, scale_dtype=torch.bfloat16,
+                                  group_name="bucket_size")
         self.bits, self.bucket_size = bits, bucket_size
         self.chunk_multiple = bucket_size
 
-    def _encode_parts(self, values, parts, seed):
-        qt = _quant.quantize_pack(values, self.bits, self.bucket_size, True, seed, torch.bfloat16)
-        data, scale, zero = qt.data.view(parts, -1), qt.scale.view(parts, -1), qt.zero.view(parts, -1)
-        return list(torch.cat([data, scale.view(torch.uint8).view(parts, -1), zero.view(torch.uint8).view(parts, -1)],
-                              dim=1).unbind(0))
+    def _encode_many(self, vectors, parts, keys):
+        return [[self.codec.to_bytes(p) for p in self.codec.split(self.codec.encode(v, k), parts)]
+                for v, k in zip(vectors, keys, strict=True)]
 
     def _decode_part(self, payload, numel, dtype):
-        code_bytes, groups = numel * self.bits // 8, numel // self.bucket_size
-        scale = payload[code_bytes:code_bytes + 2 * groups].view(torch.bfloat16)
-        zero = payload[code_bytes + 2 * groups:code_bytes + 4 * groups].view(torch.bfloat16)
-        qt = _quant.QuantizedTensor(payload[:code_bytes], scale, zero, self.bits, self.bucket_size,
-                                    torch.Size([numel]), dtype)
-        return _quant.unpack_dequantize(qt)
+        return self.codec.decode(self.codec.from_bytes(payload, [numel], dtype))
 
     def _part_nbytes(self, numel):
-        return numel * self.bits // 8 + 4 * (numel // self.bucket_size)
+        return self.codec.nbytes_for(numel)
 
 
 class PowerSGDCompressor(GradientCompressor):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from effplug.codecs import SeedStream
-from effplug.kernels import quant as _quant
+from effplug.codecs import SeedStream, UniformCodec
+from effplug.kernels.quant import QuantizedTensor
 
 # bf16 metadata, as ActNN stores for fp32 inputs: no overflow for any finite activation range.
 SCALE_DTYPE = torch.bfloat16
@@ -25,25 +25,30 @@ class ActNNMethod:
 
     def __init__(self, config):
         self.config = config
-        self._seeds = SeedStream(config.seed)
+        self.seeds = SeedStream(config.seed)  # one stream, drawn in the order tensors are saved
+        self._codecs: dict[tuple[int, bool], UniformCodec] = {}
+
+    def codec(self, bits: int, stochastic: bool) -> UniformCodec:
+        if (bits, stochastic) not in self._codecs:
+            self._codecs[bits, stochastic] = UniformCodec(bits, self.config.group_size, stochastic,
+                                                          scale_dtype=SCALE_DTYPE)
+        return self._codecs[bits, stochastic]
 
     def bits_for(self, slot: int) -> int:
         return int(self.config.bits)
 
-    def quantize(self, x: torch.Tensor, bits: int, stochastic: bool | None = None) -> _quant.QuantizedTensor:
+    def quantize(self, x: torch.Tensor, bits: int, stochastic: bool | None = None) -> QuantizedTensor:
         stochastic = self.config.stochastic if stochastic is None else stochastic
-        seed = self._seeds.draw() if stochastic else None
+        seed = self.seeds.draw() if stochastic else None
         # A host sync per tensor is free on CPU; on GPU the check is skipped (non-finite groups decode to NaN,
         # which propagate into the gradient as they would without compression).
-        return _quant.quantize_pack(
-            x, bits, self.config.group_size, stochastic, seed, SCALE_DTYPE, validate=x.device.type == "cpu"
-        )
+        return self.codec(bits, stochastic).encode(x, seed=seed, allow_nonfinite=x.device.type != "cpu")
 
     def encode(self, x: torch.Tensor, slot: int):
         return self.quantize(x, self.bits_for(slot))
 
     def decode(self, payload) -> torch.Tensor:
-        return _quant.unpack_dequantize(payload)
+        return UniformCodec.decode(payload)
 
     def probe(self, x: torch.Tensor, slot: int):
         """The payload used when this tensor's effect on the gradient is measured (calibration)."""
@@ -53,7 +58,8 @@ class ActNNMethod:
         pass
 
     def state_dict(self) -> dict:
-        return {"next_seed": self._seeds.next_seed}
+        return {"seeds": self.seeds.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._seeds.next_seed = int(state.get("next_seed", self._seeds.next_seed))
+        if "seeds" in state or "next_seed" in state:  # "next_seed": written by effplug before SeedStream.state_dict
+            self.seeds.load_state_dict(state.get("seeds", state))

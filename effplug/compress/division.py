@@ -19,14 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from effplug.codecs import UniformCodec, tensor_nbytes
 from effplug.compress.actnn import ActNNMethod
-from effplug.kernels import quant as _quant
+from effplug.kernels.quant import QuantizedTensor
 
 
 @dataclass
 class DivisionPayload:
     lfc: torch.Tensor  # bf16 [B, C, ceil(H/kh), ceil(W/kw)]
-    hfc: _quant.QuantizedTensor
+    hfc: QuantizedTensor
     window: tuple[int, int]
     map_shape: tuple  # the 4-D shape the map was processed in
     shape: torch.Size
@@ -34,7 +35,7 @@ class DivisionPayload:
 
     @property
     def nbytes(self) -> int:
-        return self.lfc.numel() * self.lfc.element_size() + self.hfc.nbytes
+        return tensor_nbytes(self.lfc) + self.hfc.nbytes
 
 
 def _as_map(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class DivisionMethod(ActNNMethod):
         if not isinstance(p, DivisionPayload):
             return super().decode(p)
         h, w = p.map_shape[-2:]
-        x = _upsample(p.lfc, p.window, (h, w)) + _quant.unpack_dequantize(p.hfc).view(p.map_shape)
+        x = _upsample(p.lfc, p.window, (h, w)) + UniformCodec.decode(p.hfc).view(p.map_shape)
         return x.reshape(p.shape).to(p.dtype)
 
 
@@ -75,4 +76,4 @@ def division_nbytes(shape, bits: int, group_size: int, block: int) -> int:
     kh = min(block, m[2])
     kw = min(block, m[3]) if len(shape) == 4 else 1
     lfc = m[0] * m[1] * math.ceil(m[2] / kh) * math.ceil(m[3] / kw) * 2
-    return lfc + _quant.packed_nbytes(math.prod(shape), bits, group_size, torch.bfloat16)
+    return lfc + UniformCodec(bits, group_size, scale_dtype=torch.bfloat16).nbytes_for(math.prod(shape))

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._pytree import tree_leaves
 
+from effplug.codecs import UniformCodec
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
-from effplug.kernels.quant import QuantizedTensor, pack_codes, quantize_pack, unpack_codes, unpack_dequantize
+from effplug.kernels.quant import QuantizedTensor, pack_codes, unpack_codes
 from effplug.logs import log_once
 from effplug.options import build_config
 from effplug.profile import saved_bytes
@@ -515,10 +516,8 @@ class ActivationCompressor:
     def _reference_encode(self, dense: torch.Tensor, slot: int):
         """What a calibration forward holds: 8 bits, nearest (GACT's reference width), not the exact tensor,
         so a calibration step needs a quarter of the uncompressed memory rather than all of it."""
-        payload = quantize_pack(
-            dense, REFERENCE_BITS, self.config.group_size, False, None, torch.bfloat16,
-            validate=dense.device.type == "cpu",
-        )
+        reference = UniformCodec(REFERENCE_BITS, self.config.group_size, stochastic=False, scale_dtype=torch.bfloat16)
+        payload = reference.encode(dense, allow_nonfinite=dense.device.type != "cpu")
         if self._is_rectified(slot, dense):
             payload = RectifiedPayload(pack_bool(dense > 0), payload)
         return payload
@@ -537,7 +536,7 @@ class ActivationCompressor:
 
     def _decode_inner(self, payload) -> torch.Tensor:
         if isinstance(payload, QuantizedTensor):  # every method's uniform payloads, and calibration references
-            return unpack_dequantize(payload)
+            return UniformCodec.decode(payload)
         return self.method.decode(payload)
 
     def _decode(self, payload, dtype: torch.dtype) -> torch.Tensor:

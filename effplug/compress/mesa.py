@@ -20,39 +20,18 @@ element: ``|x - x_hat| <= step_g``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from effplug.codecs import SeedStream
-from effplug.kernels.philox import uniform24
-from effplug.kernels.quant import pack_codes, unpack_codes
+from effplug.codecs.affine import AffineCodec
+from effplug.kernels.affine import AffineCodes
 
-
-@dataclass
-class MesaPayload:
-    data: torch.Tensor  # packed codes, memory order
-    shift: torch.Tensor  # fp32 per channel
-    step: torch.Tensor  # fp32 per channel: clip / (2**bits - 1)
-    bits: int
-    axis: int
-    shape: torch.Size
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.data, self.shift, self.step))
+MesaPayload = AffineCodes  # codes plus the per-channel low (the widened shift) and step
 
 
 def channel_axis(ndim: int) -> int:
     """Dim 1 for 4-D tensors (conv channels, attention heads); the last dim otherwise (hidden channels)."""
     return 1 if ndim == 4 else ndim - 1
-
-
-def _broadcast(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return v.view(shape)
 
 
 class MesaMethod:
@@ -63,7 +42,8 @@ class MesaMethod:
     def __init__(self, config):
         self.config = config
         self.bits = int(config.bits)
-        self._seeds = SeedStream(config.seed)
+        self.codec = AffineCodec(self.bits, config.stochastic, SeedStream(config.seed))
+        self.seeds = self.codec.seeds
         self.shift: dict[str, torch.Tensor] = {}
         self.clip: dict[str, torch.Tensor] = {}
 
@@ -93,26 +73,11 @@ class MesaMethod:
         shift, clip, lo, hi = self._update_range(str(slot), x, axis)
         low = torch.minimum(shift, lo)  # the running range, widened to cover this batch: nothing saturates
         span = torch.maximum(shift + clip, hi) - low
-        levels = 2**self.bits - 1
-        step = torch.where(span > 0, span / levels, torch.ones_like(span))
-        v = (x.float() - _broadcast(low, x.ndim, axis)) / _broadcast(step, x.ndim, axis)
-        if self.config.stochastic:
-            u = uniform24(self._seeds.draw(), x.numel(), x.device).view(x.shape)
-        else:
-            u = 0.5
-        q = torch.floor(v + u).clamp_(0, levels).reshape(-1)
-        per_byte = 8 // self.bits
-        q = torch.nn.functional.pad(q, (0, (-q.numel()) % per_byte))
-        return MesaPayload(pack_codes(q, self.bits), low, step, self.bits, axis, x.shape, x.dtype)
+        step = torch.where(span > 0, span / (2**self.bits - 1), torch.ones_like(span))
+        return self.codec.encode(x, low=low, step=step, axis=axis)
 
     def decode(self, p: MesaPayload) -> torch.Tensor:
-        n = 1
-        for d in p.shape:
-            n *= d
-        q = unpack_codes(p.data, p.bits)[:n].view(p.shape).float()
-        ndim = len(p.shape)
-        x = q * _broadcast(p.step, ndim, p.axis) + _broadcast(p.shift, ndim, p.axis)
-        return x.to(p.dtype)
+        return AffineCodec.decode(p)
 
     def probe(self, x, slot):
         return self.encode(x, slot)
@@ -122,12 +87,12 @@ class MesaMethod:
 
     def state_dict(self) -> dict:
         return {
-            "next_seed": self._seeds.next_seed,
+            "seeds": self.seeds.state_dict(),
             "shift": {k: v.detach().cpu().clone() for k, v in self.shift.items()},
             "clip": {k: v.detach().cpu().clone() for k, v in self.clip.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._seeds.next_seed = int(state["next_seed"])
+        self.seeds.load_state_dict(state.get("seeds", state))  # "next_seed": effplug before SeedStream.state_dict
         self.shift = {k: v.float() for k, v in state["shift"].items()}
         self.clip = {k: v.float() for k, v in state["clip"].items()}

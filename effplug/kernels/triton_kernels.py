@@ -254,3 +254,31 @@ def fake_quantize(x, inv_scale, scale, zero, qmin, qmax, channels, inner):
     _fake_quantize_kernel[(triton.cdiv(n, block),)](x, out, inv_scale, scale, zero, n, channels, inner, qmin, qmax,
                                                     BLOCK=block)
     return out
+
+
+@triton.jit
+def _quantize_affine_kernel(x_ptr, codes_ptr, low_ptr, step_ptr, n, channels, inner, seed,
+                            BITS: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    channel = (offs // inner) % channels
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    low = tl.load(low_ptr + channel, mask=mask, other=0.0)
+    step = tl.load(step_ptr + channel, mask=mask, other=1.0)
+    v = (x - low) / step
+    if STOCHASTIC:
+        u = tl.cast(_random_words(seed, offs) >> 8, tl.float32) * (1.0 / 16777216.0)
+    else:
+        u = 0.5
+    levels: tl.constexpr = (1 << BITS) - 1
+    q = tl.minimum(tl.maximum(tl.floor(v + u), 0.0), levels)
+    tl.store(codes_ptr + offs, q.to(tl.uint8), mask=mask)
+
+
+def quantize_affine_codes(flat, low, step, channels, inner, bits, stochastic, seed):
+    n = flat.numel()
+    codes = torch.empty(n, dtype=torch.uint8, device=flat.device)
+    block = interpreter_block(n, gpu_block=1024)
+    _quantize_affine_kernel[(triton.cdiv(n, block),)](flat, codes, low, step, n, channels, inner, seed,
+                                                      BITS=bits, STOCHASTIC=stochastic, BLOCK=block)
+    return codes

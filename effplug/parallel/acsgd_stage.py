@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effplug.codecs import SeedStream
 from effplug.comm.acsgd import ACSGDCodec, ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
 from effplug.parallel.pipeline import require_pipelining_internals
 from effplug.profile import CommMeter
@@ -113,12 +114,13 @@ class ACSGDStageModule(nn.Module):
         super().__init__()
         self.inner = inner
 
-        def boundary(offset: int) -> _Boundary:  # its own seed stream per boundary end
-            seed = config.seed + 2 * stage_index + offset
-            return _Boundary(ACSGDCodec(config.bits, config.grad_bits, config.group_size, seed))
+        streams = SeedStream(config.seed).spawn(f"stage{stage_index}")
 
-        self.receiver = None if first else boundary(0)
-        self.sender = None if last else boundary(1)
+        def boundary(end: str) -> _Boundary:  # its own independent seed stream per boundary end
+            return _Boundary(ACSGDCodec(config.bits, config.grad_bits, config.group_size, streams.spawn(end)))
+
+        self.receiver = None if first else boundary("receiver")
+        self.sender = None if last else boundary("sender")
         self.compressed = False
 
     def boundaries(self) -> list[_Boundary]:

@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from effplug.kernels import log_quantize
+from effplug.codecs import SeedStream
+from effplug.codecs.log import LogCodec
 from effplug.kernels.philox import SEED_LIMIT, resolve_seed
 from effplug.options import build_config, checks_keywords, name_patterns
 from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
@@ -84,6 +84,9 @@ class SAWBQuantizer(nn.Module):
         return (_round_ste(v) * scale).to(x.dtype)
 
 
+GRADIENT_CODEC = LogCodec(4)  # LUQ's radix-2 format: 1 sign + 3 exponent bits
+
+
 class _LogQuantizeGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, smp, seeds):
@@ -94,7 +97,7 @@ class _LogQuantizeGradient(torch.autograd.Function):
     def backward(ctx, grad):
         if not torch.isfinite(grad).all():
             return grad, None, None  # leave a non-finite gradient for the loss scaler / anomaly checks to see
-        samples = [log_quantize(grad.contiguous(), 4, seed=ctx.seeds.draw()) for _ in range(ctx.smp)]
+        samples = [GRADIENT_CODEC.roundtrip(grad.contiguous(), ctx.seeds.draw()) for _ in range(ctx.smp)]
         return torch.stack(samples).mean(0) if ctx.smp > 1 else samples[0], None, None
 
 
@@ -125,9 +128,8 @@ class GradientQuantizer:
 
 
 def _layer_seed(base: int, name: str) -> int:
-    """Independent per-layer streams from one seed: a hash of the seed and the layer's name."""
-    digest = hashlib.blake2b(f"{base}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % SEED_LIMIT
+    """Independent per-layer streams from one seed: the layer's spawn of the seed's stream."""
+    return SeedStream(base).spawn(name).seed
 
 
 def prepare_luq(model: nn.Module, config: LUQConfig | None = None, persistent_seeds: bool = True,

@@ -1,0 +1,56 @@
+"""docs/architecture.md, held: every engine that stores or sends a tensor in fewer bits goes through a codec.
+
+Only ``effplug/kernels`` and ``effplug/codecs`` call the encoding formulas. The QAT forward (fake quantization)
+and compute ops produce tensors, not payloads, and call their kernels directly (``fake_quantize`` is not listed).
+"""
+
+import ast
+from pathlib import Path
+
+import effplug
+
+PACKAGE = Path(effplug.__file__).parent
+ENCODERS = {"quantize_pack", "unpack_dequantize", "pow2_encode", "pow2_encode_many", "pow2_decode", "topk_select",
+            "log_quantize", "quantize_affine", "dequantize_affine", "uniform24", "random_words"}
+CORE = ("kernels", "codecs")
+
+
+def _uses(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+    return names & ENCODERS
+
+
+def test_only_kernels_and_codecs_call_the_encoding_formulas():
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in CORE:
+            continue
+        used = _uses(path)
+        if used:
+            offenders[str(relative)] = sorted(used)
+    assert not offenders, f"call a codec (effplug.codecs) instead: {offenders}"
+
+
+def test_every_codec_keeps_the_contract():
+    import torch
+
+    from effplug.codecs import Codec, Pow2Codec, TopKCodec, UniformCodec
+    from effplug.codecs.affine import AffineCodec
+
+    x = torch.randn(3, 40)
+    for codec, kwargs in ((UniformCodec(4, 32, seed=0), {}), (Pow2Codec(seed=0), {}), (TopKCodec(0.1), {}),
+                          (AffineCodec(4, seed=0), {"low": x.amin(0) - 1, "step": torch.full((40,), 0.5), "axis": 1})):
+        assert isinstance(codec, Codec)
+        payload = codec.encode(x, "w", **kwargs)
+        out = codec.decode(payload)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert codec.nbytes(payload) == payload.nbytes > 0
