@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from effplug._optional import require
+from effplug.sizes import tensor_nbytes
 
 pl = require("pytorch_lightning", extra="lightning")
 
@@ -125,8 +126,7 @@ class ModelStateCallback(pl.Callback):
 
         def track(_):
             held = [p.grad for p in params if p.grad is not None]
-            self.peak_grad_bytes = max(self.peak_grad_bytes, sum(
-                (g.to_local() if hasattr(g, "to_local") else g).numel() * g.element_size() for g in held))
+            self.peak_grad_bytes = max(self.peak_grad_bytes, sum(tensor_nbytes(g) for g in held))
 
         for p in params:
             p.register_post_accumulate_grad_hook(track)

@@ -8,6 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from effplug.sizes import tensor_nbytes  # noqa: F401  (re-exported: the codec contract's byte count)
+
 
 @runtime_checkable
 class Codec(Protocol):
@@ -18,14 +20,6 @@ class Codec(Protocol):
     def nbytes(self, payload: Any) -> int: ...
 
 
-def tensor_nbytes(t) -> int:
-    """Bytes a tensor holds: ``numel * element_size``; 0 for None; an FSDP2 DTensor counts its local shard."""
-    if t is None:
-        return 0
-    local = t.to_local() if hasattr(t, "to_local") else t
-    return local.numel() * local.element_size()
-
-
 class KeyedSeeds:
     """One :class:`SeedStream` child per key (a parameter or module name), spawned on first use and
     checkpointed by key, so a resumed or reordered run draws exactly what an uninterrupted one would."""
@@ -33,6 +27,8 @@ class KeyedSeeds:
     def __init__(self, seed: int | None = None, scope: str = ""):
         from effplug.codecs.seeds import SeedStream
 
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None (None follows the framework's seed); got {seed!r}")
         self._seed, self.scope = seed, scope
         self._root: SeedStream | None = None
         self.streams: dict[str, SeedStream] = {}

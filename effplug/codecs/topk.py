@@ -61,7 +61,7 @@ class TopKCodec:
             for key, numel in segments:
                 r = self.residuals.get(key)
                 if r is not None and r.numel() != numel:
-                    log_once(log, f"topk-residual-size:{key}", logging.WARNING,
+                    log_once(log, f"topk-residual-size:{key}",
                              "effplug top-k: the residual of %r has %d elements, the tensor %d; it restarts at "
                              "zero (the model changed since the residual was saved)", key, r.numel(), numel)
                     r = None

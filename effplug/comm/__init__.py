@@ -4,18 +4,13 @@
 strategies (``ddp_topk``, ``ddp_natural``, ``ddp_cgx``, ``ddp_powersgd``) and the HF callback use the same call.
 """
 
-from effplug.comm.compressors import (
-    COMPRESSORS,
-    CGXCompressor,
-    GradientCompressor,
-    NaturalCompressor,
-    PowerSGDCompressor,
-    Segment,
-    TopKCompressor,
-    compressor_options,
-    make_compressor,
-)
+from effplug.comm.base import GradientCompressor, Segment
+from effplug.comm.cgx import CGXCompressor
 from effplug.comm.ddp_hooks import comm_hook, register
+from effplug.comm.natural import NaturalCompressor
+from effplug.comm.powersgd import PowerSGDCompressor
+from effplug.comm.registry import COMPRESSORS, compressor_options, make_compressor
+from effplug.comm.topk import TopKCompressor
 
 __all__ = ["COMPRESSORS", "CGXCompressor", "GradientCompressor", "NaturalCompressor", "PowerSGDCompressor",
            "Segment", "TopKCompressor", "comm_hook", "compressor_options", "make_compressor", "register"]

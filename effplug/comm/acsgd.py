@@ -22,6 +22,7 @@ import torch
 
 from effplug.codecs import SeedStream, UniformCodec
 from effplug.kernels.quant import QuantizedTensor
+from effplug.sizes import tensor_nbytes
 
 SCALE_DTYPE = torch.bfloat16  # 8-bit exponent: tiny gradients and large activation changes keep a finite scale
 
@@ -78,7 +79,7 @@ class ActivationPayload:
 
     @property
     def nbytes(self) -> int:
-        body = self.exact.numel() * self.exact.element_size() if self.exact is not None else self.delta.nbytes
+        body = tensor_nbytes(self.exact) if self.exact is not None else self.delta.nbytes
         return body + self.sample_ids.numel() * 8
 
 

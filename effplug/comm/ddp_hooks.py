@@ -2,7 +2,8 @@
 
 import torch
 
-from effplug.comm.compressors import GradientCompressor, make_compressor
+from effplug.comm.base import GradientCompressor
+from effplug.comm.registry import make_compressor
 
 
 def comm_hook(compressor: GradientCompressor, bucket) -> torch.futures.Future[torch.Tensor]:  # DDP checks this

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from effplug.kernels.quant import pack_codes, unpack_codes
+from effplug.sizes import tensor_nbytes
 
 WIDTHS = (1, 2, 4, 8, 16)
 MAX_TIGHTENING = 16
@@ -43,7 +44,7 @@ class CometPayload:
 
     @property
     def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size() + self.zero.numel() * 4
+        return tensor_nbytes(self.data) + tensor_nbytes(self.zero)
 
 
 class CometMethod:

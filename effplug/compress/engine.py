@@ -32,18 +32,30 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_leaves
 
 from effplug.codecs import UniformCodec
+from effplug.codecs.lossless import (  # noqa: F401  (re-exported)
+    BoolPayload,
+    NarrowIntPayload,
+    RectifiedPayload,
+    TwoLevelPayload,
+    narrow_int,
+    pack_bool,
+    two_level,
+    unpack_bool,
+)
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
-from effplug.kernels.quant import QuantizedTensor, pack_codes, unpack_codes
+from effplug.compress.report import CompressionReport, LayerBytes  # noqa: F401  (re-exported)
+from effplug.kernels.quant import QuantizedTensor
 from effplug.logs import log_once
 from effplug.options import build_config
 from effplug.profile import saved_bytes
+from effplug.sizes import tensor_nbytes
 from effplug.state import require_same_config
 
 log = logging.getLogger("effplug.compress")
@@ -78,7 +90,7 @@ def _storage_ptr(t: torch.Tensor) -> int:
 
 def _covers_storage(t: torch.Tensor) -> bool:
     """``t`` is a dense, non-overlapping view of its whole storage (so its memory order is the storage's)."""
-    return (t.storage_offset() == 0 and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+    return (t.storage_offset() == 0 and tensor_nbytes(t) == t.untyped_storage().nbytes()
             and _memory_order(t) is not None)
 
 
@@ -86,131 +98,6 @@ def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
     """A permutation ``p`` with ``t.permute(p)`` contiguous, or None when ``t`` overlaps or has gaps."""
     order = tuple(sorted(range(t.ndim), key=lambda d: (-t.stride(d), -t.shape[d])))
     return order if t.permute(order).is_contiguous() else None
-
-
-@dataclass
-class LayerBytes:
-    original: int = 0
-    held: int = 0
-    tensors: int = 0
-    compressed: int = 0
-
-
-@dataclass
-class CompressionReport:
-    """Accounting of one forward: bytes the saved activations would have taken, and bytes held instead."""
-
-    original_bytes: int = 0
-    held_bytes: int = 0
-    per_layer: dict[str, LayerBytes] = field(default_factory=dict)
-    kept_exact: dict[str, int] = field(default_factory=dict)  # reason -> bytes
-
-    @property
-    def ratio(self) -> float:
-        return self.original_bytes / self.held_bytes if self.held_bytes else 1.0
-
-    def add(self, layer: str, original: int, held: int, compressed: bool) -> None:
-        self.original_bytes += original
-        self.held_bytes += held
-        entry = self.per_layer.setdefault(layer, LayerBytes())
-        entry.original += original
-        entry.held += held
-        entry.tensors += 1
-        entry.compressed += int(compressed)
-
-    def table(self) -> str:
-        rows = ["| layer | tensors | compressed | original bytes | held bytes | ratio |", "|---|---|---|---|---|---|"]
-        for name, e in self.per_layer.items():
-            ratio = e.original / e.held if e.held else float("inf")
-            rows.append(f"| {name} | {e.tensors} | {e.compressed} | {e.original:,} | {e.held:,} | {ratio:.2f} |")
-        rows.append(f"| **total** | | | {self.original_bytes:,} | {self.held_bytes:,} | {self.ratio:.2f} |")
-        return "\n".join(rows)
-
-
-@dataclass
-class BoolPayload:
-    data: torch.Tensor
-    shape: torch.Size
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel()
-
-
-def pack_bool(t: torch.Tensor) -> BoolPayload:
-    flat = t.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
-    return BoolPayload(pack_codes(flat, 1), t.shape)
-
-
-def unpack_bool(p: BoolPayload) -> torch.Tensor:
-    return unpack_codes(p.data, 1)[: math.prod(p.shape)].view(p.shape).to(torch.bool)
-
-
-@dataclass
-class NarrowIntPayload:
-    """An integer tensor stored losslessly in the narrowest signed type that holds its values.
-
-    Max-pool indices are int64 but index an ``H*W`` plane: int8/int16 hold them exactly at 1/8-1/4 the bytes.
-    """
-
-    data: torch.Tensor
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size()
-
-
-NARROW_INTS = (torch.int8, torch.int16, torch.int32)
-
-
-def narrow_int(t: torch.Tensor) -> NarrowIntPayload | None:
-    lo, hi = (int(v) for v in torch.aminmax(t))
-    for dtype in NARROW_INTS:
-        info = torch.iinfo(dtype)
-        if dtype.itemsize < t.element_size() and info.min <= lo and hi <= info.max:
-            return NarrowIntPayload(t.to(dtype), t.dtype)
-    return None
-
-
-@dataclass
-class RectifiedPayload:
-    """A method's payload plus a 1-bit ``x > 0`` mask, for saved tensors whose minimum is exactly 0.
-
-    ReLU-like ops save their output and backward uses only ``output > 0``: a small positive value that
-    stochastic rounding sends to 0 would silently drop its gradient. The mask keeps that sign pattern exact
-    (decoded positives are raised to the dtype's smallest normal at most, a negligible bias) at 1 bit/element.
-    """
-
-    mask: BoolPayload
-    inner: object
-
-    @property
-    def nbytes(self) -> int:
-        return self.mask.nbytes + self.inner.nbytes
-
-
-@dataclass
-class TwoLevelPayload:
-    """A float tensor whose values are all 0 or one constant (CPU dropout saves such a float mask): 1 bit each."""
-
-    mask: BoolPayload
-    value: torch.Tensor  # 0-dim, the constant
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return self.mask.nbytes + self.value.element_size()
-
-
-def two_level(t: torch.Tensor) -> TwoLevelPayload | None:
-    """Exact 1-bit encoding when every nonzero element equals the maximum (checked, so never lossy)."""
-    top = t.max()
-    nonzero = t != 0
-    if not bool(top > 0) or not bool((t[nonzero] == top).all()):
-        return None
-    return TwoLevelPayload(pack_bool(nonzero), top.clone(), t.dtype)
 
 
 @dataclass
@@ -430,7 +317,7 @@ class ActivationCompressor:
         if reason is not None:
             self._report_once(reason, layer)
         if count and self._report is not None:
-            nbytes = t.numel() * t.element_size()
+            nbytes = tensor_nbytes(t)
             self._report.add(layer, nbytes, nbytes, compressed=False)
             if reason is not None:
                 self._report.kept_exact[reason] = self._report.kept_exact.get(reason, 0) + nbytes
@@ -444,7 +331,7 @@ class ActivationCompressor:
         if ptr in self._param_ptrs:
             return self._keep(t, layer, None, count=False)
         if ptr in self._input_ptrs:
-            self._input_bytes += t.numel() * t.element_size()  # not activations: outside the report's totals
+            self._input_bytes += tensor_nbytes(t)  # not activations: outside the report's totals
             return self._keep(t, layer, "batch input", count=False)
         whole = _covers_storage(t)
         if whole:  # any dense view of one whole storage (a reshape, a transpose) can share one payload
@@ -480,7 +367,7 @@ class ActivationCompressor:
                 if narrowed is not None:
                     saved = _Saved(t)
                     saved.payload = narrowed
-                    self._report.add(layer, t.numel() * t.element_size(), narrowed.nbytes, compressed=True)
+                    self._report.add(layer, tensor_nbytes(t), narrowed.nbytes, compressed=True)
                     return saved
             return self._keep(t, layer, f"{t.dtype} is stored losslessly")
         if t.numel() < self.config.min_numel:
@@ -496,7 +383,7 @@ class ActivationCompressor:
             if mask is not None:
                 saved = _Saved(t, slot)
                 saved.payload, saved.order = mask, order
-                self._report.add(layer, t.numel() * t.element_size(), mask.nbytes, compressed=True)
+                self._report.add(layer, tensor_nbytes(t), mask.nbytes, compressed=True)
                 return saved
         try:
             payload = self._reference_encode(dense, slot) if self._recording else self._encode(dense, slot)
@@ -508,7 +395,7 @@ class ActivationCompressor:
             return self._keep(t, layer, reason)
         saved = _Saved(t, slot)
         saved.payload, saved.order = payload, order
-        self._report.add(layer, t.numel() * t.element_size(), payload.nbytes, compressed=True)
+        self._report.add(layer, tensor_nbytes(t), payload.nbytes, compressed=True)
         if self._recording:
             self._recorded.append(saved)
         return saved

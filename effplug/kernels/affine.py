@@ -18,6 +18,7 @@ import torch
 from effplug.kernels import dispatch
 from effplug.kernels.philox import resolve_seed, uniform24
 from effplug.kernels.quant import ALLOWED_BITS, pack_codes, unpack_codes
+from effplug.sizes import tensor_nbytes
 
 
 @dataclass
@@ -34,7 +35,7 @@ class AffineCodes:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.data, self.low, self.step))
+        return sum(tensor_nbytes(t) for t in (self.data, self.low, self.step))
 
 
 def _layout(shape, axis: int) -> tuple[int, int]:

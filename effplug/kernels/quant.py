@@ -21,6 +21,7 @@ import torch
 
 from effplug.kernels import dispatch
 from effplug.kernels.philox import resolve_seed, uniform24
+from effplug.sizes import tensor_nbytes
 
 ALLOWED_BITS = (1, 2, 4, 8)
 MIN_GROUP, MAX_GROUP = 32, 4096
@@ -48,7 +49,7 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.zero))
+        return sum(tensor_nbytes(t) for t in (self.data, self.scale, self.zero))
 
     @property
     def device(self) -> torch.device:

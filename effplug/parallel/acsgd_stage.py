@@ -26,6 +26,7 @@ from effplug.codecs import SeedStream
 from effplug.comm.acsgd import ACSGDCodec, ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
 from effplug.parallel.pipeline import require_pipelining_internals
 from effplug.profile import CommMeter
+from effplug.sizes import tensor_nbytes
 
 
 class _SendChange(torch.autograd.Function):
@@ -98,7 +99,7 @@ class _Boundary:
 
     def meter_dense(self, tensor: torch.Tensor) -> None:
         """What the plain pipeline sends for this message (the receiver: the gradient of ``tensor``)."""
-        self.dense_bytes += tensor.numel() * tensor.element_size()
+        self.dense_bytes += tensor_nbytes(tensor)
 
     def remember(self, activation: torch.Tensor, ids: torch.Tensor) -> None:
         self.codec.remember(activation, ids)
@@ -171,7 +172,7 @@ def _acsgd_stage_class():
         def _metered(self, ops):
             if self.meter is not None:
                 for op in ops:
-                    self.meter.record("send", op.tensor.numel() * op.tensor.element_size())
+                    self.meter.record("send", tensor_nbytes(op.tensor))
             return ops
 
         def get_fwd_send_ops(self, fwd_chunk_id):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from effplug.sizes import tensor_nbytes
+
 STAGES = (0, 1, 2, 3)
 OFFLOAD_CHOICES = (None, "optimizer", "all")
 
@@ -240,13 +242,6 @@ def format_plan(rows: list[dict], num_params: float, gpus: int, gpu_mem_gb: floa
     return "\n".join(lines)
 
 
-def _nbytes(t) -> int:
-    if t is None:
-        return 0
-    local = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor shards
-    return local.numel() * local.element_size()
-
-
 def _tensors(obj):
     if isinstance(obj, dict):
         obj = list(obj.values())
@@ -279,25 +274,25 @@ def model_state_bytes(model, optimizer=None) -> dict:
         module = model.module
         # ZeRO-3 keeps small parameters (under param_persistence_threshold) gathered for good: ds_persist ones
         # hold their full tensor next to their partition
-        partitions = sum(_nbytes(p.ds_tensor) for p in module.parameters() if hasattr(p, "ds_tensor"))
-        whole = sum(_nbytes(p.data) if getattr(p, "ds_persist", False) else 0 if hasattr(p, "ds_tensor")
-                    else _nbytes(p) for p in module.parameters())
-        grads = sum(_nbytes(t) for t in _tensors(getattr(zero_optimizer, "averaged_gradients", None)))
-        grads += sum(_nbytes(p.grad) for p in module.parameters())
+        partitions = sum(tensor_nbytes(p.ds_tensor) for p in module.parameters() if hasattr(p, "ds_tensor"))
+        whole = sum(tensor_nbytes(p.data) if getattr(p, "ds_persist", False) else 0 if hasattr(p, "ds_tensor")
+                    else tensor_nbytes(p) for p in module.parameters())
+        grads = sum(tensor_nbytes(t) for t in _tensors(getattr(zero_optimizer, "averaged_gradients", None)))
+        grads += sum(tensor_nbytes(p.grad) for p in module.parameters())
         offloads_optimizer = _offloads(model.zero_offload_optimizer())
         if offloads_optimizer and not grads:
             # offloaded, gradients are reduced straight into the optimizer's CPU buffers: stage 3 keeps one
             # flat partition buffer, stages 1-2 the master partitions' .grad
             flat = getattr(zero_optimizer, "grad_partitions_flat_buffer", None)
-            grads = _nbytes(flat) if flat is not None else sum(
-                _nbytes(t.grad) for t in _tensors(getattr(zero_optimizer, "single_partition_of_fp32_groups", None))
+            grads = tensor_nbytes(flat) if flat is not None else sum(
+                tensor_nbytes(t.grad) for t in _tensors(getattr(zero_optimizer, "single_partition_of_fp32_groups", None))
                 if t.grad is not None)
         masters = getattr(zero_optimizer, "single_partition_of_fp32_groups", None)
         if masters is None:
             masters = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)
         inner = getattr(zero_optimizer, "optimizer", zero_optimizer)
-        optimizer_bytes = sum(_nbytes(t) for t in _tensors(masters))
-        optimizer_bytes += sum(_nbytes(v) for s in inner.state.values() for v in s.values()
+        optimizer_bytes = sum(tensor_nbytes(t) for t in _tensors(masters))
+        optimizer_bytes += sum(tensor_nbytes(v) for s in inner.state.values() for v in s.values()
                                if hasattr(v, "numel") and v.dim() > 0)
         offloaded = 0
         if offloads_optimizer:
@@ -305,10 +300,10 @@ def model_state_bytes(model, optimizer=None) -> dict:
         if _offloads(model.zero_offload_param()):
             offloaded, partitions = offloaded + partitions, 0
         return {"params": partitions + whole, "grads": grads, "optimizer": optimizer_bytes, "offloaded": offloaded}
-    params = sum(_nbytes(p) for p in model.parameters())
-    grads = sum(_nbytes(p.grad) for p in model.parameters())
+    params = sum(tensor_nbytes(p) for p in model.parameters())
+    grads = sum(tensor_nbytes(p.grad) for p in model.parameters())
     optimizer_bytes = 0 if optimizer is None else sum(
-        _nbytes(v) for s in optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
+        tensor_nbytes(v) for s in optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
     return {"params": params, "grads": grads, "optimizer": optimizer_bytes, "offloaded": 0}
 
 

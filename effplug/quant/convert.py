@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from effplug.logs import log_once
 from effplug.options import build_config, name_patterns, require_module
 from effplug.quant.config import QATConfig
 from effplug.quant.coverage import report_coverage
@@ -103,7 +104,6 @@ def _weight_quantizer(config: QATConfig, module: nn.Module, bits: int, channel_d
 
 
 _SYMMETRIC_ONLY = {"octav": "minmax", "mse": "minmax", "percentile": "minmax", "lsq": "lsq+"}
-_reported: set = set()
 
 
 def _affine_estimator(estimator: str, mode: str, backend: str) -> str:
@@ -111,10 +111,9 @@ def _affine_estimator(estimator: str, mode: str, backend: str) -> str:
     if mode != "asymmetric" or estimator not in _SYMMETRIC_ONLY:
         return estimator
     replacement = _SYMMETRIC_ONLY[estimator]
-    if (estimator, backend) not in _reported:
-        _reported.add((estimator, backend))
-        log.warning("effplug.quant: backend=%r uses asymmetric (affine) ranges here; estimator %r is defined for "
-                    "symmetric grids, so %r is used instead", backend, estimator, replacement)
+    log_once(log, f"affine-estimator:{estimator}:{backend}",
+             "effplug.quant: backend=%r uses asymmetric (affine) ranges here; estimator %r is defined for "
+             "symmetric grids, so %r is used instead", backend, estimator, replacement)
     return replacement
 
 
