@@ -229,12 +229,19 @@ def topk_select(flat, threshold, k):
 
 
 @triton.jit
-def _fake_quantize_kernel(x_ptr, out_ptr, inv_ptr, scale_ptr, zero_ptr, n, channels, inner, qmin, qmax,
-                          BLOCK: tl.constexpr):
+def _channel_block(x_ptr, n, channels, inner, BLOCK: tl.constexpr):
+    """This program's block of a per-channel op: offsets, mask, each element's channel, the fp32 values."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     channel = (offs // inner) % channels
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return offs, mask, channel, x
+
+
+@triton.jit
+def _fake_quantize_kernel(x_ptr, out_ptr, inv_ptr, scale_ptr, zero_ptr, n, channels, inner, qmin, qmax,
+                          BLOCK: tl.constexpr):
+    offs, mask, channel, x = _channel_block(x_ptr, n, channels, inner, BLOCK)
     inv = tl.load(inv_ptr + channel, mask=mask, other=1.0)
     scale = tl.load(scale_ptr + channel, mask=mask, other=1.0)
     zero = tl.load(zero_ptr + channel, mask=mask, other=0.0)
@@ -259,10 +266,7 @@ def fake_quantize(x, inv_scale, scale, zero, qmin, qmax, channels, inner):
 @triton.jit
 def _quantize_affine_kernel(x_ptr, codes_ptr, low_ptr, step_ptr, n, channels, inner, seed,
                             BITS: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    channel = (offs // inner) % channels
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs, mask, channel, x = _channel_block(x_ptr, n, channels, inner, BLOCK)
     low = tl.load(low_ptr + channel, mask=mask, other=0.0)
     step = tl.load(step_ptr + channel, mask=mask, other=1.0)
     v = (x - low) / step
