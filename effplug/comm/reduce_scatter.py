@@ -75,6 +75,8 @@ class ReduceScatterAllGather(GradientCompressor):
         return self.codec.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        if not state:  # another world size (merge_rank_states): the streams restart
+            return
         if "next_seed" in state:  # effplug before the codec core: {"next_seed": {name: position}}
             streams = state["next_seed"]
             if not isinstance(streams, dict):  # older still: one stream per rank, no way to map it
