@@ -146,3 +146,12 @@ def test_acsgd_boundary_ends_draw_from_disjoint_streams():
     assert len(ends) == 6
     drawn = [{end.draw() for _ in range(200)} for end in ends]
     assert sum(len(d) for d in drawn) == len(set().union(*drawn)) == 1200
+
+
+def test_seed_stream_next_seed_still_sets_the_position():
+    from effplug.codecs import SeedStream
+
+    stream = SeedStream(5)
+    stream.draw()
+    stream.next_seed = 42  # how code written before state_dict() resumed a stream
+    assert [stream.draw(), stream.draw()] == [42, 43] and stream.state_dict() == {"seed": 42, "position": 2}

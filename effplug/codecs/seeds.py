@@ -26,6 +26,10 @@ class SeedStream:
         """The seed the next ``draw()`` returns (the name older checkpoints saved)."""
         return (self.seed + self.position) % SEED_LIMIT
 
+    @next_seed.setter
+    def next_seed(self, value: int) -> None:  # what code written before state_dict() did to resume a stream
+        self.seed, self.position = int(value) % SEED_LIMIT, 0
+
     def draw(self) -> int:
         seed = self.next_seed
         self.position += 1
