@@ -51,6 +51,7 @@ from effplug.codecs.lossless import (  # noqa: F401  (re-exported)
 from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.compress.report import CompressionReport, LayerBytes  # noqa: F401  (re-exported)
+from effplug.forward_scope import OutermostForward
 from effplug.kernels.quant import QuantizedTensor
 from effplug.logs import log_once
 from effplug.options import build_config
@@ -82,6 +83,12 @@ def is_loss_owner(module: torch.nn.Module) -> bool:
     if hasattr(module, "config") and hasattr(module, "base_model_prefix"):  # transformers.PreTrainedModel
         return True
     return any(c.__name__ == "LightningModule" for c in type(module).__mro__)
+
+
+def _begins_a_forward(module, args, kwargs) -> bool:
+    # no grad, or a forward recomputed inside backward (gradient checkpointing): what it saves is freed
+    # moments later, so it stays exact and the real forward's report stands
+    return torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -171,8 +178,9 @@ class ActivationCompressor:
         self.total_original_bytes = 0
         self.total_held_bytes = 0
         self.calibration_enabled = True
-        self._handles: list = []
-        self._stack: list[tuple[str, bool]] = []  # (qualified name, compress inside this module's own body)
+        # the stack holds (qualified name, compress inside this module's own body)
+        self._scope = OutermostForward(model, lambda module, args, kwargs: self._start_forward(args, kwargs),
+                                       self._end_forward, _begins_a_forward, self._label)
         self._hooks_ctx = None
         self._param_ptrs: set[int] = set()
         self._input_ptrs: set[int] = set()
@@ -189,23 +197,14 @@ class ActivationCompressor:
     # -- attach / detach ------------------------------------------------------------------------------
 
     def attach(self) -> ActivationCompressor:
-        if self._handles:
-            return self
-        for name, module in self.model.named_modules():
-            own_body = self.config.scope == "model" or not is_loss_owner(module)
-            label = name or type(module).__name__
-            self._handles.append(module.register_forward_pre_hook(self._enter(label, own_body), with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        self._scope.attach()
         return self
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._scope.detach()
         if self._hooks_ctx is not None:  # detached mid-forward (an exception): never leave hooks pushed
             self._hooks_ctx.__exit__(None, None, None)
             self._hooks_ctx = None
-        self._stack.clear()
 
     def __enter__(self) -> ActivationCompressor:
         return self.attach()
@@ -215,30 +214,16 @@ class ActivationCompressor:
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._scope.attached
+
+    @property
+    def _stack(self) -> list[tuple[str, bool]]:
+        return self._scope.stack
 
     # -- forward scope --------------------------------------------------------------------------------
 
-    def _enter(self, label: str, own_body: bool):
-        def hook(module, args, kwargs):
-            if not self._stack:
-                if not torch.is_grad_enabled() or torch._C._current_graph_task_id() != -1:
-                    # no grad, or a forward recomputed inside backward (gradient checkpointing): what it saves
-                    # is freed moments later, so it stays exact and the real forward's report stands
-                    return None
-                self._start_forward(args, kwargs)
-            self._stack.append((label, own_body))
-            return None
-
-        return hook
-
-    def _leave(self, module, args, output):
-        if not self._stack:
-            return None
-        self._stack.pop()
-        if not self._stack:
-            self._end_forward()
-        return None
+    def _label(self, name: str, module: torch.nn.Module) -> tuple[str, bool]:
+        return name or type(module).__name__, self.config.scope == "model" or not is_loss_owner(module)
 
     def _start_forward(self, args, kwargs) -> None:
         if self._recorded and self._recording:

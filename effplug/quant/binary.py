@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from effplug.forward_scope import OutermostForward
 from effplug.logs import log_once
 from effplug.options import build_config, checks_keywords, name_patterns, require_module
 from effplug.quant.convert import LayerPlan, quantized_layers, replace_layers, select_compute_layers
@@ -179,8 +180,9 @@ class Binarizer:
         self.progress = 0.0
         self.last_distill_loss = 0.0
         self._teacher_out: dict = {}
-        self._depth = 0
         self._handles = []
+        self._scope = OutermostForward(model, self._run_teacher, self._end_forward,
+                                       begins=lambda module, args, kwargs: module.training)
         self._distill_sum = None
         self.set_progress(0.0)
         if self.teacher is not None:
@@ -213,27 +215,22 @@ class Binarizer:
         layers = quantized_layers(self.model)
         for name in self.layer_names:
             self._handles.append(layers[name].register_forward_hook(self._pull_towards_teacher(name)))
-        for name, module in self.model.named_modules():
-            self._handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        self._scope.attach()
 
-    def _enter(self, name: str):
-        def hook(module, args, kwargs):
-            if self._depth == 0 and module.training:
-                self._teacher_out = {}
-                self._distill_sum = 0.0
-                teacher = self.teacher.get_submodule(name) if name else self.teacher
-                device = next(module.parameters(), torch.empty(0)).device
-                if next(self.teacher.parameters()).device != device:
-                    self.teacher.to(device)
-                with torch.no_grad():
-                    teacher(*args, **kwargs)
-            self._depth += 1
-        return hook
+    def _run_teacher(self, module, args, kwargs) -> None:
+        """The outer forward of the student starts: run the float teacher on the same inputs, once."""
+        self._teacher_out = {}
+        self._distill_sum = 0.0
+        name = self._scope.stack[0]
+        teacher = self.teacher.get_submodule(name) if name else self.teacher
+        device = next(module.parameters(), torch.empty(0)).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        with torch.no_grad():
+            teacher(*args, **kwargs)
 
-    def _leave(self, module, args, output):
-        self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and self._distill_sum is not None:
+    def _end_forward(self) -> None:
+        if self._distill_sum is not None:
             self.last_distill_loss = float(self._distill_sum)
 
     def _record_teacher(self, name: str):
@@ -260,6 +257,7 @@ class Binarizer:
         return hook
 
     def detach(self) -> None:
+        self._scope.detach()
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from effplug._optional import require
 from effplug.comm import COMPRESSORS, GradientCompressor, comm_hook, compressor_options, make_compressor
+from effplug.distributed import gather_from_ranks
 from effplug.options import check_options
 
 require("pytorch_lightning", extra="lightning")
@@ -94,12 +93,7 @@ class CompressedDDPStrategy(DDPStrategy):
 
     def gather_compressor_state(self) -> dict:
         """Every rank's compressor state, gathered (a collective: call it on all ranks)."""
-        state = self.compressor.state_dict()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
-            states: list = [None] * self.world_size
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
+        states = gather_from_ranks(self.compressor.state_dict())
         return {"compressor": self.compressor.name, "world_size": len(states), "ranks": states}
 
     def restore_compressor_state(self, saved: dict) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from effplug._optional import require
 from effplug.comm.acsgd import ACSGDConfig, batch_sample_ids
+from effplug.distributed import gather_from_ranks
 from effplug.logs import log_once
 from effplug.options import checks_keywords
 from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
@@ -226,7 +227,7 @@ class PipelineStrategy(DDPStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         if self.acsgd is not None and self.runner is not None:
-            checkpoint[ACSGD_KEY] = {"ranks": self._gather(self.runner.acsgd.state_dict()),
+            checkpoint[ACSGD_KEY] = {"ranks": gather_from_ranks(self.runner.acsgd.state_dict()),
                                      "config": self.acsgd.as_dict()}
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
@@ -246,14 +247,9 @@ class PipelineStrategy(DDPStrategy):
     def restore_checkpoint_after_setup(self) -> bool:
         return True  # the saved weights are per stage: split first, then load
 
-    def _gather(self, obj):
-        gathered = [None] * self.world_size
-        torch.distributed.all_gather_object(gathered, obj)
-        return gathered
-
     def lightning_module_state_dict(self) -> dict[str, Any]:
         own = {k: v.detach().cpu() for k, v in self.lightning_module.state_dict().items()}
-        return {"pipeline_ranks": self._gather(own)}
+        return {"pipeline_ranks": gather_from_ranks(own)}
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
         ranks = checkpoint["state_dict"]["pipeline_ranks"]
@@ -262,7 +258,7 @@ class PipelineStrategy(DDPStrategy):
         self.lightning_module.load_state_dict(ranks[self.global_rank], strict=strict)
 
     def optimizer_state(self, optimizer) -> dict:
-        return {"pipeline_ranks": self._gather(optimizer.state_dict())}
+        return {"pipeline_ranks": gather_from_ranks(optimizer.state_dict())}
 
     def load_optimizer_state_dict(self, checkpoint) -> None:
         for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
