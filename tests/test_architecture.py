@@ -54,3 +54,29 @@ def test_every_codec_keeps_the_contract():
         out = codec.decode(payload)
         assert out.shape == x.shape and out.dtype == x.dtype
         assert codec.nbytes(payload) == payload.nbytes > 0
+
+
+def test_every_forward_quantizer_shares_one_base_and_one_switch():
+    import torch
+    from torch import nn
+
+    from effplug.quant import QATConfig, quantize_model, set_quantization_enabled
+    from effplug.quant.binary import SignQuantizer
+    from effplug.quant.fake_quant import FakeQuantize
+    from effplug.quant.lns import LNSQuantizer
+    from effplug.quant.luq import SAWBQuantizer
+    from effplug.quant.nested import NestedWeightQuantizer
+    from effplug.quant.quantizer import Quantizer
+
+    for kind in (FakeQuantize, NestedWeightQuantizer, SAWBQuantizer, LNSQuantizer, SignQuantizer):
+        assert issubclass(kind, Quantizer), kind
+    model = quantize_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)),
+                           QATConfig(weight_bits=2, act_bits=2))
+    x = torch.randn(4, 8)
+    quantized = model(x)
+    set_quantization_enabled(model, False)
+    assert all(not q.enabled for q in model.modules() if isinstance(q, Quantizer))
+    float_out = model(x)
+    assert not torch.equal(quantized, float_out)
+    set_quantization_enabled(model, True)
+    assert torch.equal(model.eval()(x), model(x))

@@ -57,6 +57,9 @@ def _core_rows():
         "prepare_luq misspelled": (lambda: prepare_luq(_mlp(), bitz=4), TypeError, "prepare_luq got unknown"),
         "prepare_lns None": (lambda: prepare_lns(None), TypeError, "LNS needs a torch.nn.Module"),
         "prepare_lns bits": (lambda: prepare_lns(_mlp(), bits=2), ValueError, "from 3 to 16"),
+        "prepare_lns misspelled": (lambda: prepare_lns(_mlp(), gama=8), TypeError,
+                                   r"prepare_lns got unknown option\(s\) 'gama' \(did you mean 'gamma'\?\)"),
+        "prepare_lns nothing": (lambda: prepare_lns(_mlp(), weights=False), ValueError, "nothing to quantize"),
         "Binarizer None": (lambda: Binarizer(None), TypeError, "Binarizer needs a torch.nn.Module"),
         "Binarizer exclude int": (lambda: Binarizer(_mlp(), exclude=3), TypeError, "fnmatch patterns"),
         # optimizers

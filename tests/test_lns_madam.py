@@ -118,3 +118,19 @@ def test_a_scheduler_that_leaves_the_lns_grid_raises_what_to_do():
     scheduler.step()  # lr*gamma = 1/16: round() would make the update 0 and freeze every weight
     with pytest.raises(ValueError, match="whole number of grid steps"):
         opt.step()
+
+
+def test_lns_config_and_keywords_convert_the_same_way():
+    from torch import nn
+
+    from effplug.quant.lns import LNSConfig, prepare_lns
+
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    x = torch.randn(5, 6)
+    by_config = prepare_lns(mlp(), LNSConfig(bits=6, gamma=4, activations=True, exclude="2"))
+    by_keywords = prepare_lns(mlp(), bits=6, gamma=4, activations=True, exclude="2")
+    assert torch.equal(by_config(x), by_keywords(x))
+    assert by_config._effplug_coverage.converted == ["0"]

@@ -78,12 +78,12 @@ class LNSPrecision(Precision):
     def __init__(self, bits: int = 8, gamma: int = 8, weights: bool = True, activations: bool = False,
                  gradients: bool = False, exclude: str | list[str] | None = None):
         super().__init__()
-        self.settings = dict(bits=bits, gamma=gamma, weights=weights, activations=activations, gradients=gradients,
-                             exclude=exclude or ())
-        from effplug.quant.lns import LNSFormat
+        from effplug.quant.lns import LNSConfig
 
-        LNSFormat(bits, gamma)  # validate now, before the Trainer runs
+        # validated now, before the Trainer runs
+        self.config = LNSConfig(bits=bits, gamma=gamma, weights=weights, activations=activations,
+                                gradients=gradients, exclude=exclude or ())
 
     def convert_module(self, module):
         module = super().convert_module(module)
-        return prepare_lns(module, **self.settings)
+        return prepare_lns(module, self.config)

@@ -33,6 +33,7 @@ from effplug.logs import log_once
 from effplug.options import build_config, checks_keywords, name_patterns, require_module
 from effplug.quant.convert import LayerPlan, quantized_layers, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
+from effplug.quant.quantizer import Quantizer
 
 METHODS = ("dirnet", "sign_ste")
 log = logging.getLogger("effplug.quant")
@@ -88,14 +89,13 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1)
 
 
-class SignQuantizer(nn.Module):
+class SignQuantizer(Quantizer):
     """sign() with DTE or clipped-STE gradients; for weights, IMB's balance/standardize/pow2 scale first."""
 
     def __init__(self, role: str, method: str, channel_dim: int = 0):
         super().__init__()
         self.role, self.method, self.channel_dim = role, method, channel_dim
         self.bits = 1
-        self.enabled = True
         self.t, self.k = 1.0, 1.0
         self.layer_name = ""
         self.nonnegative_input: bool | None = None  # decided on the first batch (activations)

@@ -22,6 +22,7 @@ from effplug.quant.modules import (
     quant_class_for,
 )
 from effplug.quant.nested import NestedWeightQuantizer, prepare_width_statistics
+from effplug.quant.quantizer import set_quantizers_enabled
 
 log = logging.getLogger("effplug.quant")
 
@@ -233,10 +234,7 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def set_quantization_enabled(model: nn.Module, enabled: bool) -> nn.Module:
     """Turn every fake quantizer on or off (off: the float model, e.g. for a high-precision phase)."""
-    for m in model.modules():
-        if isinstance(m, (FakeQuantize, NestedWeightQuantizer)):
-            m.enabled = enabled
-    return model
+    return set_quantizers_enabled(model, enabled, (FakeQuantize, NestedWeightQuantizer))
 
 
 def summary_table(model: nn.Module) -> str:

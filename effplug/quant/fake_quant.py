@@ -26,6 +26,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from effplug import kernels
 from effplug.logs import log_once
 from effplug.quant import estimators
+from effplug.quant.quantizer import Quantizer
+from effplug.quant.ste import pow2_ste, round_ste, scale_grad
 
 MODES = ("symmetric", "unsigned", "asymmetric", "auto")
 log = logging.getLogger("effplug.quant")
@@ -61,19 +63,6 @@ def broadcast_channels(x: torch.Tensor, v: torch.Tensor, channel_dim: int | None
     shape = [1] * x.dim()
     shape[channel_dim] = -1
     return v.reshape(shape)
-
-
-def _round_ste(v: torch.Tensor) -> torch.Tensor:
-    return v + (torch.round(v) - v).detach()
-
-
-def _scale_grad(p: torch.Tensor, factor: float) -> torch.Tensor:
-    """``p`` in the forward pass; its gradient multiplied by ``factor`` (LSQ's gradient scale)."""
-    return p * factor + (p - p * factor).detach()
-
-
-def _pow2_ste(scale: torch.Tensor) -> torch.Tensor:
-    return scale + (torch.exp2(torch.ceil(torch.log2(scale))) - scale).detach()
 
 
 def _agree_across_ranks(values: tuple, asymmetric: bool) -> tuple:
@@ -116,7 +105,7 @@ class _QuantizeDequantize(torch.autograd.Function):
         return grad * factor, None, None, None, None, None, None
 
 
-class FakeQuantize(nn.Module):
+class FakeQuantize(Quantizer):
     """Quantize-dequantize one tensor (a weight or a layer's input activation).
 
     ``channel_dim`` gives one range per channel (weights); ``None`` one per tensor. Non-learned activation
@@ -142,7 +131,6 @@ class FakeQuantize(nn.Module):
         self.bits, self.estimator, self.role, self.gradient = bits, estimator, role, gradient
         self.channel_dim, self.restricted, self.power_of_two = channel_dim, restricted, power_of_two
         self.reduce_range, self.momentum, self.percentile = reduce_range, momentum, percentile
-        self.enabled = True
         n = channels if channel_dim is not None else 1
         # -1: not decided yet (auto mode decides unsigned/symmetric from the first batch); 0 unsigned; 1 signed
         initial = {"symmetric": 1, "unsigned": 0, "asymmetric": 2, "auto": -1}[mode]
@@ -277,15 +265,15 @@ class FakeQuantize(nn.Module):
             n = x.numel() / (x.shape[self.channel_dim] if self.channel_dim is not None else 1)
             if self.role == "act":
                 n = x[0].numel() if x.dim() > 1 else x.numel()  # LSQ: N is the number of features
-            step = _scale_grad(self.step, 1.0 / math.sqrt(n * max(qmax, 1)))
+            step = scale_grad(self.step, 1.0 / math.sqrt(n * max(qmax, 1)))
             # |s|, floored: an optimizer step can push s through zero (Adam moves it by ~lr whatever its size)
             scale = self._shape(x, step.abs().clamp_min(1e-8))
             zero = torch.zeros((), device=x.device)
         elif self.estimator == "lsq+":
             n = x[0].numel() if (self.role == "act" and x.dim() > 1) else x.numel()
             factor = 1.0 / math.sqrt(n * max(qmax, 1))
-            scale = self._shape(x, _scale_grad(self.step, factor).abs().clamp_min(1e-8))
-            zero = _round_ste(qmin - self._shape(x, _scale_grad(self.offset, factor)) / scale)
+            scale = self._shape(x, scale_grad(self.step, factor).abs().clamp_min(1e-8))
+            zero = round_ste(qmin - self._shape(x, scale_grad(self.offset, factor)) / scale)
         elif self.estimator == "pact":
             scale = self._shape(x, self.alpha.abs().clamp_min(1e-8).detach()) / self._divisor()
             zero = torch.zeros((), device=x.device)
@@ -297,7 +285,7 @@ class FakeQuantize(nn.Module):
             scale = (self._shape(x, self.clip) / self._divisor()).clamp_min(1e-12)
             zero = torch.zeros((), device=x.device)
         if self.power_of_two:
-            scale = _pow2_ste(scale)
+            scale = pow2_ste(scale)
         return scale, zero
 
     def integer_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -327,7 +315,7 @@ class FakeQuantize(nn.Module):
             codes = torch.round(unit * levels)
             scale = 2 * magnitude / levels
             return codes, scale, torch.tensor(levels / 2.0, device=w.device)
-        return (2 * _round_ste(unit * levels) / levels - 1) * magnitude
+        return (2 * round_ste(unit * levels) / levels - 1) * magnitude
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -347,7 +335,7 @@ class FakeQuantize(nn.Module):
             low = (scale * (torch.as_tensor(qmin, device=xf.device) - zero - 1)).detach()
             xf = torch.minimum(torch.maximum(xf, low), bound)
             # clamp before rounding: LSQ's inside/outside test is on x/s, not on the rounded value
-            codes = _round_ste(torch.clamp(xf * scale.reciprocal() + zero, qmin, qmax))
+            codes = round_ste(torch.clamp(xf * scale.reciprocal() + zero, qmin, qmax))
             return ((codes - zero) * scale).to(dtype)
         if self.estimator == "pact":
             alpha = self._shape(xf, self.alpha.abs())

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from effplug.options import checks_keywords, name_patterns
+from effplug.quant.quantizer import Quantizer
+
 
 @dataclass(frozen=True)
 class LNSFormat:
@@ -82,37 +85,63 @@ class _LNSGradient(torch.autograd.Function):
         return ctx.fmt.decode(*ctx.fmt.encode(grad)).to(grad.dtype), None
 
 
-class LNSQuantizer(torch.nn.Module):
+class LNSQuantizer(Quantizer):
     """Rounds a tensor to the LNS grid in the forward pass (straight-through backward)."""
 
     def __init__(self, fmt: LNSFormat):
         super().__init__()
-        self.fmt, self.enabled = fmt, True
+        self.fmt = fmt
         self.bits = fmt.bits
 
     def forward(self, x):
         return _LNSRoundSTE.apply(x, self.fmt) if self.enabled else x
 
 
-def prepare_lns(model: torch.nn.Module, bits: int = 8, gamma: int = 8, weights: bool = True,
-                activations: bool = False, gradients: bool = False, exclude: tuple = ()) -> torch.nn.Module:
+@checks_keywords
+@dataclass(frozen=True)
+class LNSConfig:
+    """What ``prepare_lns`` converts: the LNS grid (``bits``, ``gamma``), which tensors, and which layers not."""
+
+    bits: int = 8
+    gamma: int = 8
+    weights: bool = True
+    activations: bool = False
+    gradients: bool = False
+    exclude: tuple = ()
+
+    def __post_init__(self):
+        LNSFormat(self.bits, self.gamma)  # validates both
+        object.__setattr__(self, "exclude", name_patterns(self.exclude or ()))
+        if not (self.weights or self.activations or self.gradients):
+            raise ValueError("nothing to quantize: set weights, activations or gradients to True")
+
+    @property
+    def format(self) -> LNSFormat:
+        return LNSFormat(self.bits, self.gamma)
+
+
+def prepare_lns(model: torch.nn.Module, config: LNSConfig | None = None, **kwargs) -> torch.nn.Module:
     """LNS-Madam's model side: layer weights (and optionally inputs and output gradients) on the LNS grid.
 
-    Pair it with ``effplug.optim.LNSMadam``, which keeps the stored weights on the same grid. Returns ``model``.
+    ``prepare_lns(model, LNSConfig(bits=8))`` or ``prepare_lns(model, bits=8, ...)``. Pair it with
+    ``effplug.optim.LNSMadam``, which keeps the stored weights on the same grid. Returns ``model``.
     """
+    from effplug.options import build_config
     from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
     from effplug.quant.coverage import report_coverage
 
-    fmt = LNSFormat(bits, gamma)
-    if not (weights or activations or gradients):
-        raise ValueError("nothing to quantize: set weights, activations or gradients to True")
+    if isinstance(config, int) and not isinstance(config, bool):  # prepare_lns(model, 8): bits, positionally
+        kwargs, config = {"bits": config, **kwargs}, None
+    config = build_config(LNSConfig, "prepare_lns", config, **kwargs)
+    fmt, bits, exclude = config.format, config.bits, config.exclude
+    weights, activations, gradients = config.weights, config.activations, config.gradients
     names, left = select_compute_layers(model, exclude, technique="LNS")
     if not names:
         raise ValueError("no layers to quantize: nn.Linear, nn.Conv1d/2d or HF Conv1D needed")
 
     def build(plan, module, cls):
         weight_quant = LNSQuantizer(fmt)
-        weight_quant.enabled = weights
+        weight_quant.set_enabled(weights)
         return weight_quant, (LNSQuantizer(fmt) if activations else None)
 
     replace_layers(model, [LayerPlan(n, "", bits, bits if activations else None) for n in names], build)

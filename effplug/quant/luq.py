@@ -25,7 +25,8 @@ from effplug.kernels.philox import SEED_LIMIT, resolve_seed
 from effplug.options import build_config, checks_keywords, name_patterns
 from effplug.quant.convert import LayerPlan, replace_layers, select_compute_layers
 from effplug.quant.coverage import report_coverage
-from effplug.quant.fake_quant import _round_ste
+from effplug.quant.quantizer import Quantizer, set_quantizers_enabled
+from effplug.quant.ste import round_ste
 
 SAWB_4BIT = (12.1, 12.2)
 
@@ -66,12 +67,12 @@ def sawb_clip(x: torch.Tensor, coefficients: tuple = SAWB_4BIT) -> torch.Tensor:
     return torch.where(clip < mean_abs, xf.abs().amax(), clip).clamp_min(1e-12)
 
 
-class SAWBQuantizer(nn.Module):
+class SAWBQuantizer(Quantizer):
     """INT4 fake quantization with SAWB's clip, recomputed from every tensor; STE inside the clip."""
 
     def __init__(self, role: str):
         super().__init__()
-        self.role, self.bits, self.enabled = role, 4, True
+        self.role, self.bits = role, 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -81,7 +82,7 @@ class SAWBQuantizer(nn.Module):
         qmin, qmax = (0, 15) if unsigned else (-8, 7)
         scale = clip / (qmax if unsigned else 8)
         v = torch.clamp(x.float() / scale, qmin, qmax)
-        return (_round_ste(v) * scale).to(x.dtype)
+        return (round_ste(v) * scale).to(x.dtype)
 
 
 GRADIENT_CODEC = LogCodec(4)  # LUQ's radix-2 format: 1 sign + 3 exponent bits
@@ -175,9 +176,8 @@ def load_luq_state_dict(model: nn.Module, state: dict) -> None:
 
 def set_luq_enabled(model: nn.Module, enabled: bool) -> nn.Module:
     """Turn LUQ's forward and backward quantization on or off (off: the high-precision fine-tune phase)."""
+    set_quantizers_enabled(model, enabled, (SAWBQuantizer,))
     for m in model.modules():
-        if isinstance(m, SAWBQuantizer):
-            m.enabled = enabled
         if isinstance(getattr(m, "gradient_quantizer", None), GradientQuantizer):
             m.gradient_quantizer.enabled = enabled
     return model

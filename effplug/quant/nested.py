@@ -22,14 +22,12 @@ import torch
 from torch import nn
 
 from effplug.quant import estimators
-from effplug.quant.fake_quant import _scale_grad, broadcast_channels
+from effplug.quant.fake_quant import broadcast_channels
+from effplug.quant.quantizer import Quantizer
+from effplug.quant.ste import floor_ste, scale_grad
 
 
-def _floor_ste(v: torch.Tensor) -> torch.Tensor:
-    return v + (torch.floor(v) - v).detach()
-
-
-class NestedWeightQuantizer(nn.Module):
+class NestedWeightQuantizer(Quantizer):
     """Weight fake quantizer whose bit-width is switched with ``bits``; all widths share ``step``."""
 
     learned = True
@@ -42,7 +40,6 @@ class NestedWeightQuantizer(nn.Module):
         self.top = self.bit_widths[-1]
         self.register_buffer("active_bits", torch.tensor(self.top))  # a buffer: checkpoints keep the width
         self.channel_dim = channel_dim
-        self.enabled = True
         self.step = nn.Parameter(torch.ones(channels if channel_dim is not None else 1))
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -69,7 +66,7 @@ class NestedWeightQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def top_codes(self, w: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(_floor_ste(w / step + 2 ** (self.top - 1)), 0, 2**self.top - 1)
+        return torch.clamp(floor_ste(w / step + 2 ** (self.top - 1)), 0, 2**self.top - 1)
 
     def codes(self, w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Integer codes at ``bits`` by cascade downsampling from the top width (exact integers)."""
@@ -92,10 +89,10 @@ class NestedWeightQuantizer(nn.Module):
         # model moved s by 64x its LSQ step and diverged in one SGD step (0.002 -> -0.04 -> 3.6). Scaling by
         # g_b / shift**2 gives s the update LSQ would give s_b, mapped back to s (our deviation, docs/once-qat.md).
         factor = 1.0 / (math.sqrt(n * max(2 ** (self.bits - 1) - 1, 1)) * shift**2)
-        step = self._shape(w, _scale_grad(self.step, factor).abs().clamp_min(1e-8))
+        step = self._shape(w, scale_grad(self.step, factor).abs().clamp_min(1e-8))
         u = self.top_codes(w.float(), step)
         for _ in range(self.top - self.bits):  # cascade: drop one bit-plane per width
-            u = _floor_ste(u / 2)
+            u = floor_ste(u / 2)
         return ((u + 0.5 - 2 ** (self.bits - 1)) * step * shift).to(w.dtype)
 
     def integer_codes(self, w: torch.Tensor):
