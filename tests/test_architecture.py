@@ -62,7 +62,7 @@ def test_every_forward_quantizer_shares_one_base_and_one_switch():
 
     from effplug.quant import QATConfig, quantize_model, set_quantization_enabled
     from effplug.quant.binary import SignQuantizer
-    from effplug.quant.fake_quant import FakeQuantize
+    from effplug.quant.fake_quantizer import FakeQuantize
     from effplug.quant.lns import LNSQuantizer
     from effplug.quant.luq import SAWBQuantizer
     from effplug.quant.nested import NestedWeightQuantizer
@@ -80,3 +80,17 @@ def test_every_forward_quantizer_shares_one_base_and_one_switch():
     assert not torch.equal(quantized, float_out)
     set_quantization_enabled(model, True)
     assert torch.equal(model.eval()(x), model(x))
+
+
+def test_renamed_modules_keep_their_old_names_with_a_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    for old, new, name in (("effplug.kernels.quant", "effplug.kernels.pack", "quantize_pack"),
+                           ("effplug.quant.fake_quant", "effplug.quant.fake_quantizer", "FakeQuantize")):
+        sys.modules.pop(old, None)
+        with pytest.warns(FutureWarning, match=new):
+            module = importlib.import_module(old)
+        assert getattr(module, name) is getattr(importlib.import_module(new), name)

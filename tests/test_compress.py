@@ -12,7 +12,7 @@ from effplug.compress.division import division_nbytes
 from effplug.compress.gact import allocate_bits
 from effplug.compress.mesa import MesaMethod
 from effplug.data import digits
-from effplug.kernels.quant import packed_nbytes
+from effplug.kernels.pack import packed_nbytes
 from effplug.models import DigitsResNet
 
 F = nn.functional

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from effplug.kernels.quant import pack_codes, unpack_codes
+from effplug.kernels.pack import pack_codes, unpack_codes
 from effplug.sizes import tensor_nbytes
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from effplug.codecs.base import KeyedSeeds
-from effplug.kernels import quant as _quant
-from effplug.kernels.quant import QuantizedTensor
+from effplug.kernels import pack as _pack
+from effplug.kernels.pack import QuantizedTensor
 
 
 class UniformCodec:
@@ -16,7 +16,7 @@ class UniformCodec:
 
     def __init__(self, bits: int = 4, group_size: int = 128, stochastic: bool = True, seed: int | None = None,
                  scale_dtype: torch.dtype = torch.float16, group_name: str = "group_size", scope: str = ""):
-        _quant.validate_quant_args(bits, group_size, scale_dtype, group_name=group_name)
+        _pack.validate_quant_args(bits, group_size, scale_dtype, group_name=group_name)
         self.bits, self.group_size, self.stochastic, self.scale_dtype = bits, group_size, stochastic, scale_dtype
         self.seeds = KeyedSeeds(seed, scope)
 
@@ -26,21 +26,21 @@ class UniformCodec:
         a group holding inf/NaN decodes to NaN instead of raising (a gradient on its way to a GradScaler)."""
         if self.stochastic and seed is None:
             seed = self.seeds.draw(key)
-        return _quant.quantize_pack(tensor, self.bits, self.group_size, self.stochastic,
+        return _pack.quantize_pack(tensor, self.bits, self.group_size, self.stochastic,
                                     seed if self.stochastic else None, self.scale_dtype,
                                     validate=not allow_nonfinite)
 
     @staticmethod
     def decode(payload: QuantizedTensor) -> torch.Tensor:
         """The payload carries its bits and groups: no codec state is needed."""
-        return _quant.unpack_dequantize(payload)
+        return _pack.unpack_dequantize(payload)
 
     def nbytes(self, payload: QuantizedTensor) -> int:
         return payload.nbytes
 
     def nbytes_for(self, numel: int) -> int:
         """What ``encode`` holds for ``numel`` elements, without encoding."""
-        return _quant.packed_nbytes(numel, self.bits, self.group_size, self.scale_dtype)
+        return _pack.packed_nbytes(numel, self.bits, self.group_size, self.scale_dtype)
 
     # -- the wire ---------------------------------------------------------------------------------------
 

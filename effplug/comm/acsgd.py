@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from effplug.codecs import SeedStream, UniformCodec
-from effplug.kernels.quant import QuantizedTensor
+from effplug.kernels.pack import QuantizedTensor
 from effplug.sizes import tensor_nbytes
 
 SCALE_DTYPE = torch.bfloat16  # 8-bit exponent: tiny gradients and large activation changes keep a finite scale

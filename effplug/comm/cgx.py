@@ -6,7 +6,7 @@ import torch
 
 from effplug.codecs import UniformCodec
 from effplug.comm.reduce_scatter import ReduceScatterAllGather
-from effplug.kernels import quant as _quant
+from effplug.kernels import pack as _pack
 
 
 class CGXCompressor(ReduceScatterAllGather):
@@ -22,7 +22,7 @@ class CGXCompressor(ReduceScatterAllGather):
 
     def __init__(self, bits: int = 4, bucket_size: int = 1024, seed: int | None = None,
                  min_compress_size: int = 1024, compress_1d: bool = False):
-        if bits not in _quant.ALLOWED_BITS:
+        if bits not in _pack.ALLOWED_BITS:
             raise ValueError(f"bits={bits!r} is not supported by cgx: use 1, 2, 4 or 8 (codes are bit-packed "
                              "into bytes); 4 is CGX's default")
         super().__init__(seed, min_compress_size, compress_1d)

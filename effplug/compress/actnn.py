@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from effplug.codecs import SeedStream, UniformCodec
-from effplug.kernels.quant import QuantizedTensor
+from effplug.kernels.pack import QuantizedTensor
 
 # bf16 metadata, as ActNN stores for fp32 inputs: no overflow for any finite activation range.
 SCALE_DTYPE = torch.bfloat16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from effplug.kernels.quant import ALLOWED_BITS, validate_quant_args
+from effplug.kernels.pack import ALLOWED_BITS, validate_quant_args
 from effplug.options import checks_keywords
 
 METHODS = ("actnn", "gact", "mesa", "comet", "division")

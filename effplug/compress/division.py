@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from effplug.codecs import UniformCodec, tensor_nbytes
 from effplug.compress.actnn import ActNNMethod
-from effplug.kernels.quant import QuantizedTensor
+from effplug.kernels.pack import QuantizedTensor
 
 
 @dataclass

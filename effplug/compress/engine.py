@@ -52,7 +52,7 @@ from effplug.compress import actnn, comet, division, gact, mesa
 from effplug.compress.config import CompressionConfig
 from effplug.compress.report import CompressionReport, LayerBytes  # noqa: F401  (re-exported)
 from effplug.forward_scope import OutermostForward
-from effplug.kernels.quant import QuantizedTensor
+from effplug.kernels.pack import QuantizedTensor
 from effplug.logs import log_once
 from effplug.options import build_config
 from effplug.profile import saved_bytes
@@ -118,7 +118,7 @@ class Measurement:
     rel_sq_error: float = 0.0  # sum over parameter tensors p of ||g_l,p - g_p||^2 / ||g_p||^2
 
 
-class _Saved:
+class SavedActivation:
     """What the pack hook returns: a payload (or the exact tensor) plus what unpack needs to restore it."""
 
     __slots__ = (
@@ -134,9 +134,9 @@ class _Saved:
         self.ref = weakref.ref(t)
         self.base_ref = weakref.ref(t._base) if t._base is not None else None
 
-    def alias(self, t: torch.Tensor) -> _Saved:
+    def alias(self, t: torch.Tensor) -> SavedActivation:
         """The same payload for another dense view ``t`` of the same whole storage (its own shape and order)."""
-        other = _Saved(t, self.slot)
+        other = SavedActivation(t, self.slot)
         other.payload, other.order = self.payload, _memory_order(t)
         return other
 
@@ -189,7 +189,7 @@ class ActivationCompressor:
         self._report: CompressionReport | None = None
         self._input_bytes = 0
         self._recording = False
-        self._recorded: list[_Saved] = []
+        self._recorded: list[SavedActivation] = []
         self._probe_slot = -1
         self._reported: set = set()
         self._rectified: dict[int, bool] = {}
@@ -296,8 +296,8 @@ class ActivationCompressor:
             self._reported.add(key)
             log.log(level, message)
 
-    def _keep(self, t: torch.Tensor, layer: str, reason: str | None, count: bool = True) -> _Saved:
-        saved = _Saved(t)
+    def _keep(self, t: torch.Tensor, layer: str, reason: str | None, count: bool = True) -> SavedActivation:
+        saved = SavedActivation(t)
         saved.exact = t
         if reason is not None:
             self._report_once(reason, layer)
@@ -311,7 +311,7 @@ class ActivationCompressor:
     def _pack(self, t: torch.Tensor):
         if not self._stack:  # packed outside a forward (double backward): leave it alone
             return self._keep(t, "<outside>", None, count=False)
-        layer, own_body = self._stack[-1]
+        layer, compress_own_body = self._stack[-1]
         ptr = _storage_ptr(t)
         if ptr in self._param_ptrs:
             return self._keep(t, layer, None, count=False)
@@ -334,15 +334,15 @@ class ActivationCompressor:
             if first.payload is not None:
                 return first.alias(t)
             return self._keep(t, layer, None, count=False)
-        saved = self._pack_new(t, layer, own_body)
+        saved = self._pack_new(t, layer, compress_own_body)
         self._identity[key] = (weakref.ref(t if t._base is None else t._base), saved)
         return saved
 
-    def _pack_new(self, t: torch.Tensor, layer: str, own_body: bool) -> _Saved:
-        if not own_body:
+    def _pack_new(self, t: torch.Tensor, layer: str, compress_own_body: bool) -> SavedActivation:
+        if not compress_own_body:
             return self._keep(t, layer, "loss scope (body of a model that may compute its loss)")
         if t.dtype == torch.bool and self.config.pack_bool and t.numel() >= self.config.min_numel:
-            saved = _Saved(t)
+            saved = SavedActivation(t)
             saved.payload = pack_bool(t)
             self._report.add(layer, t.numel(), saved.payload.nbytes, compressed=True)
             return saved
@@ -350,7 +350,7 @@ class ActivationCompressor:
             if t.dtype in (torch.int64, torch.int32) and t.numel() >= self.config.min_numel:
                 narrowed = narrow_int(t)
                 if narrowed is not None:
-                    saved = _Saved(t)
+                    saved = SavedActivation(t)
                     saved.payload = narrowed
                     self._report.add(layer, tensor_nbytes(t), narrowed.nbytes, compressed=True)
                     return saved
@@ -366,7 +366,7 @@ class ActivationCompressor:
             # The check is a host sync, which costs nothing on CPU.
             mask = two_level(dense)
             if mask is not None:
-                saved = _Saved(t, slot)
+                saved = SavedActivation(t, slot)
                 saved.payload, saved.order = mask, order
                 self._report.add(layer, tensor_nbytes(t), mask.nbytes, compressed=True)
                 return saved
@@ -378,7 +378,7 @@ class ActivationCompressor:
             default = f"{self.config.method} could not encode it within its guarantees"
             reason = getattr(self.method, "decline_reason", "") or default
             return self._keep(t, layer, reason)
-        saved = _Saved(t, slot)
+        saved = SavedActivation(t, slot)
         saved.payload, saved.order = payload, order
         self._report.add(layer, tensor_nbytes(t), payload.nbytes, compressed=True)
         if self._recording:
@@ -418,7 +418,7 @@ class ActivationCompressor:
         mask = unpack_bool(payload.mask).view(inner.shape)
         return torch.where(mask, inner.clamp_min(torch.finfo(dtype).tiny), torch.zeros((), dtype=inner.dtype))
 
-    def _restore(self, saved: _Saved, dense: torch.Tensor) -> torch.Tensor:
+    def _restore(self, saved: SavedActivation, dense: torch.Tensor) -> torch.Tensor:
         if saved.order is None:
             return dense.view(saved.shape)
         inverse = [0] * len(saved.order)
@@ -441,7 +441,7 @@ class ActivationCompressor:
                 dense = self._decode(probed, saved.dtype).view(dense.shape)
         return self._restore(saved, dense)
 
-    def _decode_dense(self, saved: _Saved) -> torch.Tensor:
+    def _decode_dense(self, saved: SavedActivation) -> torch.Tensor:
         if isinstance(saved.payload, TwoLevelPayload):
             p = saved.payload
             out = torch.where(unpack_bool(p.mask), p.value, torch.zeros((), dtype=p.dtype))

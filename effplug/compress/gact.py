@@ -53,7 +53,7 @@ def allocate_bits(sensitivity: list[float], numels: list[int], target_bits: floa
     return bits
 
 
-def _clean(value: float) -> float:
+def _bounded_sensitivity(value: float) -> float:
     # GACT clamps non-finite or huge sensitivities to 1e10 so one bad probe cannot stall the greedy.
     return 1e10 if not math.isfinite(value) or value > 1e10 else value
 
@@ -85,7 +85,7 @@ class GACTMethod(ActNNMethod):
     def calibrate(self, measurements) -> None:
         # B = 1 for the probe, so c_l = ||g_l - g||^2 (or its per-parameter relative form)
         relative = self.config.sensitivity == "relative"
-        sens = [_clean(m.rel_sq_error if relative else m.sq_error) for m in measurements]
+        sens = [_bounded_sensitivity(m.rel_sq_error if relative else m.sq_error) for m in measurements]
         numels = [m.numel for m in measurements]
         bits = allocate_bits(sens, numels, self.target_bits)
         # Indexed by slot; slots that were not probed (stored losslessly) keep the default and weigh nothing.

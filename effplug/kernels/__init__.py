@@ -2,8 +2,8 @@
 
 from effplug.kernels.dispatch import active_backend_name, kernel_backend
 from effplug.kernels.fake_quant import fake_quantize, quantization_codes
+from effplug.kernels.pack import QuantizedTensor, packed_nbytes, quantize_pack, unpack_dequantize
 from effplug.kernels.pow2 import Pow2Codes, log_quantize, pow2_decode, pow2_encode, pow2_round
-from effplug.kernels.quant import QuantizedTensor, packed_nbytes, quantize_pack, unpack_dequantize
 from effplug.kernels.topk import topk_select
 
 __all__ = [

@@ -6,7 +6,7 @@ For callers that keep their own range (Mesa's running ``shift``/``clip``, eq. 4-
     q = clamp(floor((x - low[c]) / step[c] + u), 0, 2**bits - 1),   x_hat = q * step[c] + low[c]
 
 with ``u`` from the Philox stream of ``seed`` at the element index (``u = 0.5`` for nearest). Codes are packed
-in the DESIGN packing order (``kernels.quant.pack_codes``). The Triton and torch paths agree bit for bit.
+in the DESIGN packing order (``kernels.pack.pack_codes``). The Triton and torch paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from effplug.kernels import dispatch
+from effplug.kernels.pack import ALLOWED_BITS, pack_codes, unpack_codes
 from effplug.kernels.philox import resolve_seed, uniform24
-from effplug.kernels.quant import ALLOWED_BITS, pack_codes, unpack_codes
 from effplug.sizes import tensor_nbytes
 
 

@@ -22,7 +22,7 @@ from effplug.quant.convert import (
 )
 from effplug.quant.estimators import octav_clip
 from effplug.quant.export import export_quantized, integer_model
-from effplug.quant.fake_quant import FakeQuantize
+from effplug.quant.fake_quantizer import FakeQuantize
 from effplug.quant.nested import multi_bit_loss, set_bits
 from effplug.quant.presets import PRESETS, BackendPreset
 

@@ -12,7 +12,7 @@ from effplug.logs import log_once
 from effplug.options import build_config, name_patterns, require_module
 from effplug.quant.config import QATConfig
 from effplug.quant.coverage import report_coverage
-from effplug.quant.fake_quant import FakeQuantize
+from effplug.quant.fake_quantizer import FakeQuantize
 from effplug.quant.modules import (
     QuantEmbedding,
     QuantLinear,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from effplug.quant import estimators
-from effplug.quant.fake_quant import broadcast_channels
+from effplug.quant.fake_quantizer import broadcast_channels
 from effplug.quant.quantizer import Quantizer
 from effplug.quant.ste import floor_ste, scale_grad
 
