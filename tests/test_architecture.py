@@ -94,3 +94,12 @@ def test_renamed_modules_keep_their_old_names_with_a_warning():
         with pytest.warns(FutureWarning, match=new):
             module = importlib.import_module(old)
         assert getattr(module, name) is getattr(importlib.import_module(new), name)
+
+
+def test_every_activation_method_is_a_compression_method():
+    from effplug.compress.engine import METHOD_CLASSES
+    from effplug.compress.method import CompressionMethod
+
+    assert set(METHOD_CLASSES) == {"actnn", "gact", "mesa", "comet", "division"}
+    for name, cls in METHOD_CLASSES.items():
+        assert issubclass(cls, CompressionMethod) and cls.name == name

@@ -11,20 +11,21 @@ from __future__ import annotations
 import torch
 
 from effplug.codecs import SeedStream, UniformCodec
+from effplug.compress.method import CompressionMethod
 from effplug.kernels.pack import QuantizedTensor
 
 # bf16 metadata, as ActNN stores for fp32 inputs: no overflow for any finite activation range.
 SCALE_DTYPE = torch.bfloat16
 
 
-class ActNNMethod:
+class ActNNMethod(CompressionMethod):
     """Every compressible saved tensor at ``config.bits``."""
 
     name = "actnn"
     needs_calibration = False
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.seeds = SeedStream(config.seed)  # one stream, drawn in the order tensors are saved
         self._codecs: dict[tuple[int, bool], UniformCodec] = {}
 
@@ -49,13 +50,6 @@ class ActNNMethod:
 
     def decode(self, payload) -> torch.Tensor:
         return UniformCodec.decode(payload)
-
-    def probe(self, x: torch.Tensor, slot: int):
-        """The payload used when this tensor's effect on the gradient is measured (calibration)."""
-        return self.encode(x, slot)
-
-    def calibrate(self, measurements) -> None:  # fixed bits: nothing to adapt
-        pass
 
     def state_dict(self) -> dict:
         return {"seeds": self.seeds.state_dict()}

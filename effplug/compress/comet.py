@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from effplug.compress.method import CompressionMethod
 from effplug.kernels.pack import pack_codes, unpack_codes
 from effplug.sizes import tensor_nbytes
 
@@ -47,12 +48,12 @@ class CometPayload:
         return tensor_nbytes(self.data) + tensor_nbytes(self.zero)
 
 
-class CometMethod:
+class CometMethod(CompressionMethod):
     name = "comet"
     needs_calibration = True
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.tightening: dict[str, int] = {}
         self.fallbacks = 0
         self.calibrations = 0
@@ -98,9 +99,6 @@ class CometMethod:
         x = p.zero[:, None] + q.view(-1, p.group_size) * p.step
         n = math.prod(p.shape)
         return x.reshape(-1)[:n].view(p.shape).to(p.dtype)
-
-    def probe(self, x, slot):
-        return self.encode(x, slot)
 
     def calibrate(self, measurements) -> None:
         tol = self.config.grad_tolerance

@@ -30,9 +30,7 @@ Correctness details:
 from __future__ import annotations
 
 import logging
-import math
 import weakref
-from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_leaves
@@ -49,8 +47,10 @@ from effplug.codecs.lossless import (  # noqa: F401  (re-exported)
     unpack_bool,
 )
 from effplug.compress import actnn, comet, division, gact, mesa
+from effplug.compress.calibration import Measurement, measure_gradient_effects  # noqa: F401
 from effplug.compress.config import CompressionConfig
 from effplug.compress.report import CompressionReport, LayerBytes  # noqa: F401  (re-exported)
+from effplug.compress.saved import SavedActivation, _covers_storage, _memory_order, _storage_ptr  # noqa: F401
 from effplug.forward_scope import OutermostForward
 from effplug.kernels.pack import QuantizedTensor
 from effplug.logs import log_once
@@ -89,79 +89,6 @@ def _begins_a_forward(module, args, kwargs) -> bool:
     # no grad, or a forward recomputed inside backward (gradient checkpointing): what it saves is freed
     # moments later, so it stays exact and the real forward's report stands
     return torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1
-
-
-def _storage_ptr(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-def _covers_storage(t: torch.Tensor) -> bool:
-    """``t`` is a dense, non-overlapping view of its whole storage (so its memory order is the storage's)."""
-    return (t.storage_offset() == 0 and tensor_nbytes(t) == t.untyped_storage().nbytes()
-            and _memory_order(t) is not None)
-
-
-def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
-    """A permutation ``p`` with ``t.permute(p)`` contiguous, or None when ``t`` overlaps or has gaps."""
-    order = tuple(sorted(range(t.ndim), key=lambda d: (-t.stride(d), -t.shape[d])))
-    return order if t.permute(order).is_contiguous() else None
-
-
-@dataclass
-class Measurement:
-    """One calibration probe: only tensor ``slot`` compressed; squared gradient error against the exact one."""
-
-    slot: int
-    numel: int
-    sq_error: float  # ||g_l - g||^2 over all parameters
-    ref_sq_norm: float  # ||g||^2
-    rel_sq_error: float = 0.0  # sum over parameter tensors p of ||g_l,p - g_p||^2 / ||g_p||^2
-
-
-class SavedActivation:
-    """What the pack hook returns: a payload (or the exact tensor) plus what unpack needs to restore it."""
-
-    __slots__ = (
-        "payload", "exact", "shape", "dtype", "order", "version", "ref", "base_ref", "slot", "modified", "__weakref__"
-    )
-
-    def __init__(self, t: torch.Tensor, slot: int = -1):
-        self.payload = None
-        self.exact = None
-        self.shape, self.dtype, self.order, self.slot = t.shape, t.dtype, None, slot
-        self.version = t._version
-        self.modified = None  # the version seen at the end of the forward, when it had already changed
-        self.ref = weakref.ref(t)
-        self.base_ref = weakref.ref(t._base) if t._base is not None else None
-
-    def alias(self, t: torch.Tensor) -> SavedActivation:
-        """The same payload for another dense view ``t`` of the same whole storage (its own shape and order)."""
-        other = SavedActivation(t, self.slot)
-        other.payload, other.order = self.payload, _memory_order(t)
-        return other
-
-    def current_version(self) -> int | None:
-        for ref in (self.ref, self.base_ref):
-            live = ref() if ref is not None else None
-            if live is not None:
-                return live._version
-        return None
-
-    def note_forward_end(self) -> None:
-        version = self.current_version()
-        if version is not None and version != self.version:
-            self.modified = version
-
-    def check_version(self) -> None:
-        version = self.current_version()
-        version = self.modified if version is None or version == self.version else version
-        if version is not None and version != self.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an inplace "
-                f"operation: a saved {tuple(self.shape)} {self.dtype} tensor is at version {version}; "
-                f"expected version {self.version} (effplug.compress detected this through the version counter). "
-                "Clone the tensor before modifying it in place."
-            )
 
 
 class ActivationCompressor:
@@ -376,7 +303,7 @@ class ActivationCompressor:
             payload = None
         if payload is None:
             default = f"{self.config.method} could not encode it within its guarantees"
-            reason = getattr(self.method, "decline_reason", "") or default
+            reason = self.method.decline_reason or default
             return self._keep(t, layer, reason)
         saved = SavedActivation(t, slot)
         saved.payload, saved.order = payload, order
@@ -453,6 +380,9 @@ class ActivationCompressor:
 
     # -- calibration (GACT sensitivities, COMET bounds) -------------------------------------------------
 
+    def _set_probe(self, slot: int) -> None:
+        self._probe_slot = slot
+
     @property
     def calibration_pending(self) -> bool:
         return self._recording and bool(self._recorded)
@@ -468,24 +398,7 @@ class ActivationCompressor:
         if not self.calibration_pending:
             return False
         params = [p for p in self.model.parameters() if p.requires_grad]
-        reference = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        ref_sq = sum(float(g.float().pow(2).sum()) for g in reference if g is not None)
-        measurements = []
-        slots = {s.slot: s for s in self._recorded}
-        try:
-            for slot, saved in sorted(slots.items()):
-                self._probe_slot = slot
-                probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                errors = [
-                    (float((a.float() - b.float()).pow(2).sum()), float(b.float().pow(2).sum()))
-                    for a, b in zip(probed, reference, strict=True)
-                    if a is not None
-                ]
-                err = sum(e for e, _ in errors)
-                rel = sum(e / r for e, r in errors if r > 0)
-                measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq, rel))
-        finally:
-            self._probe_slot = -1
+        measurements = measure_gradient_effects(loss, params, self._recorded, self._set_probe)
         self.method.calibrate(measurements)
         self._recorded = []
         self._recording = False
@@ -529,6 +442,5 @@ class ActivationCompressor:
         """Bytes of the last forward, for logs: original, held, ratio."""
         r = self.last_report
         out = {"saved_original_bytes": r.original_bytes, "saved_held_bytes": r.held_bytes, "saved_ratio": r.ratio}
-        if isinstance(self.method, gact.GACTMethod):
-            out["gact_average_bits"] = self.method.average_bits()
+        out.update(self.method.summary())
         return out

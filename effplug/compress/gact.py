@@ -97,6 +97,9 @@ class GACTMethod(ActNNMethod):
             self.allocation[m.slot], self.numels[m.slot], self.sensitivity[m.slot] = b, m.numel, c
         self.calibrations += 1
 
+    def summary(self) -> dict:
+        return {"gact_average_bits": self.average_bits()}
+
     def average_bits(self) -> float:
         if not len(self.allocation):
             return float(self.default_bits)

@@ -24,6 +24,7 @@ import torch
 
 from effplug.codecs import SeedStream
 from effplug.codecs.affine import AffineCodec
+from effplug.compress.method import CompressionMethod
 from effplug.kernels.affine import AffineCodes
 
 MesaPayload = AffineCodes  # codes plus the per-channel low (the widened shift) and step
@@ -34,13 +35,11 @@ def channel_axis(ndim: int) -> int:
     return 1 if ndim == 4 else ndim - 1
 
 
-class MesaMethod:
+class MesaMethod(CompressionMethod):
     name = "mesa"
-    needs_calibration = False
-    decline_reason = ""
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.bits = int(config.bits)
         self.codec = AffineCodec(self.bits, config.stochastic, SeedStream(config.seed))
         self.seeds = self.codec.seeds
@@ -78,12 +77,6 @@ class MesaMethod:
 
     def decode(self, p: MesaPayload) -> torch.Tensor:
         return AffineCodec.decode(p)
-
-    def probe(self, x, slot):
-        return self.encode(x, slot)
-
-    def calibrate(self, measurements) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {
