@@ -1,11 +1,14 @@
 """``effplug demo``: train the embedded tasks in a real Lightning Trainer and print one table.
 
 Rows come from two small registries: tasks (what to train) and configurations (what effplug adds).
-A later technique registers a configuration with ``register_demo_config``; nobody edits this loop.
+Each family registers its own rows with ``register_demo_config`` in its ``demo_rows`` module
+(``effplug/compress``, ``effplug/quant``, ``effplug/comm``), loaded in ``FAMILY_ROWS`` order at the end of
+this module; nobody edits this loop.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -82,101 +85,6 @@ def _build_char_lm(quick: bool):
 register_demo_task(DemoTask("digits-resnet", "accuracy", _build_digits))
 register_demo_task(DemoTask("char-gpt2", "val loss", _build_char_lm))
 register_demo_config(DemoConfig("fp32 baseline", baseline=True))
-
-
-def _activation_compression_row(name: str, tasks: tuple = (), **settings) -> DemoConfig:
-    """A row for ``effplug.callbacks.ActivationCompression``; saved bytes come from the engine's own accounting."""
-
-    def trainer_kwargs():
-        from effplug.callbacks import ActivationCompression
-
-        return {"callbacks": [ActivationCompression(**settings, seed=0)]}
-
-    def measure(module, batch) -> int:
-        from effplug.compress import ActivationCompressor
-
-        module.train()
-        engine = ActivationCompressor(module, **settings, seed=0)
-        return engine.step_saved_bytes(lambda: module.compute_loss(batch))[1]
-
-    return DemoConfig(name, trainer_kwargs, tasks=tasks, measure_saved_bytes=measure)
-
-
-# Digits only: the torch codec's stochastic rounding makes the GPT-2 row ~8x slower on a CPU, which would
-# push `make demo` past its few-minute budget. benchmarks/activation_memory.py covers the transformer.
-register_demo_config(
-    _activation_compression_row("actnn 4-bit activations", tasks=("digits-resnet",), method="actnn", bits=4)
-)
-
-
-def _qat_row(name: str, tasks: tuple = (), **settings) -> DemoConfig:
-    """A row for ``effplug.callbacks.QuantizationAwareTraining`` (first and last layers at 8 bits)."""
-
-    def trainer_kwargs():
-        from effplug.callbacks import QuantizationAwareTraining
-
-        return {"callbacks": [QuantizationAwareTraining(**settings)]}
-
-    return DemoConfig(name, trainer_kwargs, tasks=tasks)
-
-
-register_demo_config(_qat_row("lsq W4A4 QAT", weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="lsq"))
-register_demo_config(_qat_row("octav W4A4 QAT", tasks=("digits-resnet",), weight_bits=4, act_bits=4,
-                              weight_estimator="octav", act_estimator="octav"))
-
-
-def _luq_row() -> DemoConfig:
-    def trainer_kwargs():
-        from effplug.precision import LUQPrecision
-
-        return {"plugins": [LUQPrecision()]}
-
-    return DemoConfig("LUQ 4-bit fwd+bwd", trainer_kwargs, tasks=("digits-resnet",))
-
-
-def _lns_madam_row() -> DemoConfig:
-    def trainer_kwargs():
-        import pytorch_lightning as pl
-
-        from effplug.optim import LNSMadam
-        from effplug.precision import LNSPrecision
-
-        class UseLNSMadam(pl.Callback):  # the demo modules build their optimizer from these attributes
-            def setup(self, trainer, pl_module, stage):
-                super().setup(trainer, pl_module, stage)
-                pl_module.optimizer_class, pl_module.lr = LNSMadam, 1 / 8
-
-        return {"plugins": [LNSPrecision()], "callbacks": [UseLNSMadam()]}
-
-    return DemoConfig("LNS-Madam 8-bit", trainer_kwargs, tasks=("digits-resnet",))
-
-
-# Digits only: on this CPU the torch path of LUQ's gradient quantizer makes GPT-2 several times slower;
-# benchmarks/lowprec.py covers the transformer.
-register_demo_config(_luq_row())
-register_demo_config(_lns_madam_row())
-
-
-def _comm_row(name: str, compressor: str | None, **options) -> DemoConfig:
-    """Two spawned CPU processes under DDP; ``compressor=None`` is dense all-reduce through the same meter."""
-
-    def trainer_kwargs():
-        from effplug.comm import GradientCompressor
-        from effplug.lit_modules import CommBytesCallback
-        from effplug.strategies import CompressedDDPStrategy
-
-        chosen = GradientCompressor() if compressor is None else compressor
-        strategy = CompressedDDPStrategy(chosen, start_method="spawn", **options)
-        return {"strategy": strategy, "callbacks": [CommBytesCallback()]}
-
-    return DemoConfig(name, trainer_kwargs, tasks=("digits-resnet",), devices=2, baseline=compressor is None)
-
-
-# Digits only, 2 processes each (per-rank batch 64, so each step sees 128 samples); bytes are what one rank
-# sends per step next to dense all-reduce. benchmarks/comm.py covers GPT-2, 4 processes and 3 seeds.
-register_demo_config(_comm_row("DDP dense, 2 procs", None))
-register_demo_config(_comm_row("ddp_topk 1%, 2 procs", "topk", ratio=0.01))
-register_demo_config(_comm_row("ddp_cgx 4-bit, 2 procs", "cgx", bits=4, seed=0))
 
 
 def _default_saved_bytes(module, batch) -> int:
@@ -285,3 +193,9 @@ def write_json(rows: list, path: str, argv: list) -> None:
 
     with open(path, "w") as f:
         json.dump({"command": argv, "environment": environment(), "rows": rows}, f, indent=2)
+
+
+# Each family's rows, in table order (imported here, after the registries exist).
+FAMILY_ROWS = ("effplug.compress.demo_rows", "effplug.quant.demo_rows", "effplug.comm.demo_rows")
+for _module in FAMILY_ROWS:
+    importlib.import_module(_module)

@@ -103,3 +103,15 @@ def test_every_activation_method_is_a_compression_method():
     assert set(METHOD_CLASSES) == {"actnn", "gact", "mesa", "comet", "division"}
     for name, cls in METHOD_CLASSES.items():
         assert issubclass(cls, CompressionMethod) and cls.name == name
+
+
+def test_demo_rows_come_from_their_families():
+    import inspect
+
+    from effplug import demo
+
+    source = inspect.getsource(demo)
+    for row in ("ActivationCompression", "QuantizationAwareTraining", "LUQPrecision", "CompressedDDPStrategy"):
+        assert row not in source, row  # registered by the family's demo_rows module, not in the loop
+    families = {c.trainer_kwargs.__module__ for c in demo.DEMO_CONFIGS.values() if c.name != "fp32 baseline"}
+    assert families == set(demo.FAMILY_ROWS)
