@@ -44,8 +44,8 @@ def rank_main(epochs: int, bits_list: list[int], out: Path) -> None:
     import torch.distributed as dist
 
     from effplug import data, models
-    from effplug.comm.acsgd import ACSGDConfig
     from effplug.parallel.pipeline import PipelineRunner, split_gpt2
+    from effplug.parallel.pipeline.acsgd import ACSGDConfig
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))

@@ -83,8 +83,8 @@ def peak_in_flight(order) -> dict[int, int]:
 def rank_main(args, out: Path) -> None:
     import torch.distributed as dist
 
-    from effplug.parallel.chimera import ChimeraRunner
     from effplug.parallel.pipeline import PipelineRunner
+    from effplug.parallel.pipeline.chimera import ChimeraRunner
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

@@ -19,14 +19,14 @@ pair it with a small ``--windows`` (the training set) and enough steps for sever
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 import torch.distributed as dist
 
 from effplug import data, models
-from effplug.comm.acsgd import ACSGDConfig
-from effplug.parallel.pipeline import PipelineRunner, split_gpt2
+from effplug.parallel.pipeline import build_pipeline, split_gpt2
+from effplug.parallel.pipeline.acsgd import ACSGDConfig
+from effplug.parallel.pipeline.builder import check_pipeline_settings
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--windows", type=int, default=4096, help="training windows (the fixed training set)")
     parser.add_argument("--acsgd-bits", type=int, choices=[2, 4, 8], default=None)
     args = parser.parse_args(argv)
-    if args.acsgd_bits and args.schedule == "chimera":
-        parser.error("--acsgd-bits works with --schedule gpipe or 1f1b")
+    acsgd = ACSGDConfig(bits=args.acsgd_bits) if args.acsgd_bits else None
+    try:  # fail before joining the process group
+        check_pipeline_settings(args.schedule, acsgd)
+    except ValueError as error:
+        parser.error(str(error))
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -52,18 +55,8 @@ def main(argv=None) -> dict:
     corpus, (train_x, train_y), _ = data.char_lm_windows(block, train_windows=args.windows)
     torch.manual_seed(0)
     model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=4, n_head=4)
-    stages = [s.to(device) for s in split_gpt2(model, num_stages=world)]
-    if args.schedule == "chimera":
-        from effplug.parallel.chimera import ChimeraRunner
-
-        up = [s.to(device) for s in split_gpt2(copy.deepcopy(model), num_stages=world)]
-        mine = [stages[rank], up[world - 1 - rank]]
-        runner = ChimeraRunner(mine[0], mine[1], args.microbatches, lm_loss, device=device)
-    else:
-        mine = [stages[rank]]
-        runner = PipelineRunner(mine[0], rank, world, schedule=args.schedule, microbatches=args.microbatches,
-                                loss_fn=lm_loss, device=device, sync_tied=True,  # GPT-2 ties embedding and head
-                                acsgd=ACSGDConfig(bits=args.acsgd_bits) if args.acsgd_bits else None)
+    runner, mine = build_pipeline(model.to(device), lambda m: split_gpt2(m, num_stages=world), args.schedule,
+                                  args.microbatches, lm_loss, rank=rank, world=world, device=device, acsgd=acsgd)
     optimizer = torch.optim.AdamW([p for m in mine for p in m.parameters()], lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     losses = []
@@ -75,17 +68,14 @@ def main(argv=None) -> dict:
         idx = batches.pop(0)
         x, y = train_x[idx].to(device), train_y[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
-        if args.schedule == "chimera":
-            loss = runner.step(x, y)
-        else:
-            loss = runner.step(x if runner.is_first else None, y if runner.is_last else None, sample_ids=idx)
+        loss = runner.run(x, y, sample_ids=idx)
         optimizer.step()
         if loss is not None:
             losses.append(loss.item())
             if step % max(args.steps // 5, 1) == 0 or step == args.steps - 1:
                 print(f"rank {rank} step {step}: loss {loss.item():.3f}", flush=True)
     result = {"losses": losses}
-    if args.acsgd_bits and args.schedule != "chimera":
+    if runner.acsgd is not None:
         meter = runner.acsgd.meter
         print(f"rank {rank} AC-SGD {args.acsgd_bits}-bit: {meter.bytes_per_step:,.0f} bytes/step sent vs "
               f"{meter.dense_bytes_per_step:,.0f} plain ({meter.ratio:.2f}x fewer, warm-up steps included)", flush=True)

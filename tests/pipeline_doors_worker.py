@@ -134,8 +134,8 @@ def acsgd_runs(out, trainer, Record) -> dict:
     """A char-LM on stdlib_text through pipeline_1f1b, plain and with AC-SGD (4-bit), 4 epochs over 1024 windows,
     then an AC-SGD resume from the end of epoch 2."""
     from effplug import data
-    from effplug.comm.acsgd import ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
     from effplug.lit_modules import ClassifierModule
+    from effplug.parallel.pipeline.acsgd import ACSGDConfig, activation_wire_nbytes, gradient_wire_nbytes
     from effplug.strategies import PipelineStrategy
 
     corpus = data.stdlib_text(max_chars=200_000)

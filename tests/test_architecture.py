@@ -89,7 +89,10 @@ def test_renamed_modules_keep_their_old_names_with_a_warning():
     import pytest
 
     for old, new, name in (("effplug.kernels.quant", "effplug.kernels.pack", "quantize_pack"),
-                           ("effplug.quant.fake_quant", "effplug.quant.fake_quantizer", "FakeQuantize")):
+                           ("effplug.quant.fake_quant", "effplug.quant.fake_quantizer", "FakeQuantize"),
+                           ("effplug.comm.acsgd", "effplug.parallel.pipeline.acsgd", "ACSGDCodec"),
+                           ("effplug.parallel.chimera", "effplug.parallel.pipeline.chimera", "ChimeraRunner"),
+                           ("effplug.parallel.acsgd_stage", "effplug.parallel.pipeline.acsgd_stage", "ACSGDStages")):
         sys.modules.pop(old, None)
         with pytest.warns(FutureWarning, match=new):
             module = importlib.import_module(old)
@@ -115,3 +118,14 @@ def test_demo_rows_come_from_their_families():
         assert row not in source, row  # registered by the family's demo_rows module, not in the loop
     families = {c.trainer_kwargs.__module__ for c in demo.DEMO_CONFIGS.values() if c.name != "fp32 baseline"}
     assert families == set(demo.FAMILY_ROWS)
+
+
+def test_the_pipeline_doors_build_their_runner_through_one_builder():
+    import inspect
+
+    import effplug.strategies.pipeline as strategy
+
+    recipe = (PACKAGE.parent / "recipes" / "hf_pipeline_gpt2.py").read_text()
+    for source in (inspect.getsource(strategy), recipe):
+        assert "build_pipeline(" in source and ".run(" in source
+        assert 'schedule == "chimera"' not in source and "ChimeraRunner(" not in source

@@ -137,8 +137,8 @@ def test_acsgd_boundary_ends_draw_from_disjoint_streams():
     pytest.importorskip("torch.distributed.pipelining")
     from torch import nn
 
-    from effplug.comm.acsgd import ACSGDConfig
-    from effplug.parallel.acsgd_stage import ACSGDStageModule
+    from effplug.parallel.pipeline.acsgd import ACSGDConfig
+    from effplug.parallel.pipeline.acsgd_stage import ACSGDStageModule
 
     config = ACSGDConfig(seed=0)
     stages = [ACSGDStageModule(nn.Identity(), i == 0, i == 3, config, i) for i in range(4)]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from effplug.comm.acsgd import ACSGDCodec
+from effplug.parallel.pipeline.acsgd import ACSGDCodec
 from effplug.parallel.schedules import (
     analytic_bubble,
     chimera,
@@ -120,14 +120,14 @@ def test_acsgd_sample_ids_are_stable_and_distinct():
     import subprocess
     import sys
 
-    from effplug.comm.acsgd import batch_sample_ids, row_sample_ids
+    from effplug.parallel.pipeline.acsgd import batch_sample_ids, row_sample_ids
 
     rows = torch.arange(24).reshape(6, 4)
     ids = row_sample_ids(rows)
     assert ids.dtype == torch.int64 and len(set(ids.tolist())) == 6
     assert torch.equal(row_sample_ids(rows[[3, 1]]), ids[[3, 1]])  # a row's id does not depend on its batch
     # the same in another process (Python's own hash() is salted per process; blake2b is not)
-    code = "import torch; from effplug.comm.acsgd import row_sample_ids; " \
+    code = "import torch; from effplug.parallel.pipeline.acsgd import row_sample_ids; " \
            "print(row_sample_ids(torch.arange(24).reshape(6, 4)).tolist())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == str(ids.tolist())
@@ -277,8 +277,8 @@ def _acsgd_pipeline_steps(rank, world, x, y) -> dict:
     """1F1B with AC-SGD: a warm-up step (exact), then the same batch again (compressed) with unchanged weights."""
     import torch.distributed as dist
 
-    from effplug.comm.acsgd import ACSGDConfig
     from effplug.parallel.pipeline import PipelineRunner, split_sequential
+    from effplug.parallel.pipeline.acsgd import ACSGDConfig
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
@@ -337,8 +337,8 @@ def _chimera_worker(rank, world, port, micro, results):
 
     import torch.distributed as dist
 
-    from effplug.parallel.chimera import ChimeraRunner
     from effplug.parallel.pipeline import split_sequential
+    from effplug.parallel.pipeline.chimera import ChimeraRunner
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
@@ -446,7 +446,7 @@ def test_pipeline_entry_points_reject_bad_settings():
 
     with pytest.raises(ValueError, match="num_stages"):
         split_gpt2(tiny_gpt2(vocab_size=40, n_positions=16))
-    from effplug.comm.acsgd import ACSGDCodec, ACSGDConfig
+    from effplug.parallel.pipeline.acsgd import ACSGDCodec, ACSGDConfig
 
     with pytest.raises(ValueError, match="2 or 4 bits"):
         ACSGDConfig(bits=3)

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 
 from effplug._optional import require
-from effplug.comm.acsgd import ACSGDConfig, batch_sample_ids
 from effplug.distributed import gather_from_ranks
 from effplug.logs import log_once
 from effplug.options import checks_keywords
-from effplug.parallel.pipeline import PipelineRunner, StageList, split_decoder, split_sequential
+from effplug.parallel.pipeline import StageList, build_pipeline, split_decoder, split_sequential
+from effplug.parallel.pipeline.acsgd import ACSGDConfig, batch_sample_ids
+from effplug.parallel.pipeline.builder import SCHEDULES, check_pipeline_settings
 
 require("pytorch_lightning", extra="lightning")
 
 from pytorch_lightning.strategies import DDPStrategy, Strategy  # noqa: E402
 
-SCHEDULES = ("gpipe", "1f1b", "chimera")
 ACSGD_KEY = "effplug_acsgd"
 log = logging.getLogger("effplug.pipeline")
 
@@ -49,7 +49,7 @@ def _acsgd_config(acsgd) -> ACSGDConfig | None:
         return ACSGDConfig(**acsgd)
     if isinstance(acsgd, ACSGDConfig):
         return acsgd
-    raise TypeError(f"acsgd={acsgd!r}: use True, an effplug.comm.acsgd.ACSGDConfig or a dict of its fields")
+    raise TypeError(f"acsgd={acsgd!r}: use True, an effplug.parallel.pipeline.acsgd.ACSGDConfig or a dict of its fields")
 
 
 def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,12 +92,8 @@ class PipelineStrategy(DDPStrategy):
 
     def __init__(self, schedule: str = "1f1b", microbatches: int = 4, split_points: list[int] | None = None,
                  module_attr: str | None = None, acsgd: bool | ACSGDConfig | dict | None = None, **kwargs: Any):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULES}")
         self.acsgd = _acsgd_config(acsgd)
-        if self.acsgd is not None and schedule == "chimera":
-            raise ValueError("acsgd works with pipeline_gpipe and pipeline_1f1b; Chimera's two opposite "
-                             "pipelines are not wired for it yet")
+        check_pipeline_settings(schedule, self.acsgd)
         if not isinstance(microbatches, int) or microbatches < 1:
             raise ValueError(f"microbatches={microbatches!r}: use a positive int")
         if module_attr is not None and not isinstance(module_attr, str):
@@ -123,7 +119,6 @@ class PipelineStrategy(DDPStrategy):
                             "stages' layers.") from None
 
     def setup(self, trainer) -> None:
-        import copy
 
         if trainer.accumulate_grad_batches != 1:
             raise ValueError("PipelineStrategy runs a whole batch as micro-batches; instead of "
@@ -138,25 +133,10 @@ class PipelineStrategy(DDPStrategy):
                  self.module_attr)
         if isinstance(model, StageList) and self.runner is not None:  # validate/test after fit: already split
             return self._setup_without_broadcast(trainer)
-        rank, world = self.global_rank, self.world_size
-        stages = self._split(model)
-        tied = any(hasattr(stage, "tied_parameter") for stage in stages)
-        if len(stages) != world:
-            raise ValueError(f"{len(stages)} stages for {world} ranks: give {world - 1} split points")
         loss_fn = getattr(module, "pipeline_loss", _default_loss)
-        if self.schedule == "chimera":
-            from effplug.parallel.chimera import ChimeraRunner
-
-            if tied:
-                log.warning("pipeline_chimera: the embedding/head tie is not kept across stages (each copy trains "
-                            "on its own gradient); use pipeline_1f1b or pipeline_gpipe for tied models")
-            up_stages = self._split(copy.deepcopy(model))
-            mine = StageList([stages[rank], up_stages[world - 1 - rank]])
-            self.runner = ChimeraRunner(mine[0], mine[1], self.microbatches, loss_fn, device=self.root_device)
-        else:
-            mine = StageList([stages[rank]])
-            self.runner = PipelineRunner(mine[0], rank, world, schedule=self.schedule, microbatches=self.microbatches,
-                                         loss_fn=loss_fn, device=self.root_device, sync_tied=tied, acsgd=self.acsgd)
+        self.runner, mine = build_pipeline(model, self._split, self.schedule, self.microbatches, loss_fn,
+                                           rank=self.global_rank, world=self.world_size, device=self.root_device,
+                                           acsgd=self.acsgd)
         setattr(module, self.module_attr, mine)  # the optimizer is built over this rank's stage(s) only
         self._setup_without_broadcast(trainer)
 
@@ -179,14 +159,10 @@ class PipelineStrategy(DDPStrategy):
         inputs, targets = batch[0], batch[1]
         for p in self.lightning_module.parameters():  # Lightning zeroes after training_step; the schedule accumulates
             p.grad = None
-        if self.schedule == "chimera":
-            loss = self.runner.step(inputs, targets)
-        else:
-            ids = batch_sample_ids(batch) if self.acsgd is not None else None
-            loss = self.runner.step(inputs if self.runner.is_first else None, targets if self.runner.is_last else None,
-                                    sample_ids=ids)
-            if ids is not None:
-                self._report_warmup_steps()
+        ids = batch_sample_ids(batch) if self.acsgd is not None else None
+        loss = self.runner.run(inputs, targets, sample_ids=ids)
+        if ids is not None:
+            self._report_warmup_steps()
         # the last stage(s) hold the loss: one rank for GPipe/1F1B, two for Chimera (each a half of the batch)
         total = torch.zeros(2, device=self.root_device)
         if loss is not None:
