@@ -716,3 +716,31 @@ def test_once_qat_trains_at_lr_0_1_without_first_last_layers(layers, first_last_
         losses.append(float(loss))
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it diverged to NaN / 1e12 before
     assert all(float(q.step.abs().max()) < 1 for q in nested.nested_quantizers(model))
+
+
+def test_fake_quantize_builds_one_class_per_kind_with_the_same_state_keys():
+    from effplug.quant.fake_quantizer import (
+        DoReFaQuantizer,
+        FakeQuantize,
+        Grid,
+        LSQQuantizer,
+        PACTQuantizer,
+        RangeQuantizer,
+    )
+
+    cases = {("minmax", "weight", "symmetric"): (RangeQuantizer, {"grid", "initialized", "clip"}),
+             ("octav", "act", "asymmetric"): (RangeQuantizer, {"grid", "initialized", "range_min", "range_max"}),
+             ("lsq", "weight", "symmetric"): (LSQQuantizer, {"grid", "initialized", "step"}),
+             ("lsq+", "act", "symmetric"): (LSQQuantizer, {"grid", "initialized", "step", "offset"}),
+             ("pact", "act", "unsigned"): (PACTQuantizer, {"grid", "initialized", "alpha"}),
+             ("dorefa", "weight", "asymmetric"): (DoReFaQuantizer, {"grid", "initialized"})}
+    for (estimator, role, mode), (kind, keys) in cases.items():
+        fq = FakeQuantize(4, estimator, role, mode, 0, 3)
+        assert type(fq) is kind and isinstance(fq, FakeQuantize) and set(fq.state_dict()) == keys, estimator
+        assert fq.learned == (kind in (LSQQuantizer, PACTQuantizer))
+    assert int(FakeQuantize(4, "lsq+", "act", "symmetric").grid) == Grid.ASYMMETRIC
+    assert int(FakeQuantize(4, "dorefa", "weight", "unsigned").grid) == Grid.SYMMETRIC
+    import copy
+    assert type(copy.deepcopy(FakeQuantize(4, "pact", "act", "unsigned"))) is PACTQuantizer
+    with pytest.raises(ValueError, match="estimator='foo' is not supported; use one of minmax"):
+        FakeQuantize(4, "foo")
