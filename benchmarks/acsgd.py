@@ -46,6 +46,7 @@ def rank_main(epochs: int, bits_list: list[int], out: Path) -> None:
     from effplug import data, models
     from effplug.parallel.pipeline import PipelineRunner, split_gpt2
     from effplug.parallel.pipeline.acsgd import ACSGDConfig
+    from effplug.profile import StepTimer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
@@ -61,16 +62,17 @@ def rank_main(epochs: int, bits_list: list[int], out: Path) -> None:
         optimizer = torch.optim.AdamW(stages[rank].parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(1)
         losses, times, sent = [], {"exact": [], "compressed": []}, []
+        timer = StepTimer(warmup=0)  # every step, split below into exact (warm-up) and compressed ones
         for _ in range(epochs):
             for batch in torch.randperm(WINDOWS, generator=gen).split(BATCH):  # same order on every rank
                 before = runner.acsgd.meter.sent_bytes if runner.acsgd else 0.0
-                started = time.perf_counter()
+                timer.start()
                 optimizer.zero_grad(set_to_none=True)
-                loss = runner.step(train_x[batch] if runner.is_first else None,
-                                   train_y[batch] if runner.is_last else None, sample_ids=batch)
+                loss = runner.run(train_x[batch], train_y[batch], sample_ids=batch)
                 optimizer.step()
                 dist.barrier()
-                elapsed = time.perf_counter() - started
+                timer.stop()
+                elapsed = timer.times_s[-1]
                 compressed = bool(runner.acsgd and runner.acsgd.compressed)
                 times["compressed" if compressed else "exact"].append(elapsed)
                 if runner.acsgd is not None and compressed:

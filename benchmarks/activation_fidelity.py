@@ -12,7 +12,6 @@ of the whole gradient vector, and the in-scope held-bytes ratio. Prints a Markdo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from effplug import data, models  # noqa: E402
 from effplug.compress import compressed_activations  # noqa: E402
-from effplug.envinfo import environment  # noqa: E402
+from effplug.profile import write_report  # noqa: E402
 
 
 def build(name: str):
@@ -101,9 +100,7 @@ def main(argv=None) -> None:
         lines.append(f"| {r['model']} | {config} | {r['worst_cosine']:.5f} | {r['worst_parameter']} | "
                      f"{r['whole_cosine']:.5f} | {r['ratio']:.2f}x |")
     print("\n".join(lines))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "rows": rows}, indent=1))
+    write_report(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tasks  # noqa: E402
 
 from effplug.comm import GradientCompressor, make_compressor, register  # noqa: E402
+from effplug.profile import StepTimer  # noqa: E402
 
 COMPRESSORS = {
     "dense all-reduce": lambda seed: GradientCompressor(),
@@ -58,50 +58,52 @@ def train_one(task: str, name: str, seed: int, steps: int, rank: int) -> dict:
 
     model, opt, batches, loss_fn, evaluate, metric = TASKS[task](seed, "cpu", prepare=prepare,
                                                                  data_seed=1000 * seed + rank)
-    times = []
+    timer = StepTimer(warmup=steps // 10)  # the first 10% warm up
     model.train()
     for x, y in batches(steps, BATCH[task]):
-        start = time.perf_counter()
+        timer.start()
         opt.zero_grad(set_to_none=True)
         loss_fn(x, y).backward()
         opt.step()
-        times.append(time.perf_counter() - start)
+        timer.stop()
     meter = holder["compressor"].meter
-    warm = times[len(times) // 10:]
     return {"task": task, "compressor": name, "seed": seed, "metric": metric, "score": evaluate(),
             "bytes_per_step": meter.bytes_per_step, "dense_bytes_per_step": meter.dense_bytes_per_step,
-            "step_s": statistics.median(warm), "collective_s_per_step": meter.collective_s / max(meter.steps, 1)}
+            "step_s": timer.median_s, "collective_s_per_step": meter.collective_s / max(meter.steps, 1)}
 
 
-def _worker(rank, world, port, jobs, steps, results):
+def rank_main(work: Path) -> None:
+    """One rank (launched by ``launch_ranks``): run the jobs in ``work/jobs.json``; rank 0 writes the rows."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    spec = json.loads((work / "jobs.json").read_text())
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    rank, world = dist.get_rank(), dist.get_world_size()
     rows = []
-    for task, name, seed in jobs:
-        row = train_one(task, name, seed, steps[task], rank)
+    for task, name, seed in spec["jobs"]:
+        row = train_one(task, name, seed, spec["steps"][task], rank)
+        rows.append({**row, "world_size": world})
         if rank == 0:
-            rows.append({**row, "world_size": world})
             print(f"  W={world} {task:9s} {name:16s} seed {seed}: {row['metric']} {row['score']:.4f}, "
-                  f"{row['bytes_per_step']:.0f} B/step, {row['step_s'] * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
+                  f"{row['bytes_per_step']:.0f} B/step, {row['step_s'] * 1e3:.1f} ms/step", flush=True)
     if rank == 0:
-        results.extend(rows)
+        (work / "rows.json").write_text(json.dumps(rows))
     dist.barrier()
     dist.destroy_process_group()
 
 
 def run_world(world: int, jobs: list, steps: dict) -> list:
-    import torch.multiprocessing as mp
+    import tempfile
 
-    from effplug.launch import free_port
+    from effplug.launch import launch_ranks
 
-    port = free_port()
-    manager = mp.Manager()
-    results = manager.list()
-    mp.spawn(_worker, args=(world, port, jobs, steps, results), nprocs=world, join=True)
-    return list(results)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        (work / "jobs.json").write_text(json.dumps({"jobs": jobs, "steps": steps}))
+        logs = launch_ranks([__file__, "--rank-of", str(work)], world=world, timeout=7200)
+        print(logs[0], end="", file=sys.stderr)
+        return json.loads((work / "rows.json").read_text())
 
 
 def summarize(rows: list) -> list:
@@ -165,7 +167,10 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default="bench_out/comm.json")
     parser.add_argument("--table-from", metavar="JSON", help="print the table from a saved run's rows; no training")
+    parser.add_argument("--rank-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rank_of:
+        return rank_main(Path(args.rank_of))
     if args.table_from:
         print_table(summarize(json.loads(Path(args.table_from).read_text())["rows"]))
         return

@@ -10,7 +10,6 @@ same tensor. Prints a Markdown table and writes JSON (machine, versions, command
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effplug.envinfo import environment  # noqa: E402
 from effplug.kernels import (  # noqa: E402
     dispatch,
     fake_quantize,
@@ -31,7 +29,7 @@ from effplug.kernels import (  # noqa: E402
     topk_select,
     unpack_dequantize,
 )
-from effplug.profile import time_steps  # noqa: E402
+from effplug.profile import time_steps, write_report  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -106,10 +104,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kernel']} | {r['backend']} | {r['numel']:,} | {r['time_us']:.1f} | {r['gbs']:.1f} | {r['copy_gbs']:.1f} | {r['pct_of_copy']:.1f} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"command": ["python", *sys.argv], "device": device_name, "environment": environment(), "rows": rows}, f, indent=2)
-    print(f"\nwrote {args.json}")
+    write_report(args.json, rows, device=device_name)
     return 0
 
 

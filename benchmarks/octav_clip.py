@@ -11,7 +11,6 @@ percentile. Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effplug.envinfo import environment  # noqa: E402
+from effplug.profile import write_report  # noqa: E402
 from effplug.quant import octav_clip  # noqa: E402
 
 
@@ -64,10 +63,7 @@ def main(argv=None) -> None:
                      f"{r['oracle_mse']:.3e} | {100 * (r['octav_mse'] / r['oracle_mse'] - 1):+.2f}% | {r['max_mse']:.3e} | "
                      f"{r['p99.9_mse']:.3e} |")
     print("\n".join(lines))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "rows": rows}, indent=1))
-    print(f"\nwrote {out}", file=sys.stderr)
+    write_report(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,6 @@ before the optimizer is built (QAT conversion, binarization), so parameters it a
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -104,11 +100,7 @@ def default_seeds(args, task: str) -> list:
 
 
 def write_report(path: str, rows: list, steps: int, device, **extra) -> None:
-    """The benchmark JSON: environment, command line, step count, device, rows (and any extra fields)."""
-    from effplug.envinfo import environment
+    """The benchmark JSON (``effplug.profile.write_report``) with the step count and device."""
+    from effplug.profile import write_report as write
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "argv": sys.argv, "steps": steps, "device": str(device),
-                               **extra, "rows": rows}, indent=1))
-    print(f"\nwrote {out}", file=sys.stderr)
+    write(path, rows, steps=steps, device=device, **extra)

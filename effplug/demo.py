@@ -9,7 +9,6 @@ this module; nobody edits this loop.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -189,10 +188,9 @@ def format_table(rows: list) -> str:
 
 
 def write_json(rows: list, path: str, argv: list) -> None:
-    from effplug.envinfo import environment
+    from effplug.profile import write_report
 
-    with open(path, "w") as f:
-        json.dump({"command": argv, "environment": environment(), "rows": rows}, f, indent=2)
+    write_report(path, rows, argv=argv)
 
 
 # Each family's rows, in table order (imported here, after the registries exist).

@@ -61,3 +61,27 @@ def launch_ranks(args: list[str], world: int = 2, timeout: float = 900, **extra_
         if proc.returncode != 0:
             raise RuntimeError(f"rank {rank} of {world} failed (exit {proc.returncode}):\n{log[-4000:]}")
     return logs
+
+
+def _spawned_rank(rank, fn, world, port, results, args, timeout_s):
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        results[rank] = fn(rank, world, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(fn, world: int = 2, *args, timeout_s: float = 120) -> dict:
+    """``fn(rank, world, *args)`` in ``world`` spawned processes joined in one gloo group (on a port from
+    :func:`free_port`); returns ``{rank: what fn returned}``. ``fn`` must be a module-level function."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_spawned_rank, args=(fn, world, free_port(), results, args, timeout_s), nprocs=world, join=True)
+    return dict(results)

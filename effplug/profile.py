@@ -213,3 +213,20 @@ class CommMeter:
         return {"steps": self.steps, "bytes_per_step": self.bytes_per_step,
                 "dense_bytes_per_step": self.dense_bytes_per_step, "ratio": self.ratio,
                 "collective_s": self.collective_s, "calls": dict(self.calls)}
+
+
+def write_report(path, rows: list, argv: list | None = None, **fields) -> None:
+    """The one JSON every benchmark and ``effplug demo`` writes: environment, command line, any extra fields
+    (steps, device, ...) and the rows. The parent folder is created."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from effplug.envinfo import environment
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = list(sys.argv) if argv is None else list(argv)
+    fields = {k: (str(v) if k == "device" else v) for k, v in fields.items()}
+    out.write_text(json.dumps({"environment": environment(), "argv": argv, **fields, "rows": rows}, indent=1))
+    print(f"\nwrote {out}", file=sys.stderr)

@@ -1,8 +1,6 @@
 """Gradient compressors: engine invariants in one process, then real DDP on 2 gloo processes."""
 
-import datetime
 import math
-import os
 
 import pytest
 import torch
@@ -157,11 +155,9 @@ def _to_buffer(state):
     return buffer
 
 
-def _comm_worker(rank, world, port, results):
+def _comm_worker(rank, world):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     out = {}
     dense_model, _ = _ddp()
     dense = _grads_after_backward(dense_model, rank)
@@ -230,21 +226,15 @@ def _comm_worker(rank, world, port, results):
     fresh_comp.load_state_dict(state)
     _train(fresh, rank, 2)
     out["powersgd_resumed_iter"] = fresh_comp.state.iter
-    results[rank] = out
-    dist.barrier()
-    dist.destroy_process_group()
+    return out
 
 
 @pytest.fixture(scope="module")
 def ddp_results():
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    port = free_port()
-    results = mp.Manager().dict()
-    mp.spawn(_comm_worker, args=(2, port, results), nprocs=2, join=True)
-    return dict(results)
+    return spawn_ranks(_comm_worker, 2)
 
 
 def test_lossless_settings_reproduce_dense_allreduce(ddp_results):

@@ -1,7 +1,5 @@
 """Activation compression through its doors: a real Lightning Trainer, a real HF Trainer, DDP on gloo."""
 
-import datetime
-import os
 
 import pytest
 import torch
@@ -156,13 +154,11 @@ def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
     assert "EffTrainer" in caplog.text
 
 
-def _ddp_worker(rank, world, port, results):
+def _ddp_worker(rank, world):
     import torch.distributed as dist
 
     from effplug.models import DigitsResNet
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(DigitsResNet(width=16))
     gen = torch.Generator().manual_seed(rank)
@@ -172,19 +168,14 @@ def _ddp_worker(rank, world, port, results):
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(grads) for _ in range(world)]
     dist.all_gather(gathered, grads)
-    results[rank] = (torch.equal(gathered[0], gathered[1]), engine.last_report.ratio)
-    dist.destroy_process_group()
+    return (torch.equal(gathered[0], gathered[1]), engine.last_report.ratio)
 
 
 def test_ddp_two_gloo_processes():
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    port = free_port()
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    results = spawn_ranks(_ddp_worker, 2)
     for rank in range(2):
         same, ratio = results[rank]
         assert same  # DDP averaged the (compressed-activation) gradients across ranks

@@ -237,16 +237,11 @@ def test_llama_split_chains_to_the_full_model(tied):
         split_gpt2(model, 2)
 
 
-def _pipeline_worker(rank, world, port, results):
-    import datetime
-    import os
+def _pipeline_worker(rank, world):
 
-    import torch.distributed as dist
 
     from effplug.parallel.pipeline import PipelineRunner, split_sequential
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
     out = {}
@@ -268,9 +263,7 @@ def _pipeline_worker(rank, world, port, results):
         out[schedule] = {"max_err": max(errors), "params": len(errors),
                          "loss": None if loss is None else loss.item()}
     out["acsgd"] = _acsgd_pipeline_steps(rank, world, x, y)
-    results[rank] = out
-    dist.barrier()
-    dist.destroy_process_group()
+    return out
 
 
 def _acsgd_pipeline_steps(rank, world, x, y) -> dict:
@@ -310,12 +303,10 @@ def _acsgd_pipeline_steps(rank, world, x, y) -> dict:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_gpipe_and_1f1b_gradients_match_one_process(world):
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    results = mp.Manager().dict()
-    mp.spawn(_pipeline_worker, args=(world, free_port(), results), nprocs=world, join=True)
+    results = spawn_ranks(_pipeline_worker, world)
     for rank in range(world):
         for schedule in ("gpipe", "1f1b"):
             r = results[rank][schedule]
@@ -330,18 +321,14 @@ def test_gpipe_and_1f1b_gradients_match_one_process(world):
         assert acsgd["sent"] < acsgd["dense"]
 
 
-def _chimera_worker(rank, world, port, micro, results):
+def _chimera_worker(rank, world, micro):
     import copy
-    import datetime
-    import os
 
     import torch.distributed as dist
 
     from effplug.parallel.pipeline import split_sequential
     from effplug.parallel.pipeline.chimera import ChimeraRunner
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
     torch.manual_seed(0)
@@ -373,19 +360,15 @@ def _chimera_worker(rank, world, port, micro, results):
     dist.all_gather_object(gathered, mine)
     same = all(all(torch.equal(a, b) for a, b in zip(gathered[s][s], gathered[world - 1 - s][s], strict=True))
                for s in range(world))
-    results[rank] = {"max_err": max(errors), "loss": None if loss is None else loss.item(), "replicas_equal": same}
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"max_err": max(errors), "loss": None if loss is None else loss.item(), "replicas_equal": same}
 
 
 @pytest.mark.parametrize("world, micro", [(2, 4), (4, 8)])
 def test_chimera_gradients_match_one_process_and_replicas_stay_identical(world, micro):
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    results = mp.Manager().dict()
-    mp.spawn(_chimera_worker, args=(world, free_port(), micro, results), nprocs=world, join=True)
+    results = spawn_ranks(_chimera_worker, world, micro)
     for rank in range(world):
         assert results[rank]["max_err"] < 1e-6, (rank, results[rank])
         assert results[rank]["replicas_equal"]
@@ -393,17 +376,12 @@ def test_chimera_gradients_match_one_process_and_replicas_stay_identical(world, 
     assert results[0]["loss"] > 0 and results[world - 1]["loss"] > 0
 
 
-def _tied_worker(rank, world, port, results):
-    import datetime
-    import os
+def _tied_worker(rank, world):
 
-    import torch.distributed as dist
 
     from effplug.models import tiny_gpt2
     from effplug.parallel.pipeline import PipelineRunner, split_gpt2
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     model = tiny_gpt2(vocab_size=40, n_positions=16, n_layer=2).eval()  # no dropout: comparable runs
     gen = torch.Generator().manual_seed(0)
@@ -420,18 +398,14 @@ def _tied_worker(rank, world, port, results):
                             sync_tied=True)
     runner.step(x if rank == 0 else None, y if rank == world - 1 else None)
     tied = stages[rank].tied_parameter
-    results[rank] = (tied.grad - tied_reference).abs().max().item()
-    dist.barrier()
-    dist.destroy_process_group()
+    return (tied.grad - tied_reference).abs().max().item()
 
 
 def test_gpt2_split_keeps_the_embedding_and_head_tied():
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    results = mp.Manager().dict()
-    mp.spawn(_tied_worker, args=(2, free_port(), results), nprocs=2, join=True)
+    results = spawn_ranks(_tied_worker, 2)
     assert results[0] < 1e-5 and results[1] < 1e-5  # both copies get the tied weight's full gradient
 
 

@@ -1,7 +1,5 @@
 """QAT and binarization through their doors: real Lightning (and LightningCLI), real HF Trainer, DDP on gloo."""
 
-import datetime
-import os
 
 import pytest
 import torch
@@ -224,13 +222,11 @@ def test_hf_apply_quantization_callback_and_eff_trainer_once_qat(tmp_path):
         EffTrainer(model=torch.nn.Linear(2, 2), quantization={"act_bits": 16})
 
 
-def _ddp_worker(rank, world, port, results):
+def _ddp_worker(rank, world):
     import torch.distributed as dist
 
     from effplug.models import DigitsResNet
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     net = quantize_model(DigitsResNet(width=8), QATConfig(weight_bits=4, act_bits=4, weight_estimator="octav"))
     model = torch.nn.parallel.DistributedDataParallel(net)  # quantize before wrapping
@@ -244,18 +240,14 @@ def _ddp_worker(rank, world, port, results):
     state = torch.cat([b.float().flatten() for n, b in net.named_buffers() if n.endswith("clip")])
     gathered = [torch.zeros_like(state) for _ in range(world)]
     dist.all_gather(gathered, state)
-    results[rank] = torch.equal(gathered[0], gathered[1])
-    dist.destroy_process_group()
+    return torch.equal(gathered[0], gathered[1])
 
 
 def test_ddp_ranks_keep_identical_activation_ranges():
-    import torch.multiprocessing as mp
 
-    from effplug.launch import free_port
+    from effplug.launch import spawn_ranks
 
-    port = free_port()
-    results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    results = spawn_ranks(_ddp_worker, 2)
     assert results[0] and results[1]
 
 
