@@ -37,3 +37,13 @@ def run_door_worker(worker_name: str, tmp_path_factory, world: int = 2) -> list:
     here = Path(__file__).parent
     launch_ranks([str(here / worker_name), str(out)], world=world, timeout=600, PYTHONPATH=str(here.parent))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def digits_resnet(**kw):
+    """A small seeded DigitsResNet (width 8) for the QAT, once-QAT and DIR-Net tests."""
+    import torch
+
+    from effplug.models import DigitsResNet
+
+    torch.manual_seed(0)
+    return DigitsResNet(width=8, **kw)

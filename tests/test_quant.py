@@ -1,9 +1,12 @@
-"""effplug.quant: estimators against their formulas, fake quantizers, conversion, export parity, once-QAT, DIR-Net."""
+"""effplug.quant (QAT): estimators against their formulas, fake quantizers, conversion, export parity.
+
+once-QAT is in test_once_qat.py, DIR-Net in test_dirnet.py."""
 
 import math
 
 import pytest
 import torch
+from conftest import digits_resnet as _digits_resnet
 
 from effplug.quant import (
     FakeQuantize,
@@ -11,12 +14,9 @@ from effplug.quant import (
     binary,
     export_quantized,
     integer_model,
-    multi_bit_loss,
-    nested,
     octav_clip,
     quantize_model,
     quantized_layers,
-    set_bits,
 )
 
 
@@ -188,11 +188,6 @@ def test_bf16_in_bf16_out():
     assert out.dtype == torch.bfloat16
 
 
-def _digits_resnet(**kw):
-    from effplug.models import DigitsResNet
-
-    torch.manual_seed(0)
-    return DigitsResNet(width=8, **kw)
 
 
 def test_conversion_follows_preset_rules_first_last_exclude_and_per_layer_bits():
@@ -303,140 +298,20 @@ def test_state_dict_round_trip_restores_learned_scales(tmp_path):
         torch.testing.assert_close(fresh(x), model(x))
 
 
-# ---- once-QAT ---------------------------------------------------------------------------------------------
-
-def test_cascade_codes_are_nested_bit_planes():
-    q = nested.NestedWeightQuantizer((2, 3, 4, 8), channel_dim=0, channels=5)
-    w = torch.randn(5, 64)
-    q(w)
-    top = q.codes(w, 8).long()
-    for b in (2, 3, 4):
-        assert torch.equal(q.codes(w, b).long(), top >> (8 - b))
-        assert q.codes(w, b).max() <= 2**b - 1
-    # each width is the mid-rise quantizer of its own step (cascade of floors == one floor)
-    step = q.step.detach().reshape(-1, 1)
-    for b in (2, 4, 8):
-        q.bits = b
-        s_b = step * 2 ** (8 - b)
-        direct = torch.clamp(torch.floor(w / s_b + 2 ** (b - 1)), 0, 2**b - 1)
-        torch.testing.assert_close(q(w), (direct + 0.5 - 2 ** (b - 1)) * s_b)
 
 
-def test_once_qat_switches_widths_sums_losses_and_exports_every_width():
-    model = quantize_model(_digits_resnet(), QATConfig(bit_widths=[2, 4, 8], act_bits=8))
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    model(x)  # train-mode forward: ranges initialized; eval keeps them fixed for the comparison
-    model.eval()
-    losses = {}
-    for b in (2, 4, 8):
-        set_bits(model, b)
-        losses[b] = torch.nn.functional.cross_entropy(model(x), y).item()
-    total, per_width = multi_bit_loss(model, lambda: torch.nn.functional.cross_entropy(model(x), y))
-    assert float(total) == pytest.approx(sum(losses.values()), rel=1e-5)
-    assert {b: float(v) for b, v in per_width.items()} == pytest.approx(losses, rel=1e-5)
-    total.backward()
-    assert all(p.grad is not None for p in model.parameters())
-    for b in (2, 4, 8):
-        set_bits(model, b)
-        with torch.no_grad():
-            torch.testing.assert_close(integer_model(model, export_quantized(model))(x), model(x), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="bits=3 is not one of this model's bit_widths"):
-        set_bits(model, 3)
-    with pytest.raises(ValueError, match="no once-QAT layers"):
-        set_bits(quantize_model(_digits_resnet(), QATConfig()), 4)
 
 
-# ---- DIR-Net ----------------------------------------------------------------------------------------------
-
-def test_imb_weights_are_balanced_signs_with_power_of_two_scales():
-    b = binary.SignQuantizer("weight", "dirnet", channel_dim=0)
-    w = torch.randn(6, 3, 3, 3) + torch.arange(6).reshape(6, 1, 1, 1)
-    out = b(w)
-    for c in range(6):
-        values = out[c].unique()
-        assert len(values) == 2 and float(values[0]) == -float(values[1])
-        assert math.log2(float(values[1])) == round(math.log2(float(values[1])))
-        standardized = (w[c] - w[c].mean()) / w[c].std()
-        assert torch.equal(out[c] > 0, standardized >= 0)
 
 
-def test_dte_schedule_and_gradient():
-    assert binary.dte_schedule(0.0, 0.1, 10.0) == pytest.approx((0.1, 10.0))
-    assert binary.dte_schedule(1.0, 0.1, 10.0) == pytest.approx((10.0, 1.0))
-    t, k = binary.dte_schedule(0.5, 0.1, 10.0)
-    assert (t, k) == pytest.approx((1.0, 1.0))
-    b = binary.SignQuantizer("act", "dirnet")
-    b.t, b.k = 2.0, 1.0
-    x = torch.linspace(-2, 2, 41, requires_grad=True)
-    b(x).sum().backward()
-    torch.testing.assert_close(x.grad, 2.0 * (1 - torch.tanh(2.0 * x.detach()) ** 2))
-    ste = binary.SignQuantizer("act", "sign_ste")
-    x2 = x.detach().clone().requires_grad_(True)
-    ste(x2).sum().backward()
-    assert torch.equal(x2.grad, (x2.detach().abs() <= 1).float())
 
 
-def test_rbd_gradient_equals_adding_the_distillation_loss():
-    model = _digits_resnet(activation="hardtanh")
-    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    teacher = __import__("copy").deepcopy(model).eval()
-    engine = binary.Binarizer(model, binary.BinarizationConfig(distill_weight=0.5))
-    assert engine.layer_names == ["stage1.conv1", "stage1.conv2", "stage2.conv1", "stage2.conv2"]
-    model.train()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    hooked = {n: p.grad.clone() for n, p in model.named_parameters()}
-    # the same loss written out by hand, with the hooks off
-    engine.detach()
-    model.zero_grad()
-    features, targets = {}, {}
-    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: features.__setitem__(n, o))
-               for n in engine.layer_names]
-    handles += [teacher.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: targets.__setitem__(n, o))
-                for n in engine.layer_names]
-    with torch.no_grad():
-        teacher(x)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    for n in engine.layer_names:
-        s, t = features[n].flatten(1), targets[n].flatten(1)
-        loss = loss + 0.5 * (s / s.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)).pow(2).sum(1).mean()
-    loss.backward()
-    for h in handles:
-        h.remove()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(hooked[n], p.grad, rtol=1e-4, atol=1e-6)
-    assert engine.last_distill_loss > 0
 
 
-def test_binarization_config_errors():
-    with pytest.raises(ValueError, match="method='xnor' is not supported; use one of dirnet, sign_ste"):
-        binary.BinarizationConfig(method="xnor")
-    with pytest.raises(ValueError, match="no layers to binarize"):
-        binary.Binarizer(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
-def test_once_qat_keeps_batchnorm_statistics_per_width_through_a_checkpoint(tmp_path):
-    config = QATConfig(bit_widths=[2, 8], act_bits=8)
-    model = quantize_model(_digits_resnet(), config)
-    x = torch.randn(32, 1, 8, 8)
-    for _ in range(3):
-        multi_bit_loss(model, lambda: model(x).logsumexp(-1).mean())[0].backward()
-    bn = model.stage1.bn1
-    assert bn.running_var is bn.running_var_w8  # the live statistics are the current width's slot
-    assert not torch.allclose(bn.running_var_w2, bn.running_var_w8)
-    set_bits(model, 2)
-    assert bn.running_var is bn.running_var_w2 and int(bn.effplug_width) == 2
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-    torch.save(model.state_dict(), tmp_path / "once.pt")  # saved at width 2
-    fresh = quantize_model(_digits_resnet(), config)
-    fresh.load_state_dict(torch.load(tmp_path / "once.pt", weights_only=True))
-    fresh.eval()
-    assert fresh.stage1.bn1.running_var is fresh.stage1.bn1.running_var_w2
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), expected)
-    set_bits(fresh, 8)
-    torch.testing.assert_close(fresh.stage1.bn1.running_var, bn.running_var_w8)
+
+
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("triton"), reason="triton not installed")
@@ -546,28 +421,6 @@ def test_a_first_batch_of_inf_leaves_lsq_uninitialized():
     assert bool(fq.initialized) and torch.isfinite(fq.step).all()
 
 
-def test_binarizing_relu_inputs_says_why_the_network_collapses(caplog):
-    from effplug.logs import forget
-
-    forget("binarize")
-    torch.manual_seed(0)
-    relu_net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
-                                   torch.nn.Linear(16, 4))
-    engine = binary.Binarizer(relu_net, binary.BinarizationConfig())
-    with caplog.at_level("WARNING", logger="effplug.quant"):
-        relu_net(torch.randn(4, 8))
-        relu_net(torch.randn(4, 8))
-    warnings = [r for r in caplog.records if "never negative" in r.message]
-    assert len(warnings) == 1 and "2" in warnings[0].message and "Hardtanh" in warnings[0].message
-    assert relu_net[2].act_quant.nonnegative_input and engine.layer_names == ["2"]
-    caplog.clear()
-    forget("binarize")
-    signed = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Hardtanh(), torch.nn.Linear(16, 16),
-                                 torch.nn.Hardtanh(), torch.nn.Linear(16, 4))
-    binary.Binarizer(signed, binary.BinarizationConfig())
-    with caplog.at_level("WARNING", logger="effplug.quant"):
-        signed(torch.randn(4, 8))
-    assert not any("never negative" in r.message for r in caplog.records)
 
 
 # ---- drops into any model: attention blocks, coverage reports, small models ------------------------------
@@ -700,22 +553,6 @@ def test_lightning_doors_take_a_single_exclude_pattern_as_a_string():
     assert QuantizationAwareTraining(exclude="head").config.exclude == ("head",)
 
 
-@pytest.mark.parametrize("layers, first_last_bits", [(1, 8), (3, None)])
-def test_once_qat_trains_at_lr_0_1_without_first_last_layers(layers, first_last_bits):
-    torch.manual_seed(0)
-    model = quantize_model(torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(layers)]),
-                           QATConfig(bit_widths=(2, 4, 8), act_bits=8, first_last_bits=first_last_bits))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(32, 16)
-    losses = []
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss, per_width = multi_bit_loss(model, lambda: model(x).square().mean())
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it diverged to NaN / 1e12 before
-    assert all(float(q.step.abs().max()) < 1 for q in nested.nested_quantizers(model))
 
 
 def test_fake_quantize_builds_one_class_per_kind_with_the_same_state_keys():
