@@ -7,11 +7,17 @@ import logging
 _said: set[tuple[str, str]] = set()
 
 
-def log_once(logger: logging.Logger, key: str, message: str, *args, level: int = logging.WARNING) -> bool:
-    """Log ``message % args`` the first time ``key`` is seen on ``logger``; returns whether it was logged."""
-    if (logger.name, key) in _said:
+def log_once(logger: logging.Logger, key: str, message: str, *args, level: int = logging.WARNING,
+             seen: set | None = None) -> bool:
+    """Log ``message % args`` the first time ``key`` is seen on ``logger``; returns whether it was logged.
+
+    ``seen`` scopes "once" to an owner (an engine, a compressor): pass a set that lives with it, and a new
+    owner reports again. Without it, once per process.
+    """
+    said = _said if seen is None else seen
+    if (logger.name, key) in said:
         return False
-    _said.add((logger.name, key))
+    said.add((logger.name, key))
     logger.log(level, message, *args)
     return True
 

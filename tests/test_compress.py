@@ -686,6 +686,11 @@ def test_compressing_nothing_says_so_once_with_the_knob(caplog):
     assert len(warnings) == 1 and "min_numel=256" in warnings[0].getMessage()
     assert "batch input" in warnings[0].getMessage() and pl is not None
     caplog.clear()
+    with caplog.at_level("WARNING", logger="effplug.compress"):  # once per engine: a new engine says it again
+        with ActivationCompressor(model, method="actnn", bits=4):
+            model(torch.randn(4, 32)).sum().backward()
+    assert len([r for r in caplog.records if "compressed no saved tensor" in r.message]) == 1
+    caplog.clear()
     small = nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 2))
     with caplog.at_level("WARNING", logger="effplug.compress"), compressed_activations(small, min_numel=1) as quiet:
         small(torch.randn(4, 32)).sum().backward()

@@ -47,7 +47,7 @@ class GradientCompressor:
         self.process_group = None
         self.param_names: dict[int, str] = {}
         self.uncompressed: dict[str, int] = {}  # name -> numel of tensors sent exactly
-        self._reported = False
+        self._reported: set = set()  # what this compressor said once
 
     # -- wiring -------------------------------------------------------------------------------------------
 
@@ -122,10 +122,11 @@ class GradientCompressor:
 
     def _warn_if_nothing_compressed(self, rank: int) -> None:
         if self.meter.steps == 0 and not getattr(self, "_compressed_something", False) and rank == 0:
-            log_once(log, f"nothing-compressed-{self.name}-{id(self)}",
+            log_once(log, "nothing-compressed",
                      "effplug.comm %s: no gradient tensor was compressed in the first step (every one is 1-D or "
                      "below min_compress_size=%d elements), so it sends the same bytes as dense DDP. Lower "
-                     "min_compress_size (or set compress_1d=True) to compress them.", self.name, self.min_compress_size)
+                     "min_compress_size (or set compress_1d=True) to compress them.", self.name, self.min_compress_size,
+                     seen=self._reported)
 
     def _average_compressed(self, flat: torch.Tensor, segments: list[Segment], comm: MeteredCollectives) -> torch.Tensor:
         return comm.all_reduce_sum(flat.div(comm.world_size))
@@ -134,19 +135,17 @@ class GradientCompressor:
         for s in segments:
             if not s.compress:
                 self.uncompressed[s.key] = s.numel
-        if not self._reported and self.uncompressed:
-            self._reported = True
-            if rank == 0:
-                total = sum(self.uncompressed.values())
-                log.info("effplug.comm %s: %d tensors (%d elements) are 1-D or below min_compress_size=%d and go "
-                         "through exact all-reduce: %s", self.name, len(self.uncompressed), total,
-                         self.min_compress_size, ", ".join(sorted(self.uncompressed)))
+        if self.uncompressed and rank == 0:
+            log_once(log, "uncompressed", "effplug.comm %s: %d tensors (%d elements) are 1-D or below "
+                     "min_compress_size=%d and go through exact all-reduce: %s", self.name, len(self.uncompressed),
+                     sum(self.uncompressed.values()), self.min_compress_size, ", ".join(sorted(self.uncompressed)),
+                     level=logging.INFO, seen=self._reported)
 
     def _warn_nonfinite(self, rank: int) -> None:
-        log_once(log, f"nonfinite:{self.name}:{id(self)}",
+        log_once(log, "nonfinite",
                  "effplug.comm %s: rank %d holds inf/NaN gradients; every rank averages that bucket exactly "
                  "(no compression, no error-feedback update) so the overflow reaches the optimizer or "
-                 "GradScaler on all ranks, as plain DDP. Reported once.", self.name, rank)
+                 "GradScaler on all ranks, as plain DDP. Reported once.", self.name, rank, seen=self._reported)
 
     # -- checkpoint state ---------------------------------------------------------------------------------
 

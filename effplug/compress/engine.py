@@ -205,23 +205,20 @@ class ActivationCompressor:
             kept["batch input"] = self._input_bytes
         reasons = ", ".join(f"{reason} ({nbytes:,} bytes)" for reason, nbytes in kept.items()) or \
             "nothing was saved inside the model's forward"
-        log_once(log, f"nothing-compressed-{id(self)}",
+        log_once(log, "nothing-compressed",
                  "effplug.compress %s: the first forward compressed no saved tensor, so activation memory is "
                  "unchanged; kept exact: %s. Tensors under min_numel=%d stay exact: lower min_numel to compress "
                  "small activations (scope='model' also covers the body of HF models and LightningModules).",
-                 self.config.method, reasons, self.config.min_numel)
+                 self.config.method, reasons, self.config.min_numel, seen=self._reported)
 
     # -- pack / unpack --------------------------------------------------------------------------------
 
     def _report_once(self, reason: str, layer: str) -> None:
-        if (reason, layer) not in self._reported:
-            self._reported.add((reason, layer))
-            log.debug("effplug.compress keeps saved tensors exact in %s: %s", layer, reason)
+        log_once(log, f"exact:{reason}:{layer}", "effplug.compress keeps saved tensors exact in %s: %s", layer,
+                 reason, level=logging.DEBUG, seen=self._reported)
 
     def _warn_once(self, key: str, message: str, level=logging.INFO) -> None:
-        if key not in self._reported:
-            self._reported.add(key)
-            log.log(level, message)
+        log_once(log, key, "%s", message, level=level, seen=self._reported)
 
     def _keep(self, t: torch.Tensor, layer: str, reason: str | None, count: bool = True) -> SavedActivation:
         saved = SavedActivation(t)

@@ -103,7 +103,7 @@ class PipelineStrategy(DDPStrategy):
         self.schedule, self.microbatches = schedule, microbatches
         self.split_points, self.module_attr = split_points, module_attr
         self.runner = None
-        self._warned_plain_steps = False
+        self._said: set = set()  # what this strategy reported once
 
     # -- setup: split instead of wrapping in DDP ------------------------------------------------------------
 
@@ -184,13 +184,13 @@ class PipelineStrategy(DDPStrategy):
         return closure_loss
 
     def _report_warmup_steps(self) -> None:
-        if self.runner.acsgd.compressed or self._warned_plain_steps or self.lightning_module.current_epoch < 1:
+        if self.runner.acsgd.compressed or self.lightning_module.current_epoch < 1:
             return
-        self._warned_plain_steps = True
-        log.warning("AC-SGD: a batch in epoch %d still held samples never seen before, so it went exact. AC-SGD "
-                    "compresses changes of the same sample between epochs; inputs that change every epoch "
-                    "(random augmentation) give new hashes. Pass stable ids as the batch's third element.",
-                    self.lightning_module.current_epoch)
+        log_once(log, "acsgd-plain-steps",
+                 "AC-SGD: a batch in epoch %d still held samples never seen before, so it went exact. AC-SGD "
+                 "compresses changes of the same sample between epochs; inputs that change every epoch "
+                 "(random augmentation) give new hashes. Pass stable ids as the batch's third element.",
+                 self.lightning_module.current_epoch, seen=self._said)
 
     def on_train_end(self) -> None:
         super().on_train_end()
