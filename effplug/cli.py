@@ -1,4 +1,4 @@
-"""The ``effplug`` command: ``demo``, ``env``, ``plan``, and ``fit``/``validate``/``test``/``predict``
+"""The ``effplug`` command: ``demo``, ``env``, ``plan``, ``kernels --compile sm_90``, and ``fit``/``validate``/``test``/``predict``
 (LightningCLI with effplug's strategy names registered)."""
 
 from __future__ import annotations
@@ -43,6 +43,45 @@ def _plan(args) -> int:
     return 0
 
 
+def _kernels(args) -> int:
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise UsageError("--compile builds GPU binaries, which the Triton interpreter cannot; unset TRITON_INTERPRET")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise UsageError("the compile tier needs triton: pip install 'effplug[triton]'") from None
+    from effplug.kernels import compile_tier
+
+    capabilities = []
+    for target in args.compile:
+        if not (target.startswith("sm_") and target[3:].isdigit()):
+            raise UsageError(f"--compile {target!r}: give NVIDIA targets such as sm_80 sm_90")
+        capabilities.append(int(target[3:]))
+
+    def progress(done, total, variant):
+        if not args.no_progress:
+            print(f"\r[{done}/{total}] {variant.kernel} {variant.label}".ljust(78), end="", file=sys.stderr,
+                  flush=True)
+
+    results = compile_tier.compile_all(tuple(capabilities), full=args.full, progress=progress)
+    print(file=sys.stderr)
+    print(compile_tier.format_table(results))
+    if args.json:
+        from dataclasses import asdict
+
+        from effplug.profile import write_report
+
+        rows = [{**asdict(r), "variant": {**asdict(r.variant), "constexprs": {k: str(v) for k, v in
+                                                                              r.variant.constexprs.items()}}}
+                for r in results]
+        write_report(args.json, rows,
+                     argv=["effplug", *sys.argv[1:]], register_budget=compile_tier.REGISTER_BUDGET)
+    failed = [r for r in results if r.error]
+    return 1 if failed else 0
+
+
 class UsageError(Exception):
     """A bad command line: printed as argparse prints usage errors, exit status 2."""
 
@@ -70,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--headroom", type=float, default=0.9,
                          help="fraction of GPU memory model states may use (the rest: activations, buffers)")
     planner.set_defaults(func=_plan)
+    kernels = sub.add_parser("kernels", help="compile every Triton kernel variant for NVIDIA targets (no GPU "
+                                             "needed): registers, spills, shared memory, instructions")
+    kernels.add_argument("--compile", nargs="+", default=["sm_80", "sm_90"], metavar="SM",
+                         help="targets, e.g. sm_80 sm_90 (default both)")
+    kernels.add_argument("--full", action="store_true",
+                         help="every dtype x bits x stochastic x scale combination, not the covering set")
+    kernels.add_argument("--json", help="also write the table's rows to this JSON file")
+    kernels.add_argument("--no-progress", action="store_true")
+    kernels.set_defaults(func=_kernels)
     for name in ("fit", "validate", "test", "predict"):  # listed for --help; main() hands these to LightningCLI
         sub.add_parser(name, help=f"LightningCLI {name} with effplug's strategy names registered "
                                   f"(effplug {name} --config run.yaml)", add_help=False)

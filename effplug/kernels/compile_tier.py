@@ -1,0 +1,190 @@
+"""The ahead-of-time compile tier: every Triton kernel variant the dispatch can launch, compiled for NVIDIA
+targets on any machine (no GPU needed), with its registers, spills, shared memory and instruction count.
+
+``triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 80|90, 32))`` gives a cubin;
+the wheel's ``cuobjdump`` reads its resource usage and SASS. The interpreter (``TRITON_INTERPRET=1``) proves
+semantics; this proves that the kernels compile and fit. ``effplug kernels --compile sm_90`` prints the table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+# Memory-bound kernels should stay at or under this many registers (no spills anywhere).
+REGISTER_BUDGET = 128
+_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernel: str  # the kernel's function name in effplug.kernels.triton_kernels
+    label: str  # what varies: dtype, bits, stochastic
+    signature: dict
+    constexprs: dict
+
+
+@dataclass
+class CompileResult:
+    variant: Variant
+    target: str
+    registers: int
+    spill_bytes: int  # stack frame plus local memory
+    shared_bytes: int
+    instructions: int
+    error: str = ""
+
+
+def _quantize_pack(dtype, bits, stochastic, scale_name):
+    import triton.language as tl
+
+    from effplug.kernels.triton_kernels import GROUP_KERNEL_BLOCK
+
+    return Variant("_quantize_pack_kernel", f"{dtype} {bits}-bit {'SR' if stochastic else 'RN'} {scale_name} scales",
+                   {"x_ptr": _DTYPES[dtype], "data_ptr": "*u8", "scale_ptr": f"*{scale_name}",
+                    "zero_ptr": f"*{scale_name}", "n": "i32", "n_groups": "i32", "seed": "i64", "BITS": "constexpr",
+                    "GROUP": "constexpr", "ROWS": "constexpr", "STOCHASTIC": "constexpr", "SCALE_DTYPE": "constexpr"},
+                   {"BITS": bits, "GROUP": 128, "ROWS": GROUP_KERNEL_BLOCK // 128, "STOCHASTIC": stochastic,
+                    "SCALE_DTYPE": {"fp16": tl.float16, "bf16": tl.bfloat16}[scale_name]})
+
+
+def _unpack(dtype, bits):
+    from effplug.kernels.triton_kernels import GROUP_KERNEL_BLOCK
+
+    return Variant("_unpack_dequantize_kernel", f"{dtype} {bits}-bit",
+                   {"data_ptr": "*u8", "scale_ptr": "*bf16", "zero_ptr": "*bf16", "out_ptr": _DTYPES[dtype],
+                    "n": "i32", "n_groups": "i32", "BITS": "constexpr", "GROUP": "constexpr", "ROWS": "constexpr"},
+                   {"BITS": bits, "GROUP": 128, "ROWS": GROUP_KERNEL_BLOCK // 128})
+
+
+def _affine(dtype, bits, stochastic):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    return Variant("_quantize_affine_kernel", f"{dtype} {bits}-bit {'SR' if stochastic else 'RN'}",
+                   {"x_ptr": _DTYPES[dtype], "codes_ptr": "*u8", "low_ptr": "*fp32", "step_ptr": "*fp32", "n": "i32",
+                    "channels": "i32", "inner": "i32", "seed": "i64", "BITS": "constexpr", "STOCHASTIC": "constexpr",
+                    "BLOCK": "constexpr"},
+                   {"BITS": bits, "STOCHASTIC": stochastic, "BLOCK": ELEMENTWISE_BLOCK})
+
+
+def _pow2(dtype, codes):
+    from effplug.kernels.triton_kernels import POW2_BLOCK
+
+    ptr = _DTYPES[dtype]
+    return Variant("_pow2_sr_kernel", f"{dtype} {'codes' if codes else 'values'}",
+                   {"x_ptr": ptr, "out_ptr": "*u8" if codes else ptr, "n": "i32", "seed": "i64", "alpha": "fp32",
+                    "lo_exp": "i32", "EMIT_CODES": "constexpr", "BLOCK": "constexpr"},
+                   {"EMIT_CODES": codes, "BLOCK": POW2_BLOCK})
+
+
+def _topk_count(dtype):
+    from effplug.kernels.triton_kernels import TOPK_BLOCK
+
+    return Variant("_topk_count_kernel", dtype, {"x_ptr": _DTYPES[dtype], "counts_ptr": "*i32", "n": "i32",
+                                                  "threshold": "fp32", "BLOCK": "constexpr"},
+                   {"BLOCK": TOPK_BLOCK})
+
+
+def _topk_compact(dtype):
+    from effplug.kernels.triton_kernels import TOPK_BLOCK
+
+    ptr = _DTYPES[dtype]
+    return Variant("_topk_compact_kernel", dtype,
+                   {"x_ptr": ptr, "values_ptr": ptr, "indices_ptr": "*i64", "n": "i32", "threshold": "fp32",
+                    "needed_ties": "i64", "above_before_ptr": "*i64", "ties_before_ptr": "*i64", "BLOCK": "constexpr"},
+                   {"BLOCK": TOPK_BLOCK})
+
+
+def _fake_quantize(dtype):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    ptr = _DTYPES[dtype]
+    return Variant("_fake_quantize_kernel", dtype,
+                   {"x_ptr": ptr, "out_ptr": ptr, "inv_ptr": "*fp32", "scale_ptr": "*fp32", "zero_ptr": "*fp32",
+                    "n": "i32", "channels": "i32", "inner": "i32", "qmin": "i32", "qmax": "i32", "BLOCK": "constexpr"},
+                   {"BLOCK": ELEMENTWISE_BLOCK})
+
+
+def variants(full: bool = False) -> list[Variant]:
+    """The kernel variants the dispatch can launch. By default each value of each axis (dtype, bits,
+    stochastic, scale dtype, output) once, a covering set for ``make test``; ``full`` the whole product."""
+    dtypes, all_bits = list(_DTYPES), (1, 2, 4, 8)
+    if full:
+        out = [_quantize_pack(d, b, s, sc) for d in dtypes for b in all_bits for s in (False, True)
+               for sc in ("fp16", "bf16")]
+        out += [_unpack(d, b) for d in dtypes for b in all_bits]
+        out += [_affine(d, b, s) for d in dtypes for b in (2, 4, 8) for s in (False, True)]
+        out += [_pow2(d, c) for d in dtypes for c in (False, True)]
+        out += [k(d) for k in (_topk_count, _topk_compact, _fake_quantize) for d in dtypes]
+        return out
+    return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
+            _quantize_pack("bf16", 4, True, "fp16"), _quantize_pack("fp32", 8, True, "bf16"),
+            _unpack("fp32", 1), _unpack("fp16", 2), _unpack("bf16", 4), _unpack("fp32", 8),
+            _affine("fp32", 2, False), _affine("fp16", 4, True), _affine("bf16", 8, True),
+            _pow2("fp32", False), _pow2("bf16", True),
+            _topk_count("fp32"), _topk_compact("fp16"), _fake_quantize("bf16")]
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_variant(variant: Variant, capability: int) -> CompileResult:
+    """Compile one variant for ``sm_<capability>``; the error text instead of raising, so a table shows all."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from effplug.kernels import triton_kernels
+
+    target = f"sm_{capability}"
+    fn = getattr(triton_kernels, variant.kernel)
+    try:
+        compiled = triton.compile(ASTSource(fn, variant.signature, variant.constexprs),
+                                  target=GPUTarget("cuda", capability, 32))
+    except Exception as error:  # a compile error is the result we report
+        return CompileResult(variant, target, 0, 0, 0, 0, error=f"{type(error).__name__}: {error}"[:300])
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+        path = f.name
+    try:
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(path)
+    field = lambda name: int(m.group(1)) if (m := re.search(rf"{name}:(\d+)", usage)) else 0  # noqa: E731
+    lines = re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+([^;]*);", sass, flags=re.M)
+    instructions = sum(1 for line in lines if not line.strip().startswith("NOP"))
+    return CompileResult(variant, target, field("REG"), field("STACK") + field("LOCAL"), field("SHARED"),
+                         instructions)
+
+
+def compile_all(capabilities=(80, 90), kernels: set | None = None, full: bool = False,
+                progress=None) -> list[CompileResult]:
+    results = []
+    todo = [v for v in variants(full) if kernels is None or v.kernel in kernels]
+    for i, variant in enumerate(todo):
+        for capability in capabilities:
+            results.append(compile_variant(variant, capability))
+        if progress is not None:
+            progress(i + 1, len(todo), variant)
+    return results
+
+
+def format_table(results: list[CompileResult]) -> str:
+    lines = ["| kernel | variant | target | registers | spills (B) | shared (B) | SASS instructions | |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.variant.kernel} | {r.variant.label} | {r.target} | - | - | - | - | {r.error} |")
+            continue
+        flag = "spills" if r.spill_bytes else ("over budget" if r.registers > REGISTER_BUDGET else "")
+        lines.append(f"| {r.variant.kernel} | {r.variant.label} | {r.target} | {r.registers} | {r.spill_bytes} | "
+                     f"{r.shared_bytes} | {r.instructions} | {flag} |")
+    return "\n".join(lines)
