@@ -46,3 +46,24 @@ def test_no_variant_spills_or_exceeds_the_register_budget(tier):
     over = [(r["variant"]["kernel"], r["variant"]["label"], r["target"], r["registers"], r["spill_bytes"])
             for r in report["rows"] if r["spill_bytes"] or r["registers"] > budget]
     assert not over, over
+
+
+def test_gpu_suite_refuses_without_a_gpu_and_its_parts_run_on_cpu():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    if not torch.cuda.is_available():
+        assert suite.main(["--no-docs"]) == 2  # says what to do instead of measuring a CPU as a GPU
+    cpu = torch.device("cpu")
+    bandwidth = suite.kernel_bandwidth(cpu, suite.CHECK)
+    assert [r["kernel"] for r in bandwidth] == ["quantize_pack 4-bit nearest", "quantize_pack 4-bit SR"]
+    assert all(r["gbs"] > 0 and r["copy_gbs"] > 0 for r in bandwidth)
+    steps = suite.step_overhead_and_peak(cpu, suite.CHECK)
+    assert [r["config"] for r in steps] == ["baseline", "actnn 4-bit"] and steps[1]["saved_ratio"] > 2
+    assert "| quantize_pack 4-bit SR |" in suite.tables("CPU", bandwidth + steps)

@@ -1,0 +1,165 @@
+"""The GPU story in one command (under 8 minutes on one GPU), in this order:
+
+1. the GPU tests (kernel tests with real Triton launches, the compile tier);
+2. kernel bandwidth: 4-bit ``quantize_pack`` (nearest and stochastic) on 64M bf16, as % of copy bandwidth
+   (goal >= 70%);
+3. step-time overhead of ActNN 4-bit on a GPT-2 small-sized model (12 x 768, sequence 1024; goal <= 15%);
+4. peak memory of that step, baseline against compressed.
+
+    python benchmarks/gpu_suite.py                 # on a GPU: runs all four, appends the tables to docs/benchmarks.md
+    python benchmarks/gpu_suite.py --cpu-check     # anywhere: the same code on tiny sizes (a check, not a measurement)
+
+Without a GPU and without ``--cpu-check`` it refuses with exit status 2 and says what to do. Prints Markdown
+tables and writes JSON (``effplug.profile.write_report``); the GPU run names the device in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from effplug.profile import StepTimer, time_steps, write_report  # noqa: E402
+
+FULL = {"elements": 64 * 2**20, "layers": 12, "width": 768, "heads": 12, "sequence": 1024, "batch": 8, "steps": 20}
+CHECK = {"elements": 2**16, "layers": 2, "width": 64, "heads": 2, "sequence": 32, "batch": 2, "steps": 3}
+
+
+def run_gpu_tests(check: bool) -> dict:
+    """The kernel tests with real launches (no interpreter), and the compile tier."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    tests = ["tests/test_kernels.py", "tests/test_compile_tier.py"] if not check else ["tests/test_compile_tier.py"]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=420)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
+    return {"step": "GPU tests", "command": "pytest -q " + " ".join(tests), "passed": done.returncode == 0,
+            "summary": summary, "seconds": time.perf_counter() - started}
+
+
+def kernel_bandwidth(device: torch.device, sizes: dict) -> list[dict]:
+    from effplug.kernels import packed_nbytes, quantize_pack
+
+    n = sizes["elements"]
+    x = torch.randn(n, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(x)
+    steps = sizes["steps"]
+    copy_s = time_steps(lambda: out.copy_(x), steps=steps, warmup=3, device=device).median_s
+    copy_gbs = 2 * x.numel() * x.element_size() / copy_s / 1e9
+    rows = []
+    for stochastic in (False, True):
+        seconds = time_steps(lambda s=stochastic: quantize_pack(x, 4, 128, s, seed=1, scale_dtype=torch.bfloat16),
+                             steps=steps, warmup=3, device=device).median_s
+        moved = x.numel() * x.element_size() + packed_nbytes(n, 4, 128, torch.bfloat16)
+        gbs = moved / seconds / 1e9
+        rows.append({"step": "kernel bandwidth", "kernel": f"quantize_pack 4-bit {'SR' if stochastic else 'nearest'}",
+                     "elements": n, "gbs": gbs, "copy_gbs": copy_gbs, "pct_of_copy": 100 * gbs / copy_gbs,
+                     "goal": ">= 70% of copy"})
+    return rows
+
+
+def _gpt2(sizes: dict, device: torch.device):
+    from effplug.models import tiny_gpt2
+
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab_size=50257 if sizes is FULL else 128, n_positions=sizes["sequence"],
+                      n_embd=sizes["width"], n_layer=sizes["layers"], n_head=sizes["heads"]).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (sizes["batch"], sizes["sequence"]), device=device)
+    return model, ids
+
+
+def step_overhead_and_peak(device: torch.device, sizes: dict) -> list[dict]:
+    from effplug.compress import ActivationCompressor
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = {}
+    for config in ("baseline", "actnn 4-bit"):
+        model, ids = _gpt2(sizes, device)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        engine = ActivationCompressor(model, method="actnn", bits=4, seed=0).attach() if config != "baseline" else None
+        timer = StepTimer(warmup=2, device=device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(sizes["steps"] + 2):
+            timer.start()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            timer.stop()
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        rows[config] = {"step_s": timer.median_s, "peak_bytes": peak,
+                        "saved_ratio": engine.last_report.ratio if engine is not None else 1.0}
+        if engine is not None:
+            engine.detach()
+        del model, optimizer
+    base, compressed = rows["baseline"], rows["actnn 4-bit"]
+    return [{"step": "step time and peak memory", "model": f"GPT-2 {sizes['layers']}x{sizes['width']}, "
+             f"batch {sizes['batch']} x {sizes['sequence']}", "config": name, **r,
+             "step_ratio": r["step_s"] / base["step_s"],
+             "peak_ratio": (r["peak_bytes"] / base["peak_bytes"]) if base["peak_bytes"] else None,
+             "goal": "step <= 1.15x baseline" if name != "baseline" else ""}
+            for name, r in rows.items()] if compressed else []
+
+
+def tables(device_name: str, results: list[dict]) -> str:
+    lines = [f"GPU suite on {device_name}: `python benchmarks/gpu_suite.py`", ""]
+    for r in results:
+        if r["step"] == "GPU tests":
+            lines.append(f"- GPU tests (`{r['command']}`): {'passed' if r['passed'] else 'FAILED'} ({r['summary']})")
+    lines += ["", "| kernel | elements | GB/s | copy GB/s | % of copy | goal |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if r["step"] == "kernel bandwidth":
+            lines.append(f"| {r['kernel']} | {r['elements']:,} | {r['gbs']:.1f} | {r['copy_gbs']:.1f} | "
+                         f"{r['pct_of_copy']:.1f}% | {r['goal']} |")
+    lines += ["", "| model | configuration | step ms | step ratio | peak MB | peak ratio | saved-activation ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["step"] == "step time and peak memory":
+            peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "n/a (CPU)"
+            ratio = f"{r['peak_ratio']:.2f}" if r["peak_ratio"] else "n/a"
+            lines.append(f"| {r['model']} | {r['config']} | {r['step_s'] * 1e3:.1f} | {r['step_ratio']:.2f} | {peak} | "
+                         f"{ratio} | {r['saved_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-check", action="store_true", help="run the suite's code on tiny CPU sizes")
+    parser.add_argument("--json", default="bench_out/gpu_suite.json")
+    parser.add_argument("--no-docs", action="store_true", help="do not append the tables to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() and not args.cpu_check:
+        print("gpu_suite: no CUDA device is visible (torch.cuda.is_available() is False). Run it on a GPU machine "
+              "with a CUDA build of torch, or pass --cpu-check to run the same code on tiny CPU sizes.",
+              file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_check else "cpu")
+    sizes = CHECK if args.cpu_check else FULL
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores), check only"
+    started = time.perf_counter()
+    results = [run_gpu_tests(args.cpu_check)]
+    results += kernel_bandwidth(device, sizes)
+    results += step_overhead_and_peak(device, sizes)
+    text = tables(device_name, results)
+    print(text)
+    print(f"\n{time.perf_counter() - started:.0f} s wall", file=sys.stderr)
+    write_report(args.json, results, device=device_name, sizes=sizes)
+    if device.type == "cuda" and not args.no_docs:
+        with open(ROOT / "docs" / "benchmarks.md", "a") as docs:
+            docs.write("\n\n## GPU suite\n\n" + text + "\n")
+    return 0 if all(r.get("passed", True) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
