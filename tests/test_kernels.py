@@ -434,3 +434,20 @@ def test_quantize_affine_names_what_is_wrong():
         quantize_affine(x, torch.zeros(4), torch.ones(4), 1, 4)
     with pytest.raises(ValueError, match="use one of 1, 2, 4, 8"):
         quantize_affine(x, torch.zeros(6), torch.ones(6), 1, 3)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_the_torch_reference_in_parts_equals_one_pass(monkeypatch, stochastic):
+    from effplug.kernels import pack
+    from effplug.kernels.philox import random_words
+
+    x = torch.randn(5 * 1024 + 77, generator=torch.Generator().manual_seed(0))
+    whole = quantize_pack(x, 4, 128, stochastic, seed=9)
+    monkeypatch.setattr(pack, "CHUNK_ELEMENTS", 512)  # 11 parts, the last one short
+    parts = quantize_pack(x, 4, 128, stochastic, seed=9)
+    for field in ("data", "scale", "zero"):
+        assert _bits_equal(getattr(whole, field), getattr(parts, field)), field
+    assert torch.equal(unpack_dequantize(parts), unpack_dequantize(whole))
+    assert torch.equal(random_words(3, 40, start=24), random_words(3, 64)[24:])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        random_words(3, 8, start=2)

@@ -108,27 +108,57 @@ def round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # -- torch reference ----------------------------------------------------------------------------------
 
 
+# Elements per pass of the torch reference: its temporaries (fp32 copies, Philox words) stay a few MB
+# instead of several times the input, and in cache.
+CHUNK_ELEMENTS = 1 << 18
+
+
 def _quantize_pack_torch(flat: torch.Tensor, bits, group_size, stochastic, seed, scale_dtype):
     n = flat.numel()
     groups = -(-n // group_size)
+    data = torch.empty(groups * group_size * bits // 8, dtype=torch.uint8, device=flat.device)
+    scale = torch.empty(groups, dtype=scale_dtype, device=flat.device)
+    zero = torch.empty(groups, dtype=scale_dtype, device=flat.device)
+    chunk_groups = max(1, CHUNK_ELEMENTS // group_size)
+    for g0 in range(0, groups, chunk_groups):
+        g1 = min(groups, g0 + chunk_groups)
+        start, stop = g0 * group_size, min(n, g1 * group_size)
+        codes, scale[g0:g1], zero[g0:g1] = _quantize_groups(flat[start:stop], g1 - g0, bits, group_size,
+                                                            stochastic, seed, start, scale_dtype)
+        data[start * bits // 8:g1 * group_size * bits // 8] = pack_codes(codes, bits)
+    return data, scale, zero
+
+
+def _quantize_groups(part, groups, bits, group_size, stochastic, seed, start, scale_dtype):
+    """Codes, scales and zeros of ``groups`` groups starting at element ``start`` of the tensor (the last part
+    may be short: it is padded, and its padding gets code 0)."""
     padded = groups * group_size
-    x = torch.nn.functional.pad(flat.float(), (0, padded - n)).view(groups, group_size)
-    valid = (torch.arange(padded, device=flat.device) < n).view(groups, group_size)
-    inf = torch.tensor(float("inf"), device=flat.device)
-    lo = torch.where(valid, x, inf).amin(dim=1)
-    hi = torch.where(valid, x, -inf).amax(dim=1)
+    n = part.numel()
+    x = part.float()
+    if n < padded:
+        x = torch.nn.functional.pad(x, (0, padded - n))
+    x = x.view(groups, group_size)
+    if n < padded:
+        valid = (torch.arange(padded, device=part.device) < n).view(groups, group_size)
+        inf = torch.tensor(float("inf"), device=part.device)
+        lo = torch.where(valid, x, inf).amin(dim=1)
+        hi = torch.where(valid, x, -inf).amax(dim=1)
+    else:
+        valid = None
+        lo, hi = x.amin(dim=1), x.amax(dim=1)
     zero = round_down(lo, scale_dtype)
     levels = float(2**bits - 1)
     scale = round_up((hi - zero.float()) / levels, scale_dtype)
     s = scale.float()[:, None]
-    v = torch.where(s > 0, (x - zero.float()[:, None]) / s, torch.zeros_like(x))
+    v = torch.where(s > 0, (x - zero.float()[:, None]) / s, 0.0)
     if stochastic:
-        u = uniform24(seed, padded, flat.device).view(groups, group_size)
+        v += uniform24(seed, padded, part.device, start=start).view(groups, group_size)
     else:
-        u = 0.5
-    q = torch.floor(v + u).clamp_(0, levels)
-    q = torch.where(valid, q, torch.zeros_like(q))
-    return pack_codes(q.view(-1), bits), scale, zero
+        v += 0.5
+    q = v.floor_().clamp_(0, levels)
+    if valid is not None:
+        q = torch.where(valid, q, 0.0)
+    return q.view(-1), scale, zero
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -149,9 +179,17 @@ def unpack_codes(data: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _unpack_dequantize_torch(qt: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
-    codes = unpack_codes(qt.data, qt.bits).view(-1, qt.group_size).float()
-    x = codes * qt.scale.float()[:, None] + qt.zero.float()[:, None]
-    return x.reshape(-1)[: qt.numel].to(out_dtype)
+    out = torch.empty(qt.numel, dtype=out_dtype, device=qt.device)
+    chunk_groups = max(1, CHUNK_ELEMENTS // qt.group_size)
+    groups = qt.scale.numel()
+    for g0 in range(0, groups, chunk_groups):  # in parts: the int32 codes and fp32 values stay small
+        g1 = min(groups, g0 + chunk_groups)
+        start, stop = g0 * qt.group_size, min(qt.numel, g1 * qt.group_size)
+        data = qt.data[start * qt.bits // 8:g1 * qt.group_size * qt.bits // 8]
+        codes = unpack_codes(data, qt.bits).view(-1, qt.group_size).float()
+        x = codes.mul_(qt.scale[g0:g1].float()[:, None]).add_(qt.zero[g0:g1].float()[:, None])
+        out[start:stop] = x.view(-1)[:stop - start]
+    return out
 
 
 # -- public API ---------------------------------------------------------------------------------------

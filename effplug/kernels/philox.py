@@ -108,14 +108,18 @@ def philox4x32(seed, counters: torch.Tensor, n_rounds: int = N_ROUNDS) -> tuple:
 _CHUNK = 1 << 18  # counters per pass: keeps the int64 temporaries in cache
 
 
-def random_words(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Elements ``0..n-1`` of the stream: word ``e % 4`` of Philox counter ``e // 4`` (uint32 in int64)."""
+def random_words(seed: int, n: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
+    """Elements ``start..start+n-1`` of the stream: word ``e % 4`` of Philox counter ``e // 4`` (uint32 in
+    int64). ``start`` is a multiple of 4, so a tensor can be drawn in parts that equal one whole draw."""
+    if start % 4:
+        raise ValueError(f"start={start} must be a multiple of 4 (one Philox counter gives 4 words)")
     counters = -(-n // 4)
+    first = start // 4
     out = torch.empty(counters, 4, dtype=torch.int64, device=device)
-    for start in range(0, counters, _CHUNK):
-        stop = min(counters, start + _CHUNK)
-        words = philox4x32(seed, torch.arange(start, stop, device=device))
-        torch.stack(words, dim=1, out=out[start:stop])
+    for begin in range(0, counters, _CHUNK):
+        stop = min(counters, begin + _CHUNK)
+        words = philox4x32(seed, torch.arange(first + begin, first + stop, device=device))
+        torch.stack(words, dim=1, out=out[begin:stop])
     return out.view(-1)[:n]
 
 
@@ -134,6 +138,6 @@ def random_words_streams(seeds: list[int], lengths: list[int], device: torch.dev
     return words[keep]
 
 
-def uniform24(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def uniform24(seed: int, n: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
     """U[0,1) as float32 with 24 random bits: ``(r >> 8) * 2**-24``, exact in fp32 on every backend."""
-    return (random_words(seed, n, device) >> 8).to(torch.float32) * (1.0 / 16777216.0)
+    return (random_words(seed, n, device, start) >> 8).to(torch.float32) * (1.0 / 16777216.0)
