@@ -451,3 +451,13 @@ def test_the_torch_reference_in_parts_equals_one_pass(monkeypatch, stochastic):
     assert torch.equal(random_words(3, 40, start=24), random_words(3, 64)[24:])
     with pytest.raises(ValueError, match="multiple of 4"):
         random_words(3, 8, start=2)
+
+
+def test_pow2_and_log_quantize_in_parts_equal_one_pass(monkeypatch):
+    from effplug.kernels import pow2
+
+    x = torch.randn(3 * 1024 + 5, generator=torch.Generator().manual_seed(1)) * 4
+    whole = [pow2_round(x, seed=3), pow2_encode(x, seed=3).codes, log_quantize(x, 4, seed=4)]
+    monkeypatch.setattr(pow2, "CHUNK_ELEMENTS", 256)  # 13 parts, the last one short
+    parts = [pow2_round(x, seed=3), pow2_encode(x, seed=3).codes, log_quantize(x, 4, seed=4)]
+    assert all(_bits_equal(a, b) for a, b in zip(whole, parts, strict=True))

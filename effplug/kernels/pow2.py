@@ -36,6 +36,9 @@ class Pow2Codes:
         return self.codes.numel() + 4  # codes plus the int32 base exponent
 
 
+CHUNK_ELEMENTS = 1 << 18  # elements per pass of the torch path (a multiple of 4: whole Philox counters)
+
+
 def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tensor:
     return _pow2_magnitude_from_words(t, random_words(seed, t.numel(), t.device).view(t.shape), lo_exp)
 
@@ -70,13 +73,19 @@ def _pow2_sr(x: torch.Tensor, seed: int, alpha: float, lo_exp: int, emit_codes: 
     if dispatch.kernel_backend(flat) == "triton":
         out = dispatch.triton_kernels().pow2_sr(flat.contiguous(), seed, alpha, lo_exp, emit_codes)
         return out.view(x.shape)
-    xf = flat.float()
-    t = xf.abs() / torch.tensor(alpha, dtype=torch.float32, device=x.device)
-    mag = _pow2_magnitude_torch(t, seed, lo_exp)
-    if emit_codes:
-        return _codes_from_magnitude(mag, xf < 0, lo_exp).view(x.shape)
-    value = mag * torch.tensor(alpha, dtype=torch.float32, device=x.device)
-    return torch.where(xf < 0, -value, value).to(x.dtype).view(x.shape)
+    out = torch.empty(flat.numel(), dtype=torch.uint8 if emit_codes else x.dtype, device=x.device)
+    alpha_t = torch.tensor(alpha, dtype=torch.float32, device=x.device)
+    for start in range(0, flat.numel(), CHUNK_ELEMENTS):  # in parts: temporaries stay small and in cache
+        xf = flat[start:start + CHUNK_ELEMENTS].float()
+        t = xf.abs() / alpha_t
+        words = random_words(seed, t.numel(), t.device, start=start)
+        mag = _pow2_magnitude_from_words(t, words, lo_exp)
+        if emit_codes:
+            out[start:start + t.numel()] = _codes_from_magnitude(mag, xf < 0, lo_exp)
+        else:
+            value = mag * alpha_t
+            out[start:start + t.numel()] = torch.where(xf < 0, -value, value)
+    return out.view(x.shape)
 
 
 def pow2_round(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
