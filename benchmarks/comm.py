@@ -5,8 +5,8 @@
 
 Per world size and task, every compressor trains from the same initial weights and per-rank data streams:
 dense all-reduce (metered through the same adapter), top-k 1% with error feedback, natural compression,
-CGX 4-bit (bucket 1024) and torch's PowerSGD (rank 2). Reported per compressor: bytes one rank sends per step
-and the ratio to dense, final accuracy / validation loss against dense, and the projected step time
+natural dithering (7 levels, 4-bit codes, bucket 512), CGX 4-bit (bucket 1024) and torch's PowerSGD (rank 2).
+Reported per compressor: bytes one rank sends per step and the ratio to dense, final accuracy / validation loss against dense, and the projected step time
 
     T(link) = t_step + 8 * sent_bytes / link_bits_per_s
 
@@ -40,6 +40,7 @@ COMPRESSORS = {
     "dense all-reduce": lambda seed: GradientCompressor(),
     "top-k 1% + EF": lambda seed: make_compressor("topk", ratio=0.01),
     "natural": lambda seed: make_compressor("natural", seed=seed),
+    "dither 7 levels": lambda seed: make_compressor("dither", levels=7, bucket_size=512, seed=seed),
     "cgx 4-bit": lambda seed: make_compressor("cgx", bits=4, bucket_size=1024, seed=seed),
     "powersgd rank 2": lambda seed: make_compressor("powersgd", rank=2, start_iter=10, seed=seed),
 }

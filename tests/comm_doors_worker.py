@@ -73,7 +73,7 @@ def lightning_phase(out: Path, rank: int) -> dict:
     result["resumed_steps"] = resumed.strategy.compressor.meter.steps
     # a class instance with options, and the other names, on CPU
     for name, strategy in {"cgx": CompressedDDPStrategy("cgx", bits=8, seed=1), "natural": "ddp_natural",
-                           "powersgd": CompressedDDPStrategy("powersgd", rank=1, start_iter=2)}.items():
+                           "dither": "ddp_dither", "powersgd": CompressedDDPStrategy("powersgd", rank=1, start_iter=2)}.items():
         run = trainer(strategy, 3)
         run.fit(module(), loader)
         result[f"{name}_steps"] = run.strategy.compressor.meter.steps

@@ -8,6 +8,7 @@ import torch
 from effplug.comm import (
     CGXCompressor,
     NaturalCompressor,
+    NaturalDitheringCompressor,
     PowerSGDCompressor,
     Segment,
     TopKCompressor,
@@ -55,6 +56,69 @@ def test_natural_values_are_powers_of_two_and_cgx_uses_its_levels():
     q = CGXCompressor(bits=2, bucket_size=1024, seed=3, min_compress_size=0).average(x)
     for bucket in q.view(2, 1024):  # a single process quantizes once per stage: at most 4 levels per bucket
         assert bucket.unique().numel() <= 4
+
+
+def _dither_rounding_moments(x, levels, bucket_size):
+    """Per element: the two levels around ``|x| / max|x|`` of its bucket, and the variance of the rounding."""
+    scale = x.view(-1, bucket_size).abs().amax(1).repeat_interleave(bucket_size)
+    y = x.abs() / scale
+    lowest = 2.0 ** (1 - levels)
+    below = torch.where(y < lowest, torch.zeros_like(y), torch.exp2(torch.floor(torch.log2(y.clamp_min(lowest)))))
+    above = torch.where(y < lowest, torch.full_like(y, lowest), 2 * below).clamp_max(1.0)
+    above = torch.where(y == below, below, above)
+    return below, above, scale**2 * (above - y) * (y - below), y
+
+
+@pytest.mark.parametrize("levels,bucket_size", [(7, 512), (1, 64), (3, 128)])
+def test_natural_dithering_is_unbiased_and_within_its_variance_bound(levels, bucket_size):
+    from effplug.codecs import DitherCodec
+
+    x = torch.randn(2048, generator=torch.Generator().manual_seed(0)) * torch.logspace(-4, 1, 2048)
+    runs = torch.stack([DitherCodec(levels, bucket_size, seed=s).decode(DitherCodec(levels, bucket_size, seed=s)
+                                                                         .encode(x, "w")) for s in range(600)])
+    below, above, variance, y = _dither_rounding_moments(x, levels, bucket_size)
+    # every value lands on one of its two levels (times the bucket's scale)
+    scale = (x.abs() / y)
+    assert ((runs.abs() - below * scale).abs() <= 1e-6 * scale).logical_or(
+        (runs.abs() - above * scale).abs() <= 1e-6 * scale).all()
+    # unbiased: per element, within 5 standard errors of the known rounding variance (where the draw is not rare)
+    p_up = torch.where(above > below, (y - below) / (above - below), torch.zeros_like(y))
+    frequent = 600 * p_up * (1 - p_up) >= 5
+    err = (runs.mean(0).double() - x.double()).abs()
+    assert (err[frequent] <= 5 * (variance[frequent].double() / 600).sqrt() + 1e-7).all()
+    assert frequent.sum() > 200
+    # and in aggregate over all 2,048 values (a z-score of the summed error)
+    assert (runs.mean(0).double() - x.double()).sum().abs() <= 5 * (variance.double().sum() / 600).sqrt()
+    # the empirical MSE matches the analytic one and stays below the bound of docs/natural-dithering.md
+    mse = (runs - x).pow(2).sum(1).mean()
+    assert mse == pytest.approx(variance.sum().item(), rel=0.1)
+    b = x.view(-1, bucket_size)
+    bound = b.pow(2).sum() / 8 + 2.0 ** (1 - levels) * (b.abs().amax(1) * b.abs().sum(1)).sum()
+    assert mse <= bound
+
+
+def test_natural_dithering_sends_half_the_bytes_of_natural_compression_and_slices_decode_alone():
+    from effplug.codecs import DitherCodec
+
+    codec = DitherCodec(levels=7, bucket_size=512, seed=1)
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(2))
+    payload = codec.encode(x, "w")
+    assert payload.nbytes == codec.nbytes_for(4096) == 4096 // 2 + 4 * 8  # 4-bit codes and 8 fp32 scales
+    assert codec.bits == 4 and DitherCodec(levels=1).bits == 2 and DitherCodec(levels=127).bits == 8
+    whole = codec.decode(payload)
+    parts = codec.to_bytes(payload, 4)
+    assert [p.numel() for p in parts] == [codec.nbytes_for(1024)] * 4
+    assert torch.equal(torch.cat([codec.decode(codec.from_bytes(p, 1024, x.dtype)) for p in parts]), whole)
+    assert whole.abs().max() == x.abs().max()  # each bucket's peak is its scale, sent exactly
+    with pytest.raises(ValueError, match="levels=0: use an int from 1 to 127"):
+        DitherCodec(levels=0)
+    with pytest.raises(ValueError, match="power of two >= 8"):
+        NaturalDitheringCompressor(bucket_size=100)
+    with pytest.raises(ValueError, match="pad first"):
+        codec.encode(torch.randn(100))
+    with pytest.raises(ValueError, match="inf or NaN"):
+        codec.encode(torch.full((512,), float("nan")))
+    assert torch.equal(codec.decode(codec.encode(torch.zeros(512))), torch.zeros(512))
 
 
 def test_bad_settings_raise_clear_errors():
@@ -169,7 +233,7 @@ def _comm_worker(rank, world):
         out[name] = all(torch.equal(a, b) for a, b in zip(grads, dense, strict=True))
     # bytes per rank per step, and that every rank ends with the same gradients
     for name, comp in {"topk": TopKCompressor(ratio=0.01), "natural": NaturalCompressor(seed=5),
-                       "cgx": CGXCompressor(bits=4, seed=5)}.items():
+                       "cgx": CGXCompressor(bits=4, seed=5), "dither": NaturalDitheringCompressor(seed=5)}.items():
         model, comp = _ddp(comp)
         flat = torch.cat([g.flatten() for g in _grads_after_backward(model, rank)])
         gathered = [torch.empty_like(flat) for _ in range(world)]
@@ -180,7 +244,7 @@ def _comm_worker(rank, world):
     # a NaN on rank 1 only: no hang, no collective mismatch, and every rank gets what dense DDP gives
     dense_nan = torch.cat([g.flatten() for g in _grads_after_backward(_ddp()[0], rank, nan_on_rank=1)])
     for name, comp in {"topk": TopKCompressor(ratio=0.01), "natural": NaturalCompressor(seed=5),
-                       "cgx": CGXCompressor(bits=4, seed=5)}.items():
+                       "cgx": CGXCompressor(bits=4, seed=5), "dither": NaturalDitheringCompressor(seed=5)}.items():
         model, comp = _ddp(comp)
         got = torch.cat([g.flatten() for g in _grads_after_backward(model, rank, nan_on_rank=1)])
         same_nans = torch.equal(got.isnan(), dense_nan.isnan()) and bool(got.isnan().any())
@@ -199,7 +263,8 @@ def _comm_worker(rank, world):
     # resume: residuals and seed streams restored into a fresh DDP (new buckets) continue exactly like the
     # original run (keyed per parameter, so DDP's different first-step buckets after a resume do not matter)
     for name, make in {"topk": lambda: TopKCompressor(ratio=0.02), "cgx": lambda: CGXCompressor(bits=4, seed=0),
-                       "natural": lambda: NaturalCompressor(seed=0)}.items():
+                       "natural": lambda: NaturalCompressor(seed=0),
+                       "dither": lambda: NaturalDitheringCompressor(seed=0)}.items():
         model, comp = _ddp(make())
         _train(model, rank, 3)
         saved_params = [p.detach().clone() for p in model.parameters()]
@@ -256,18 +321,20 @@ def _expected_bytes(world):
     cgx_exact = ring(4 * (32 + 320 + 10))  # the two biases and the 320-element layer are below 1024
     cgx_chunk = 2048 // world * 4 // 8 + 4 * (2048 // world // 1024)  # 4-bit codes + bf16 scale and zero
     cgx = cgx_exact + flag + 2 * (world - 1) / world * world * cgx_chunk
-    return {"dense": ring(4 * numel), "topk": topk, "natural": natural, "cgx": cgx}
+    dither_chunk = 2048 // world * 4 // 8 + 4 * (2048 // world // 512)  # 4-bit codes + an fp32 scale per 512
+    dither = cgx_exact + flag + 2 * (world - 1) / world * world * dither_chunk
+    return {"dense": ring(4 * numel), "topk": topk, "natural": natural, "cgx": cgx, "dither": dither}
 
 
 def test_a_nan_on_one_rank_gives_every_rank_the_dense_ddp_result(ddp_results):
     for rank in range(2):
-        for name in ("topk", "natural", "cgx"):
+        for name in ("topk", "natural", "cgx", "dither"):
             assert ddp_results[rank][f"nan_{name}"], (rank, name)
 
 
 def test_bytes_meter_matches_the_analytic_count(ddp_results):
     expected = _expected_bytes(2)
-    for name in ("topk", "natural", "cgx"):
+    for name in ("topk", "natural", "cgx", "dither"):
         meter = ddp_results[0][name]["meter"]
         assert meter["steps"] == 1
         assert meter["bytes_per_step"] == pytest.approx(expected[name], abs=1e-9), name
@@ -277,7 +344,7 @@ def test_bytes_meter_matches_the_analytic_count(ddp_results):
 
 
 def test_ranks_agree_and_compression_error_is_bounded(ddp_results):
-    for name in ("topk", "natural", "cgx"):
+    for name in ("topk", "natural", "cgx", "dither"):
         assert ddp_results[0][name]["same_on_ranks"], name
     # two stochastic roundings, each at most one 4-bit step of a bucket whose range is <= 2 * max|g|
     assert ddp_results[0]["cgx"]["err"] <= 2 * 2 * ddp_results[0]["cgx_local_scale"] / 15
@@ -293,7 +360,7 @@ def test_resume_restores_residuals(ddp_results):
 
 def test_cgx_and_natural_resume_exactly_with_their_seed_streams(ddp_results):
     for rank in range(2):
-        for name in ("cgx", "natural"):
+        for name in ("cgx", "natural", "dither"):
             assert ddp_results[rank][f"resume_{name}_True"], (rank, name)
             assert not ddp_results[rank][f"resume_{name}_False"], (rank, name)  # restarted streams diverge
 
@@ -341,7 +408,7 @@ def test_unclear_errors_now_say_what_to_do():
     assert transformers is not None
 
 
-@pytest.mark.parametrize("name", ["natural", "cgx"])
+@pytest.mark.parametrize("name", ["natural", "cgx", "dither"])
 def test_seed_streams_restart_on_another_world_size_and_keep_their_state_plain(name):
     compressor = make_compressor(name, seed=3)
     compressor.codec.seeds.set_scope("rank1")

@@ -15,9 +15,10 @@ def test_lightning_strategy_names_register_the_hook_on_cpu(door_results):
         assert result["strategy_class"] == "CompressedDDPStrategy"
         assert result["topk_steps"] == 6  # stock DDPStrategy would have registered nothing on CPU
         assert result["topk_ratio"] > 40
-        for name in ("cgx", "natural", "powersgd"):
+        for name in ("cgx", "natural", "dither", "powersgd"):
             assert result[f"{name}_steps"] == 3, name
         assert result["natural_ratio"] > 3.5 and result["cgx_ratio"] > 2.5  # 8-bit, small layers exact
+        assert result["dither_ratio"] > result["cgx_ratio"]  # 4-bit codes where cgx ran at 8
 
 
 def test_lightning_checkpoint_gathers_and_restores_every_rank(door_results):

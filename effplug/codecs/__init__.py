@@ -6,6 +6,7 @@ and the wire layout. See DESIGN.md, "The codec contract".
 """
 
 from effplug.codecs.base import Codec, KeyedSeeds, tensor_nbytes
+from effplug.codecs.dither import DitherCodec
 from effplug.codecs.log import LogCodec
 from effplug.codecs.pow2 import Pow2Codec
 from effplug.codecs.seeds import SeedStream
@@ -13,5 +14,5 @@ from effplug.codecs.topk import SparsePayload, TopKCodec
 from effplug.codecs.uniform import UniformCodec
 from effplug.kernels.philox import resolve_seed
 
-__all__ = ["Codec", "KeyedSeeds", "LogCodec", "Pow2Codec", "SeedStream", "SparsePayload", "TopKCodec", "UniformCodec",
+__all__ = ["Codec", "DitherCodec", "KeyedSeeds", "LogCodec", "Pow2Codec", "SeedStream", "SparsePayload", "TopKCodec", "UniformCodec",
            "resolve_seed", "tensor_nbytes"]

@@ -6,6 +6,7 @@ import inspect
 
 from effplug.comm.base import GradientCompressor
 from effplug.comm.cgx import CGXCompressor
+from effplug.comm.dither import NaturalDitheringCompressor
 from effplug.comm.natural import NaturalCompressor
 from effplug.comm.powersgd import PowerSGDCompressor
 from effplug.comm.topk import TopKCompressor
@@ -13,6 +14,7 @@ from effplug.options import check_options
 
 COMPRESSORS: dict[str, type[GradientCompressor]] = {
     "topk": TopKCompressor, "natural": NaturalCompressor, "cgx": CGXCompressor, "powersgd": PowerSGDCompressor,
+    "dither": NaturalDitheringCompressor,
 }
 
 

@@ -118,6 +118,18 @@ def pow2_encode(x: torch.Tensor, seed: int | None = None) -> Pow2Codes:
     return Pow2Codes(codes, lo_exp, x.dtype)
 
 
+def pow2_encode_unit(y: torch.Tensor, lo_exp: int, seed: int | None = None) -> torch.Tensor:
+    """Sign+level codes of values with ``|y| <= 1`` on the levels ``{0, 2**lo_exp, ..., 1/2, 1}``: natural
+    dithering's rounding (Horváth et al. 2022, Sec. 4) once ``y`` is divided by its norm. Code layout as
+    :class:`Pow2Codes` with base ``lo_exp``: levels ``1 .. 1 - lo_exp`` in bits 0-6, the sign in bit 7."""
+    dispatch.check_float_tensor(y)
+    if not MIN_EXP <= lo_exp <= 0:
+        raise ValueError(f"lo_exp={lo_exp!r}: use an int from {MIN_EXP} to 0")
+    if y.numel() == 0:
+        return torch.empty(y.shape, dtype=torch.uint8, device=y.device)
+    return _pow2_sr(y, resolve_seed(seed), 1.0, lo_exp, emit_codes=True)
+
+
 def pow2_encode_many(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2Codes]:
     """``[pow2_encode(t, s) for t, s in zip(tensors, seeds)]``, bit for bit, in one pass on the torch path.
 

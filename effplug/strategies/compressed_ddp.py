@@ -120,4 +120,5 @@ STRATEGY_NAMES = {
     "ddp_natural": "DDP with natural compression: gradients as 8-bit powers of two (effplug)",
     "ddp_cgx": "DDP with CGX 4-bit bucketed gradient quantization (effplug)",
     "ddp_powersgd": "DDP with torch's PowerSGD hook, checkpointed (effplug)",
+    "ddp_dither": "DDP with natural dithering: gradients as 4-bit power-of-two levels per bucket (effplug)",
 }
