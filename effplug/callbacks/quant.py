@@ -36,7 +36,7 @@ class QuantizationAwareTraining(pl.Callback):
                  act_estimator: str = "minmax", backend: str = "generic", per_channel: bool | None = None,
                  first_last_bits: int | None = 8, exclude: str | list[str] | None = None, bits: dict | None = None,
                  bit_widths: list[int] | None = None, quantize_embeddings: bool = False,
-                 config: QATConfig | None = None, log_stats: bool = True):
+                 config: QATConfig | None = None, log_stats: bool = True, calibration_batches: int = 2):
         self.config = config if config is not None else QATConfig(
             weight_bits=weight_bits, act_bits=act_bits, weight_estimator=weight_estimator,
             act_estimator=act_estimator, backend=backend, per_channel=per_channel, first_last_bits=first_last_bits,
@@ -44,12 +44,18 @@ class QuantizationAwareTraining(pl.Callback):
             bit_widths=tuple(bit_widths) if bit_widths else None, quantize_embeddings=quantize_embeddings,
         )
         self.log_stats = log_stats
+        self.calibration_batches = calibration_batches
         self._original_step = None
+        self.chosen_bits: dict | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if not quantized_layers(pl_module):  # every stage: a test/predict run loads quantized weights too
-            quantize_model(pl_module, self.config)
+            losses = _calibration_losses(trainer, pl_module, self.calibration_batches) \
+                if self.config.bits == "auto" else None
+            quantize_model(pl_module, self.config, sensitivity_losses=losses)
+            search = getattr(pl_module, "_effplug_bit_search", None)
+            self.chosen_bits = dict(search.bits) if search is not None else None
         if self.config.bit_widths is not None and stage == "fit" and self._original_step is None:
             self._wrap_training_step(pl_module)
 
@@ -79,12 +85,19 @@ class QuantizationAwareTraining(pl.Callback):
     # The state key is the class name (Lightning's default), not the settings: a resume under other settings
     # must find the old state and refuse, not miss it and train on silently.
     def state_dict(self) -> dict:
-        return seal({"config": _config_dict(self.config)})
+        state = {"config": _config_dict(self.config)}
+        if self.chosen_bits is not None:
+            state["bits"] = dict(self.chosen_bits)  # bits='auto': what the search chose, checked on resume
+        return seal(state)
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = unseal(state_dict, "QuantizationAwareTraining").get("config")
         if saved:
             require_same_config("QuantizationAwareTraining", saved, _config_dict(self.config))
+        chosen = unseal(state_dict, "QuantizationAwareTraining").get("bits")
+        if chosen and self.chosen_bits is not None and chosen != self.chosen_bits:
+            raise ValueError(f"bits='auto' chose {self.chosen_bits} for this run but the checkpoint was trained with "
+                             f"{chosen}; resume with QATConfig(bits={chosen!r}) to keep the checkpoint's widths")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
@@ -99,6 +112,34 @@ class QuantizationAwareTraining(pl.Callback):
 
 
 QUANTIZER_CHECKSUM = "effplug_qat_crc32"
+
+
+def _calibration_losses(trainer, pl_module, count: int) -> list:
+    """``count`` training batches as loss closures over ``training_step`` (``self.log`` muted: no loop yet)."""
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    source = getattr(trainer.fit_loop, "_data_source", None)
+    loader = source.dataloader() if source is not None and source.is_defined() else None
+    if loader is None:
+        raise ValueError("QATConfig(bits='auto') calibrates on training batches, but this Trainer has no "
+                         "train_dataloader at setup; pass train_dataloaders to fit() or set bits explicitly")
+    batches = []
+    for i, batch in enumerate(loader):
+        if i >= count:
+            break
+        batches.append(move_data_to_device(batch, pl_module.device))
+
+    def loss_of(batch, index):
+        def closure():
+            log, log_dict = pl_module.log, pl_module.log_dict
+            pl_module.log = pl_module.log_dict = lambda *a, **k: None
+            try:
+                return _loss_of(pl_module.training_step(batch, index))
+            finally:
+                pl_module.log, pl_module.log_dict = log, log_dict
+        return closure
+
+    return [loss_of(b, i) for i, b in enumerate(batches)]
 
 
 def _config_dict(config) -> dict:

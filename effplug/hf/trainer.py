@@ -33,12 +33,17 @@ class EffTrainerMixin:
             CompressionConfig, "EffTrainer(activation_compression=...)", activation_compression, shorthand="method")
         self.quantization = None if quantization is None else build_config(
             QATConfig, "EffTrainer(quantization=...)", quantization)
+        model = kwargs.get("model", args[0] if args else None)
         if self.quantization is not None:
-            model = kwargs.get("model", args[0] if args else None)
             if model is None:
                 raise ValueError("EffTrainer(quantization=...) needs the model passed to the constructor")
-            apply_quantization(model, self.quantization)
+            if self.quantization.bits != "auto":
+                apply_quantization(model, self.quantization)
         super().__init__(*args, **kwargs)
+        if self.quantization is not None and self.quantization.bits == "auto":
+            # the bit search calibrates on training batches, which exist once the Trainer is built; the
+            # optimizer is created later, in train(), so it still covers every quantizer parameter
+            apply_quantization(model, self.quantization, sensitivity_losses=self._calibration_losses(model))
         self.activation_callback = None
         if compression is not None:
             self.activation_callback = ActivationCompressionCallback(config=compression)
@@ -50,6 +55,18 @@ class EffTrainerMixin:
         if comm is not None:
             options = dict(comm) if isinstance(comm, dict) else {"compressor": comm}
             self.comm_callback = compress_gradients(self, options.pop("compressor", "topk"), **options)
+
+    def _calibration_losses(self, model, count: int = 2) -> list:
+        if self.train_dataset is None:
+            raise ValueError("EffTrainer(quantization=QATConfig(bits='auto')) calibrates on training batches; pass "
+                             "train_dataset, or set bits explicitly")
+        batches = []
+        for i, batch in enumerate(self.get_train_dataloader()):
+            if i >= count:
+                break
+            batches.append(self._prepare_inputs(batch))
+        parent = super(EffTrainerMixin, self)
+        return [lambda b=b: parent.compute_loss(model, b) for b in batches]
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self.last_width_losses and "loss" in logs:

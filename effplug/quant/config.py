@@ -42,7 +42,11 @@ class QATConfig:
     - ``first_last_bits``: the first and last quantizable layers (registration order) use this for weights
       and activations; ``None`` keeps them at ``weight_bits``/``act_bits``.
     - ``exclude``: fnmatch patterns of module names left in floating point.
-    - ``bits``: per-layer overrides ``{pattern: bits}`` or ``{pattern: (weight_bits, act_bits)}``.
+    - ``bits``: per-layer overrides ``{pattern: bits}`` or ``{pattern: (weight_bits, act_bits)}``; or ``"auto"``:
+      weight bits per layer from ``search_bits`` chosen under ``budget_bits`` (average weight bits over the
+      quantized layers) or ``budget_bytes``, minimising HAWQ's Σ Tr(H_l)·MSE_l(b) (``effplug.quant.bit_search``).
+      It needs calibration losses: the Lightning and HF doors take them from the training data.
+    - ``search_method``: ``"hessian"`` (Hutchinson trace, HAWQ-v2) or ``"fisher"`` (one backward per batch).
     - ``bit_widths``: vertical-layered once-QAT; one set of weights serves every listed width.
     - ``quantize_embeddings``: weight-only quantization of ``nn.Embedding`` too.
     - ``act_momentum``: EMA momentum of non-learned activation ranges (eval uses the EMA).
@@ -58,7 +62,12 @@ class QATConfig:
     backend: str = "generic"
     first_last_bits: int | None = 8
     exclude: tuple = ()
-    bits: dict = field(default_factory=dict)
+    bits: dict | str = field(default_factory=dict)
+    budget_bits: float | None = None
+    budget_bytes: int | None = None
+    search_bits: tuple = (2, 3, 4, 8)
+    search_method: str = "hessian"
+    search_seed: int = 0
     bit_widths: tuple | None = None
     quantize_embeddings: bool = False
     act_momentum: float = 0.1
@@ -75,9 +84,11 @@ class QATConfig:
                 _check_choice(getattr(self, name), name, GRADIENTS)
         get_preset(self.backend)
         object.__setattr__(self, "exclude", name_patterns(self.exclude))
-        if not isinstance(self.bits, dict):
-            raise ValueError(f"bits must be a dict {{name pattern: bits or (weight_bits, act_bits)}}; got {self.bits!r}")
-        for pattern, value in self.bits.items():
+        self._check_search()
+        if not isinstance(self.bits, dict) and self.bits != "auto":
+            raise ValueError(f"bits must be a dict {{name pattern: bits or (weight_bits, act_bits)}} or 'auto'; got "
+                             f"{self.bits!r}")
+        for pattern, value in (self.bits.items() if isinstance(self.bits, dict) else ()):
             pair = value if isinstance(value, (tuple, list)) else (value, value)
             if len(pair) != 2:
                 raise ValueError(f"bits[{pattern!r}]={value!r}: give one integer or (weight_bits, act_bits)")
@@ -97,6 +108,31 @@ class QATConfig:
             raise ValueError(f"act_momentum={self.act_momentum!r} must be in (0, 1]")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile={self.percentile!r} must be in (50, 100]")
+
+    def _check_search(self) -> None:
+        auto = self.bits == "auto"
+        budgets = [b for b in (self.budget_bits, self.budget_bytes) if b is not None]
+        if auto and len(budgets) != 1:
+            raise ValueError("bits='auto' needs exactly one budget: budget_bits=3.0 (average weight bits) or "
+                             "budget_bytes=... (bytes of quantized weights)")
+        if not auto and budgets:
+            raise ValueError("budget_bits/budget_bytes only apply with bits='auto'")
+        if self.budget_bits is not None and (isinstance(self.budget_bits, bool) or not isinstance(
+                self.budget_bits, (int, float)) or not MIN_BITS <= self.budget_bits <= MAX_BITS):
+            raise ValueError(f"budget_bits={self.budget_bits!r}: use a number from {MIN_BITS} to {MAX_BITS}")
+        if self.budget_bytes is not None and (isinstance(self.budget_bytes, bool) or not isinstance(
+                self.budget_bytes, (int, float)) or not self.budget_bytes > 0):
+            raise ValueError(f"budget_bytes={self.budget_bytes!r}: use a positive number of bytes")
+        widths = tuple(sorted(set(self.search_bits)))
+        if not widths:
+            raise ValueError("search_bits is empty; list the candidate widths, e.g. (2, 3, 4, 8)")
+        for b in widths:
+            check_bits(b, "search_bits entry")
+        object.__setattr__(self, "search_bits", widths)
+        _check_choice(self.search_method, "search_method", ("hessian", "fisher"))
+        if auto and self.bit_widths is not None:
+            raise ValueError("bits='auto' picks one width per layer; once-QAT (bit_widths) trains every width, "
+                             "so use one or the other")
 
     @property
     def preset(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def plan_layers(model: nn.Module, config: QATConfig) -> tuple[list[LayerPlan], l
         w_bits, a_bits = config.weight_bits, None if is_embedding else config.act_bits
         if name in edges:
             w_bits, a_bits = config.first_last_bits, (None if a_bits is None else config.first_last_bits)
-        pattern = _matches(name, config.bits)
+        pattern = _matches(name, config.bits) if isinstance(config.bits, dict) else None
         if pattern is not None:
             value = config.bits[pattern]
             w_bits, a_bits = value if isinstance(value, (tuple, list)) else (value, None if is_embedding else value)
@@ -127,15 +128,34 @@ def _act_quantizer(config: QATConfig, bits: int):
                         percentile=config.percentile)
 
 
-def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) -> nn.Module:
+def quantize_model(model: nn.Module, config: QATConfig | None = None, sensitivity_losses=None,
+                   **kwargs) -> nn.Module:
     """Swap ``nn.Linear``, ``nn.Conv1d/2d``, HF ``Conv1D`` (and ``nn.Embedding`` if asked) in place.
 
     ``quantize_model(model, QATConfig(weight_bits=4, act_bits=4, weight_estimator="lsq"))``. Parameters are
     shared, not copied: build the optimizer after this call (Lightning and HF doors do) and it covers the
     weights plus any learned step sizes. Returns ``model`` (a new module when ``model`` itself is one layer,
     such as a bare ``nn.Linear``: use the return value). Logs one coverage line (``model._effplug_coverage``).
+
+    With ``bits="auto"``, ``sensitivity_losses`` (zero-argument closures, each the float model's loss on one
+    calibration batch) drive the bit search; its result is ``model._effplug_bit_search``.
     """
     config = build_config(QATConfig, "quantize_model", config, **kwargs)
+    search = None
+    if config.bits == "auto":
+        if not sensitivity_losses:
+            raise ValueError("QATConfig(bits='auto') chooses bits from each layer's loss sensitivity, so it needs "
+                             "calibration data: quantize_model(model, config, sensitivity_losses=[lambda: "
+                             "loss_fn(model(x), y)]); the Lightning callback and EffTrainer pass training batches")
+        from effplug.quant.bit_search import search_bits
+
+        search = search_bits(model, config, list(sensitivity_losses))
+        log.info("effplug.quant: bits='auto' chose %.3f average weight bits (budget %.3f):\n%s",
+                 search.average_bits, search.budget_bits, search.table())
+        act = {p.name: p.act_bits for p in plan_layers(model, dataclasses.replace(
+            config, bits={}, budget_bits=None, budget_bytes=None))[0]}
+        config = dataclasses.replace(config, bits={_literal(n): (b, act[n]) for n, b in search.bits.items()},
+                                     budget_bits=None, budget_bytes=None)
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize_model needs an nn.Module; got {type(model).__name__}")
     if quantized_layers(model):
@@ -162,6 +182,8 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
         prepare_width_statistics(model, config.bit_widths)
     model._effplug_qat_plan = plans
     model._effplug_qat_config = config
+    if search is not None:
+        model._effplug_bit_search = search
     left = dict(skipped)
     for plan in plans:  # said in the coverage line, not left for the docs alone
         if isinstance(model.get_submodule(plan.name) if plan.name else model, QuantMultiheadAttention):
@@ -169,6 +191,11 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, **kwargs) 
                 "weight quantized; its input, formed inside F.multi_head_attention_forward, stays float")
     model._effplug_coverage = report_coverage(model, "QAT", [p.name for p in plans], left)
     return model
+
+
+def _literal(name: str) -> str:
+    """An fnmatch pattern matching exactly ``name``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def float_weight(module: nn.Module):
