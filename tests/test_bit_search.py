@@ -55,9 +55,9 @@ def test_allocation_is_the_exact_optimum_of_brute_force():
         budget = (2.5 + trial * 0.2) * total
         got = allocate_bits(layers, budget)
         best = min((c for c in itertools.product(widths, repeat=5)
-                    if sum(layer.numel * b for layer, b in zip(layers, c)) <= budget),
-                   key=lambda c: sum(layer.costs[b] for layer, b in zip(layers, c)))
-        cost = lambda choice: sum(layer.costs[b] for layer, b in zip(layers, choice))  # noqa: E731
+                    if sum(layer.numel * b for layer, b in zip(layers, c, strict=False)) <= budget),
+                   key=lambda c: sum(layer.costs[b] for layer, b in zip(layers, c, strict=False)))
+        cost = lambda choice: sum(layer.costs[b] for layer, b in zip(layers, choice, strict=False))  # noqa: E731
         assert cost([got[f"l{i}"] for i in range(5)]) == pytest.approx(cost(best), rel=1e-12)
         assert sum(layer.numel * got[layer.name] for layer in layers) <= budget
     with pytest.raises(ValueError, match="below the smallest allocation"):

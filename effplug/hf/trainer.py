@@ -65,7 +65,7 @@ class EffTrainerMixin:
             if i >= count:
                 break
             batches.append(self._prepare_inputs(batch))
-        parent = super(EffTrainerMixin, self)
+        parent = super()
         return [lambda b=b: parent.compute_loss(model, b) for b in batches]
 
     def log(self, logs: dict, *args, **kwargs) -> None:

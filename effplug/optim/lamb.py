@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from effplug.optim.lars import _skip
-from effplug.options import checks_keywords
 from effplug.optim.trust_ratio import all_finite, trust_ratio
+from effplug.options import checks_keywords
 
 
 @checks_keywords

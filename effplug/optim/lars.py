@@ -17,8 +17,8 @@ import logging
 import torch
 
 from effplug.logs import log_once
-from effplug.options import checks_keywords
 from effplug.optim.trust_ratio import all_finite, trust_ratio
+from effplug.options import checks_keywords
 
 log = logging.getLogger("effplug.optim")
 
