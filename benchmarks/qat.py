@@ -11,6 +11,10 @@ Suites:
   (validation loss, nats/char). Every run uses the same seed, data order and step count as fp32.
 - ``once``: one once-QAT model (``bit_widths=[2, 3, 4, 8]``, 8-bit activations) evaluated at every width,
   against a model trained with LSQ for each width alone (digits).
+- ``auto``: per-layer bits (``QATConfig(bits="auto")``, HAWQ trace x MSE, exact allocation) against a uniform
+  width at the same average weight bits. Both fine-tune the same float model (trained ``--steps`` first; HAWQ
+  searches a trained model) for ``--steps`` with OCTAV weights and 8-bit activations, first and last layers at
+  8 bits (counted in the average). Auto runs at uniform 3-bit's average, and midway between uniform 2 and 3 (a nominal 2.5).
 - ``binary``: a float hardtanh ResNet trained for ``--steps``, then binarized (1-bit weights and
   activations, first/last layers in float) and fine-tuned as long: DIR-Net, DIR-Net without RBD, and the
   plain sign+STE BNN; the float model trained for the same total steps is the reference (digits).
@@ -80,6 +84,54 @@ def run_once(seed: int, steps: int, widths: list, device) -> list:
         value = train(tasks.digits_task(seed, device, prepare=lambda m, c=alone: quantize_model(m, c)), steps)
         rows.append({"suite": "once", "seed": seed, "bits": b, "model": "dedicated LSQ", "value": value})
     return rows
+
+
+def _average_weight_bits(model) -> float:
+    from effplug.quant import quantized_layers
+    from effplug.quant.convert import float_weight
+
+    layers = quantized_layers(model).values()
+    total = sum(float_weight(m).numel() for m in layers)
+    return sum(m.weight_quant.bits * float_weight(m).numel() for m in layers) / total
+
+
+def run_auto(task: str, seed: int, steps: int, device) -> list:
+    fp = TASKS[task](seed, device)
+    train(fp, steps)
+    pretrained = copy.deepcopy(fp[0].state_dict())
+    rows = [{"suite": "auto", "task": task, "seed": seed, "model": "float (same total steps)", "metric": fp[5],
+             "avg_bits": 32.0, "value": train(fp, steps)}]
+    uniform_avg = {}
+    for label, settings in (("uniform 3", dict(weight_bits=3)), ("auto @ uniform-3 average", "3"),
+                            ("uniform 2", dict(weight_bits=2)), ("auto @ midway between uniform 2 and 3", "2.5")):
+        parts = TASKS[task](seed, device)
+        model, _, batches, loss_fn = parts[:4]
+        model.load_state_dict(pretrained)
+        if settings == "3":
+            settings = dict(bits="auto", budget_bits=uniform_avg["uniform 3"])
+        elif settings == "2.5":  # first/last stay at 8, so the nominal 2.5 lies below char-gpt2's uniform 2
+            settings = dict(bits="auto", budget_bits=(uniform_avg["uniform 2"] + uniform_avg["uniform 3"]) / 2)
+        calibration = list(batches(2))
+        quantize_model(model, QATConfig(act_bits=8, **settings),
+                       sensitivity_losses=[lambda x=x, y=y: loss_fn(x, y) for x, y in calibration])
+        avg = _average_weight_bits(model)
+        uniform_avg[label] = avg
+        rows.append({"suite": "auto", "task": task, "seed": seed, "model": label, "metric": parts[5],
+                     "avg_bits": avg, "value": train(parts, steps),
+                     "bits": getattr(getattr(model, "_effplug_bit_search", None), "bits", None)})
+    return rows
+
+
+def auto_table(rows: list) -> str:
+    lines = ["| task | model | avg weight bits | seeds | metric (mean, min-max) |", "|---|---|---|---|---|"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for model in dict.fromkeys(r["model"] for r in rows if r["task"] == task):
+            runs = [r for r in rows if r["task"] == task and r["model"] == model]
+            mean, lo, hi = _mean([r["value"] for r in runs])
+            bits = statistics.mean(r["avg_bits"] for r in runs)
+            lines.append(f"| {task} | {model} | {bits:.3f} | {len(runs)} | {runs[0]['metric']} {mean:.4f} "
+                         f"({lo:.4f}-{hi:.4f}) |")
+    return "\n".join(lines)
 
 
 def run_binary(seed: int, steps: int, device) -> list:
@@ -153,7 +205,8 @@ def binary_table(rows: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", nargs="+", default=["grid", "once", "binary"], choices=["grid", "once", "binary"])
+    parser.add_argument("--suite", nargs="+", default=["grid", "once", "binary"],
+                        choices=["grid", "once", "binary", "auto"])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--bits", nargs="+", type=int, default=[8, 4, 3, 2])
     parser.add_argument("--backends", nargs="+", default=["generic", "tensorrt"])
@@ -188,6 +241,14 @@ def main(argv=None) -> None:
         note("once-QAT done")
         rows += once
         tables.append("### Once-QAT (digits)\n\n" + once_table(once))
+    if "auto" in args.suite:
+        auto = []
+        for task in args.tasks:
+            for seed in seeds_for(task):
+                auto += run_auto(task, seed, steps, device)
+                note(f"auto {task} seed {seed}: " + ", ".join(f"{r['model']} {r['value']:.4f}" for r in auto[-5:]))
+        rows += auto
+        tables.append("### Bits per layer: auto vs uniform\n\n" + auto_table(auto))
     if "binary" in args.suite:
         bins = [r for seed in seeds_for("digits") for r in run_binary(seed, steps, device)]
         note("binarization done")

@@ -30,9 +30,10 @@ def allocate_bits(layers: list[LayerChoice], budget_total_bits: float) -> dict[s
         return {}
     lowest = sum(layer.numel * min(layer.costs) for layer in layers)
     if lowest > budget_total_bits + 1e-9:
-        raise ValueError(f"the budget of {budget_total_bits / 8:,.0f} bytes of weights is below the smallest "
-                         f"allocation ({lowest / 8:,.0f} bytes, every searched layer at {min(layers[0].costs)} "
-                         "bits); raise budget_bits or quantize fewer layers")
+        raise ValueError(f"the budget left for the searched layers, {budget_total_bits / 8:,.0f} bytes of weights "
+                         f"(after any fixed first/last layers), is below the smallest allocation ({lowest / 8:,.0f} "
+                         f"bytes, every searched layer at {min(layers[0].costs)} bits); raise budget_bits, lower "
+                         "first_last_bits, or quantize fewer layers")
     # front: list of (bits used, total cost, choices) with bits ascending and cost strictly descending
     front = [(0, 0.0, ())]
     for layer in layers:
