@@ -113,7 +113,7 @@ def run_auto(task: str, seed: int, steps: int, device) -> list:
             settings = dict(bits="auto", budget_bits=(uniform_avg["uniform 2"] + uniform_avg["uniform 3"]) / 2)
         calibration = list(batches(2))
         quantize_model(model, QATConfig(act_bits=8, **settings),
-                       sensitivity_losses=[lambda x=x, y=y: loss_fn(x, y) for x, y in calibration])
+                       sensitivity_losses=[lambda x=x, y=y, f=loss_fn: f(x, y) for x, y in calibration])
         avg = _average_weight_bits(model)
         uniform_avg[label] = avg
         rows.append({"suite": "auto", "task": task, "seed": seed, "model": label, "metric": parts[5],
