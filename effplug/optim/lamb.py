@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from effplug.optim.lars import _skip
-from effplug.optim.trust_ratio import all_finite, trust_ratio
+from effplug.optim.finite_step import FiniteStepOptimizer
+from effplug.optim.trust_ratio import trust_ratio
 from effplug.options import checks_keywords
 
 
 @checks_keywords
-class LAMB(torch.optim.Optimizer):
+class LAMB(FiniteStepOptimizer):
     """``LAMB(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)``."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
@@ -37,16 +37,7 @@ class LAMB(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       max_trust=max_trust, bias_correction=bias_correction, adapt=adapt))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not all_finite(grads):
-            _skip(self)
-            return loss
+    def _finite_step(self) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -74,4 +65,3 @@ class LAMB(torch.optim.Optimizer):
                 else:
                     ratio = torch.ones((), device=p.device)
                 p.add_((update * ratio).to(p.dtype), alpha=-group["lr"])
-        return loss

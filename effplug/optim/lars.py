@@ -12,19 +12,15 @@ Per layer ``l``, with trust coefficient ``eta``, weight decay ``beta`` and momen
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from effplug.logs import log_once
-from effplug.optim.trust_ratio import all_finite, trust_ratio
+from effplug.optim.finite_step import FiniteStepOptimizer
+from effplug.optim.trust_ratio import trust_ratio
 from effplug.options import checks_keywords
-
-log = logging.getLogger("effplug.optim")
 
 
 @checks_keywords
-class LARS(torch.optim.Optimizer):
+class LARS(FiniteStepOptimizer):
     """``LARS(params, lr=0.1, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.001)``."""
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -38,16 +34,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, nesterov=nesterov, adapt=adapt))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not all_finite(grads):
-            _skip(self)
-            return loss
+    def _finite_step(self) -> None:
         for group in self.param_groups:
             wd, m = group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -69,11 +56,4 @@ class LARS(torch.optim.Optimizer):
                     buf = state["momentum_buffer"].mul_(m).add_(update)
                     update = update.add(buf, alpha=m) if group["nesterov"] else buf
                 p.add_(update.to(p.dtype), alpha=-group["lr"])
-        return loss
 
-
-def _skip(optimizer: torch.optim.Optimizer) -> None:
-    optimizer.skipped_steps = getattr(optimizer, "skipped_steps", 0) + 1
-    log_once(log, f"nonfinite-{type(optimizer).__name__}",
-             "effplug.optim %s: inf/NaN gradients; the step was skipped (weights and moments unchanged). Reported "
-             "once; skipped steps are counted in optimizer.skipped_steps.", type(optimizer).__name__)

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from effplug.logs import log_once
+from effplug.optim.finite_step import FiniteStepOptimizer
 from effplug.options import checks_keywords
 from effplug.quant.lns import LNSFormat
 
@@ -33,25 +33,11 @@ def _normalized_gradient(state: dict, grad: torch.Tensor, beta: float) -> torch.
     return torch.nan_to_num(normed, nan=0.0, posinf=0.0, neginf=0.0)  # 0/0 where a gradient was always 0
 
 
-class _MultiplicativeOptimizer(torch.optim.Optimizer):
+class _MultiplicativeOptimizer(FiniteStepOptimizer):
     """The loop both share: closure, first-step state (``w_max``, the g^2 EMA), the normalized gradient."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
-            # A multiplicative update of an inf/NaN gradient would zero it into the EMA and freeze the weights it
-            # touches; skip the whole step instead, as GradScaler does.
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
-            log_once(log, f"nonfinite-{type(self).__name__}",
-                     "effplug.optim %s: inf/NaN gradients; the step was skipped (weights and moment estimates "
-                     "unchanged). Reported once; skipped steps are counted in optimizer.skipped_steps.",
-                     type(self).__name__)
-            return loss
+    def _finite_step(self) -> None:
+        # an inf/NaN gradient would zero into the EMA and freeze the weights it touches: the base skips the step
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -63,7 +49,6 @@ class _MultiplicativeOptimizer(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                     self._init_state(p, state, group)
                 self._update(p, state, group, _normalized_gradient(state, p.grad.float(), group["beta"]))
-        return loss
 
     def _init_state(self, p, state: dict, group: dict) -> None:
         pass

@@ -33,9 +33,3 @@ def exclude_bias_and_norm(model: torch.nn.Module, weight_decay: float) -> list[d
     return [{"params": [p for p in params if id(p) not in no_adapt], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) in no_adapt], "weight_decay": 0.0, "adapt": False}]
 
-
-def all_finite(grads: list[torch.Tensor]) -> bool:
-    """One host sync per step: are all of this step's gradients finite?"""
-    if not grads:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
