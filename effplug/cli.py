@@ -1,4 +1,4 @@
-"""The ``effplug`` command: ``demo``, ``env``, ``plan``, ``kernels --compile sm_90``, and ``fit``/``validate``/``test``/``predict``
+"""The ``effplug`` command: ``demo``, ``env``, ``plan``, ``kernels --compile sm_90``, ``quant search``, and ``fit``/``validate``/``test``/``predict``
 (LightningCLI with effplug's strategy names registered)."""
 
 from __future__ import annotations
@@ -82,6 +82,98 @@ def _kernels(args) -> int:
     return 1 if failed else 0
 
 
+def _search_inputs(args):
+    """(model, calibration loss closures) from ``--model pkg.mod:fn`` or an embedded ``--task``."""
+    import importlib
+
+    if args.model:
+        module_name, _, attr = args.model.partition(":")
+        if not module_name or not attr:
+            raise UsageError(f"--model {args.model!r}: give module:callable, e.g. mypkg.models:build_for_search")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise UsageError(f"--model {args.model!r}: cannot load it ({error})") from None
+        built = factory()
+        if not (isinstance(built, tuple) and len(built) == 2 and callable(getattr(built[0], "named_modules", None))
+                and built[1] and all(callable(f) for f in built[1])):
+            raise UsageError(f"--model {args.model!r} must return (model, losses): an nn.Module and a non-empty list "
+                             "of zero-argument closures, each returning the loss on one calibration batch")
+        return built
+    import torch
+
+    from effplug import demo
+
+    if args.task not in demo.DEMO_TASKS:
+        raise UsageError(f"unknown --task {args.task!r}; choose from {', '.join(map(repr, demo.DEMO_TASKS))}, or "
+                         "pass your own with --model module:callable")
+    task = demo.DEMO_TASKS[args.task]
+    torch.manual_seed(args.seed)
+    module, loader, *_ = task.build(True)
+    if args.train_steps:  # HAWQ reads the curvature of a trained model; a random init gives noisy traces
+        optimizer = module.optimizer_class(module.parameters(), lr=module.lr)
+        module.train()
+        step = 0
+        while step < args.train_steps:
+            for batch in loader:
+                optimizer.zero_grad(set_to_none=True)
+                module.compute_loss(batch).backward()
+                optimizer.step()
+                step += 1
+                _progress(args, f"train {step}/{args.train_steps}")
+                if step == args.train_steps:
+                    break
+    batches = [b for b, _ in zip(loader, range(args.calibration_batches), strict=False)]
+    return module, [lambda b=b: module.compute_loss(b) for b in batches]
+
+
+def _progress(args, text: str) -> None:
+    if not args.no_progress:
+        print(f"\r{text}".ljust(60), end="", file=sys.stderr, flush=True)
+
+
+def _quant_search(args) -> int:
+    from effplug.quant import QATConfig
+    from effplug.quant.bit_search import search_bits
+    from effplug.quant.convert import searched_config
+
+    if (args.budget_bits is None) == (args.budget_bytes is None):
+        raise UsageError("give one budget: --budget-bits 3.0 (average weight bits) or --budget-bytes N")
+    if args.calibration_batches < 1:
+        raise UsageError(f"--calibration-batches {args.calibration_batches}: use at least 1")
+    try:
+        config = QATConfig(bits="auto", budget_bits=args.budget_bits, budget_bytes=args.budget_bytes,
+                           search_bits=tuple(args.bits), search_method=args.method, search_seed=args.seed,
+                           weight_estimator=args.weight_estimator, act_bits=args.act_bits,
+                           first_last_bits=None if args.search_first_last else 8)
+    except ValueError as error:
+        raise UsageError(str(error).replace("budget_bits=", "--budget-bits ").replace("budget_bytes=", "--budget-bytes ")
+                         .replace("search_bits", "--bits")) from None
+    model, losses = _search_inputs(args)
+    try:
+        result = search_bits(model, config, losses, progress=lambda i, n: _progress(
+            args, f"probe {i} (at most {n})" if args.method == "hessian" else f"batch {i}/{n}"))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not args.no_progress:
+        print(file=sys.stderr)
+    print(result.table())
+    explicit = searched_config(model, config, result)
+    print(f"\nto train with these bits: QATConfig(weight_estimator={config.weight_estimator!r}, "
+          f"act_bits={config.act_bits!r}, first_last_bits={config.first_last_bits!r}, bits={explicit.bits!r})")
+    if args.json:
+        from dataclasses import asdict
+
+        from effplug.profile import write_report
+
+        rows = [{"layer": n, "bits": b, **({"sensitivity": asdict(result.sensitivity[n]), "mse": result.mse[n]}
+                                          if n in result.sensitivity else {"fixed": result.fixed[n]})}
+                for n, b in result.bits.items()]
+        write_report(args.json, rows, argv=["effplug", *sys.argv[1:]], average_bits=result.average_bits,
+                     budget_bits=result.budget_bits)
+    return 0
+
+
 class UsageError(Exception):
     """A bad command line: printed as argparse prints usage errors, exit status 2."""
 
@@ -118,6 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--json", help="also write the table's rows to this JSON file")
     kernels.add_argument("--no-progress", action="store_true")
     kernels.set_defaults(func=_kernels)
+    quant = sub.add_parser("quant", help="quantization tools").add_subparsers(dest="quant_command", required=True)
+    search = quant.add_parser("search", help="per-layer weight bits under a budget (HAWQ trace x MSE, exact "
+                                             "allocation): print the table and the QATConfig to train with")
+    source = search.add_mutually_exclusive_group()
+    source.add_argument("--model", help="module:callable returning (model, losses), losses being zero-argument "
+                                        "closures that each return the loss on one calibration batch")
+    source.add_argument("--task", default="char-gpt2", help="an embedded demo task (default char-gpt2), trained "
+                                                            "--train-steps first")
+    search.add_argument("--budget-bits", type=float, help="average weight bits over the quantized layers")
+    search.add_argument("--budget-bytes", type=float, help="bytes of quantized weights")
+    search.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4, 8], help="candidate widths")
+    search.add_argument("--method", default="hessian", help="hessian (Hutchinson trace) or fisher (cheaper)")
+    search.add_argument("--weight-estimator", default="octav", help="the weight grid whose MSE is counted")
+    search.add_argument("--act-bits", type=int, default=8, help="activation bits of the config printed")
+    search.add_argument("--search-first-last", action="store_true",
+                        help="search the first and last layers too (default: kept at 8 bits, as HAWQ does)")
+    search.add_argument("--calibration-batches", type=int, default=2)
+    search.add_argument("--train-steps", type=int, default=100, help="--task only: float steps before the search")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--json", help="also write the per-layer rows to this JSON file")
+    search.add_argument("--no-progress", action="store_true")
+    search.set_defaults(func=_quant_search)
     for name in ("fit", "validate", "test", "predict"):  # listed for --help; main() hands these to LightningCLI
         sub.add_parser(name, help=f"LightningCLI {name} with effplug's strategy names registered "
                                   f"(effplug {name} --config run.yaml)", add_help=False)
@@ -136,7 +250,8 @@ def main(argv: list | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as error:
-        print(f"effplug {args.command}: error: {error}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "quant_command", None))))
+        print(f"effplug {command}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -47,3 +47,22 @@ def digits_resnet(**kw):
 
     torch.manual_seed(0)
     return DigitsResNet(width=8, **kw)
+
+
+def tiny_qwen2(num_hidden_layers: int = 2):
+    """A seeded Qwen2ForCausalLM from a tiny config (hidden 32, vocab 64): the HF door tests' decoder."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=num_hidden_layers, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=64))
+
+
+def lm_rows(vocab: int = 64, n: int = 8, length: int = 12) -> list:
+    """``n`` seeded causal-LM rows (labels = input_ids) for an HF Trainer's train_dataset."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [{"input_ids": ids, "labels": ids} for ids in torch.randint(1, vocab, (n, length), generator=gen)]

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from conftest import lm_rows, tiny_qwen2
 
 from effplug.quant import QATConfig, quantize_model
 from effplug.quant.bit_allocation import LayerChoice, allocate_bits
@@ -141,7 +142,7 @@ def test_lightning_callback_searches_on_training_batches_and_checkpoints_the_cho
     loader = torch.utils.data.DataLoader([(d[0], d[1]) for d in data], batch_size=4)
     torch.manual_seed(0)
     module = LM()
-    callback = QuantizationAwareTraining(config=QATConfig(bits="auto", budget_bits=4.0, search_method="fisher"))
+    callback = QuantizationAwareTraining(bits="auto", budget_bits=4.0, search_method="fisher")  # keywords, as typed
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
     trainer.fit(module, loader)
@@ -166,12 +167,8 @@ def test_eff_trainer_searches_bits_on_its_train_dataset(tmp_path):
     transformers = pytest.importorskip("transformers")
     from effplug.hf import EffTrainer
 
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=64))
-    gen = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(1, 64, (8, 12), generator=gen)]
+    model = tiny_qwen2()
+    rows = lm_rows()
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
                                           report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no")
     trainer = EffTrainer(model=model, args=args, train_dataset=rows,
@@ -182,3 +179,61 @@ def test_eff_trainer_searches_bits_on_its_train_dataset(tmp_path):
     trainer.train()
     layer = model.model.layers[0].self_attn.q_proj
     assert layer.weight_quant.bits == search.bits["model.layers.0.self_attn.q_proj"]
+
+
+def build_for_cli():
+    """The ``--model`` factory of the CLI test: (model, calibration loss closures)."""
+    return _mlp_and_losses()
+
+
+def test_quant_search_cli_prints_the_table_and_a_config_that_reproduces_it(capsys, tmp_path):
+    import json
+
+    from effplug import cli
+
+    path = tmp_path / "search.json"
+    assert cli.main(["quant", "search", "--model", "test_bit_search:build_for_cli", "--budget-bits", "3.0",
+                     "--act-bits", "8", "--no-progress", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| layer | weights | trace" in out and "average weight bits" in out
+    assert "| 0 | - |" in out and "first/last layer" in out  # the fixed layers say why
+    printed = out.split("to train with these bits: ")[1].strip()
+    report = json.loads(path.read_text())
+    chosen = {r["layer"]: r["bits"] for r in report["rows"]}
+    assert report["average_bits"] <= 3.0 + 1e-9 and set(chosen) == {"0", "2", "4", "6"}
+    # the printed QATConfig, pasted into a script, quantizes a fresh copy to the searched bits and act bits
+    model, _ = _mlp_and_losses()
+    quantize_model(model, eval(printed, {"QATConfig": QATConfig}))
+    assert {n: model[int(n)].weight_quant.bits for n in chosen} == chosen
+    assert all(model[int(n)].act_quant.bits == 8 for n in chosen if n != "0")
+
+
+def test_quant_search_cli_errors_say_what_to_do(capsys):
+    from effplug import cli
+
+    assert cli.main(["quant", "search", "--model", "test_bit_search:build_for_cli"]) == 2
+    assert "give one budget: --budget-bits" in capsys.readouterr().err
+    assert cli.main(["quant", "search", "--budget-bits", "1", "--model", "test_bit_search:build_for_cli"]) == 2
+    assert "--budget-bits 1.0: use a number from 2 to 8" in capsys.readouterr().err
+    assert cli.main(["quant", "search", "--budget-bits", "3", "--model", "test_bit_search:nothing"]) == 2
+    assert "cannot load it" in capsys.readouterr().err
+    assert cli.main(["quant", "search", "--budget-bits", "3", "--task", "mnist"]) == 2
+    assert "choose from 'digits-resnet', 'char-gpt2'" in capsys.readouterr().err
+    assert cli.main(["quant", "search", "--budget-bits", "3", "--model", "test_bit_search:_auto_rows"]) == 2
+    assert "must return (model, losses)" in capsys.readouterr().err
+
+
+def _auto_rows():
+    return [1, 2, 3]
+
+
+def test_quant_search_cli_on_an_embedded_task_trains_then_searches(capsys):
+    pytest.importorskip("pytorch_lightning")
+    from effplug import cli
+
+    assert cli.main(["quant", "search", "--task", "digits-resnet", "--budget-bits", "4", "--train-steps", "3",
+                     "--calibration-batches", "1", "--method", "fisher"]) == 0
+    captured = capsys.readouterr()
+    assert "train 3/3" in captured.err and "batch 1/1" in captured.err
+    assert "| model.stem.0 | - |" in captured.out and "| model.stage1.conv1 | 9,216 |" in captured.out
+    assert "average weight bits" in captured.out

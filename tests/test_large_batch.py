@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import lm_rows, tiny_qwen2
 
 from effplug.optim import LAMB, LARS, effective_batch, exclude_bias_and_norm, scale_for_batch, warmup_schedule
 
@@ -159,12 +160,8 @@ def test_lars_in_a_lightning_trainer_with_its_warmup_schedule(tmp_path):
 
 def test_lamb_in_a_real_hf_trainer(tmp_path):
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=64))
-    gen = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(1, 64, (8, 12), generator=gen)]
+    model = tiny_qwen2(1)
+    rows = lm_rows()
     opt = LAMB(exclude_bias_and_norm(model, 0.01), lr=1e-2, weight_decay=0.01)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
                                           report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",

@@ -27,6 +27,8 @@ class QuantizationAwareTraining(pl.Callback):
     """Fake-quantize weights and layer inputs while training: ``Trainer(callbacks=[QuantizationAwareTraining(
     weight_bits=4, act_bits=4, weight_estimator="lsq")])``, or pass ``config=QATConfig(...)``.
 
+    With ``bits="auto", budget_bits=4.0`` the per-layer weight bits are searched (HAWQ trace x MSE) on
+    ``calibration_batches`` training batches before the layers are swapped.
     With ``bit_widths=[2, 3, 4, 8]`` (once-QAT) each ``training_step`` is run once per width and the
     losses are summed (the paper's multi-objective loss); ``effplug.quant.set_bits(model, b)`` picks a
     width afterwards. Learned scales and observer ranges are module state: the checkpoint carries them.
@@ -34,13 +36,16 @@ class QuantizationAwareTraining(pl.Callback):
 
     def __init__(self, weight_bits: int = 4, act_bits: int | None = 8, weight_estimator: str = "octav",
                  act_estimator: str = "minmax", backend: str = "generic", per_channel: bool | None = None,
-                 first_last_bits: int | None = 8, exclude: str | list[str] | None = None, bits: dict | None = None,
+                 first_last_bits: int | None = 8, exclude: str | list[str] | None = None,
+                 bits: dict | str | None = None, budget_bits: float | None = None, budget_bytes: int | None = None,
+                 search_bits: tuple = (2, 3, 4, 8), search_method: str = "hessian",
                  bit_widths: list[int] | None = None, quantize_embeddings: bool = False,
                  config: QATConfig | None = None, log_stats: bool = True, calibration_batches: int = 2):
         self.config = config if config is not None else QATConfig(
             weight_bits=weight_bits, act_bits=act_bits, weight_estimator=weight_estimator,
             act_estimator=act_estimator, backend=backend, per_channel=per_channel, first_last_bits=first_last_bits,
-            exclude=exclude or (), bits=dict(bits or {}),
+            exclude=exclude or (), bits=bits if bits == "auto" else dict(bits or {}), budget_bits=budget_bits,
+            budget_bytes=budget_bytes, search_bits=tuple(search_bits), search_method=search_method,
             bit_widths=tuple(bit_widths) if bit_widths else None, quantize_embeddings=quantize_embeddings,
         )
         self.log_stats = log_stats

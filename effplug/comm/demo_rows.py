@@ -25,3 +25,4 @@ def _comm_row(name: str, compressor: str | None, **options) -> DemoConfig:
 register_demo_config(_comm_row("DDP dense, 2 procs", None))
 register_demo_config(_comm_row("ddp_topk 1%, 2 procs", "topk", ratio=0.01))
 register_demo_config(_comm_row("ddp_cgx 4-bit, 2 procs", "cgx", bits=4, seed=0))
+register_demo_config(_comm_row("ddp_dither 7 levels, 2 procs", "dither", seed=0))

@@ -59,8 +59,9 @@ def weight_mse(config: QATConfig, module: nn.Module, bits: int) -> float:
         return float((quantizer(weight) - weight).float().pow(2).mean())
 
 
-def search_bits(model: nn.Module, config: QATConfig, losses: Sequence[Callable[[], torch.Tensor]]) -> BitSearchResult:
-    """The per-layer weight bits that minimise Σ Ω_l(b_l) within ``config``'s budget."""
+def search_bits(model: nn.Module, config: QATConfig, losses: Sequence[Callable[[], torch.Tensor]],
+                progress: Callable[[int, int], None] | None = None) -> BitSearchResult:
+    """The per-layer weight bits that minimise Σ Ω_l(b_l) within ``config``'s budget (``progress``: per probe)."""
     from effplug.quant.convert import float_weight, plan_layers
 
     uniform = dataclasses.replace(config, bits={}, budget_bits=None, budget_bytes=None)  # plan the layers as a uniform run would
@@ -82,7 +83,8 @@ def search_bits(model: nn.Module, config: QATConfig, losses: Sequence[Callable[[
     budget = config.budget_bits * total if config.budget_bytes is None else 8 * config.budget_bytes
     budget_left = budget - sum(bits[n] * numels[n] for n in fixed)
     params = {n: float_weight(modules[n]) for n in searched}
-    sensitivity = layer_sensitivity(model, params, losses, method=config.search_method, seed=config.search_seed)
+    sensitivity = layer_sensitivity(model, params, losses, method=config.search_method, seed=config.search_seed,
+                                     progress=progress)
     mse = {n: {b: weight_mse(config, modules[n], b) for b in config.search_bits} for n in searched}
     choices = [LayerChoice(n, numels[n], {b: max(sensitivity[n].trace, 0.0) * mse[n][b] for b in mse[n]})
                for n in searched]

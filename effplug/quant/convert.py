@@ -152,10 +152,7 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, sensitivit
         search = search_bits(model, config, list(sensitivity_losses))
         log.info("effplug.quant: bits='auto' chose %.3f average weight bits (budget %.3f):\n%s",
                  search.average_bits, search.budget_bits, search.table())
-        act = {p.name: p.act_bits for p in plan_layers(model, dataclasses.replace(
-            config, bits={}, budget_bits=None, budget_bytes=None))[0]}
-        config = dataclasses.replace(config, bits={_literal(n): (b, act[n]) for n, b in search.bits.items()},
-                                     budget_bits=None, budget_bytes=None)
+        config = searched_config(model, config, search)
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize_model needs an nn.Module; got {type(model).__name__}")
     if quantized_layers(model):
@@ -191,6 +188,14 @@ def quantize_model(model: nn.Module, config: QATConfig | None = None, sensitivit
                 "weight quantized; its input, formed inside F.multi_head_attention_forward, stays float")
     model._effplug_coverage = report_coverage(model, "QAT", [p.name for p in plans], left)
     return model
+
+
+def searched_config(model: nn.Module, config: QATConfig, search) -> QATConfig:
+    """``config`` with ``bits="auto"`` replaced by the searched bits, one exact pattern per layer, as
+    ``{name: (weight_bits, act_bits)}`` with the activation bits a uniform run of ``config`` would give."""
+    uniform = dataclasses.replace(config, bits={}, budget_bits=None, budget_bytes=None)
+    act = {p.name: p.act_bits for p in plan_layers(model, uniform)[0]}
+    return dataclasses.replace(uniform, bits={_literal(n): (b, act[n]) for n, b in search.bits.items()})
 
 
 def _literal(name: str) -> str:

@@ -19,6 +19,9 @@ def _qat_row(name: str, tasks: tuple = (), **settings) -> DemoConfig:
 register_demo_config(_qat_row("lsq W4A4 QAT", weight_bits=4, act_bits=4, weight_estimator="lsq", act_estimator="lsq"))
 register_demo_config(_qat_row("octav W4A4 QAT", tasks=("digits-resnet",), weight_bits=4, act_bits=4,
                               weight_estimator="octav", act_estimator="octav"))
+# per-layer weight bits (HAWQ trace x MSE) at a 4-bit average, searched on 2 training batches at fit start;
+# the demo trains from scratch, so this shows the door, not the gain (benchmarks/qat.py --suite auto)
+register_demo_config(_qat_row("auto bits, avg W4 A8 QAT", bits="auto", budget_bits=4.0, act_bits=8))
 
 
 def _luq_row() -> DemoConfig:

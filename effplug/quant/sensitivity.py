@@ -38,8 +38,12 @@ class LayerSensitivity:
 
 def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Parameter], losses: Sequence[Callable[[], torch.Tensor]],
                       method: str = "hessian", max_probes: int = 32, min_probes: int = 4, tol: float = 1e-2,
-                      seed: int = 0) -> dict[str, LayerSensitivity]:
-    """Sensitivity of each weight in ``layers`` (name -> parameter), averaged over ``losses``."""
+                      seed: int = 0, progress: Callable[[int, int], None] | None = None
+                      ) -> dict[str, LayerSensitivity]:
+    """Sensitivity of each weight in ``layers`` (name -> parameter), averaged over ``losses``.
+
+    ``progress(done, most)`` is called after each probe (Hessian) or batch (Fisher), for a progress bar.
+    """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {METHODS} (hessian: HAWQ-v2 trace; fisher: cheaper)")
     if not losses:
@@ -50,8 +54,8 @@ def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Parameter], losses:
     was_training = model.training
     model.eval()  # dropout off: every probe sees the same function
     try:
-        samples = _hutchinson(params, losses, max_probes, min_probes, tol, seed) if method == "hessian" \
-            else _fisher(params, losses)
+        samples = _hutchinson(params, losses, max_probes, min_probes, tol, seed, progress) \
+            if method == "hessian" else _fisher(params, losses, progress)
     finally:
         model.train(was_training)
     out = {}
@@ -62,7 +66,7 @@ def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Parameter], losses:
     return out
 
 
-def _hutchinson(params, losses, max_probes, min_probes, tol, seed) -> list[list[float]]:
+def _hutchinson(params, losses, max_probes, min_probes, tol, seed, progress=None) -> list[list[float]]:
     gen = torch.Generator().manual_seed(seed)
     samples: list[list[float]] = []
     means = None
@@ -78,6 +82,8 @@ def _hutchinson(params, losses, max_probes, min_probes, tol, seed) -> list[list[
             raise RuntimeError(f"the Hessian trace needs double backward through the model, which failed ({err}); "
                                "use search_method='fisher' (one backward per batch) instead") from err
         samples.append([float((v * h).sum()) if h is not None else 0.0 for v, h in zip(vs, hv, strict=True)])
+        if progress is not None:
+            progress(len(samples), max_probes)
         new = [sum(col) / len(samples) for col in zip(*samples, strict=True)]
         if means is not None and len(samples) >= min_probes and all(
                 abs(n - m) <= tol * max(abs(m), 1e-12) for n, m in zip(new, means, strict=True)):
@@ -86,9 +92,11 @@ def _hutchinson(params, losses, max_probes, min_probes, tol, seed) -> list[list[
     return samples
 
 
-def _fisher(params, losses) -> list[list[float]]:
+def _fisher(params, losses, progress=None) -> list[list[float]]:
     samples = []
     for loss_fn in losses:
         grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
         samples.append([float(g.pow(2).sum()) if g is not None else 0.0 for g in grads])
+        if progress is not None:
+            progress(len(samples), len(losses))
     return samples
