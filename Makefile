@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= lightning,hf,deepspeed,triton,data,dev
+EXTRAS ?= lightning,hf,deepspeed,triton,data,graphs,weather,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.effplug-installed
 

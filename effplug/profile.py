@@ -10,7 +10,19 @@ from dataclasses import dataclass, field
 import torch
 
 
+def _sparse_parts(t: torch.Tensor) -> tuple:
+    if t.layout == torch.sparse_coo:
+        return t._indices(), t._values()
+    if t.layout == torch.sparse_csr:
+        return t.crow_indices(), t.col_indices(), t.values()
+    return ()  # other layouts: counted as 0 bytes rather than guessed
+
+
 def _storage_key(t: torch.Tensor) -> tuple:
+    """(device, pointer(s), bytes); a sparse tensor (a GCN's adjacency) is keyed by its parts' storages."""
+    if t.layout != torch.strided:
+        parts = [_storage_key(p) for p in _sparse_parts(t)]
+        return (t.device.type, t.device.index, tuple(k[2] for k in parts) or id(t), sum(k[3] for k in parts))
     storage = t.untyped_storage()
     return (t.device.type, t.device.index, storage.data_ptr(), storage.nbytes())
 

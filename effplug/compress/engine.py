@@ -169,7 +169,8 @@ class ActivationCompressor:
         self.forward_count += 1
         self._param_ptrs = {_storage_ptr(p) for p in self.model.parameters()}
         self._param_ptrs |= {_storage_ptr(b) for b in self.model.buffers()}
-        self._input_ptrs = {_storage_ptr(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self._input_ptrs = {_storage_ptr(t) for t in tree_leaves((args, kwargs))
+                            if isinstance(t, torch.Tensor) and t.layout == torch.strided}
         self._identity = {}
         self._slot = 0
         self._input_bytes = 0
@@ -236,6 +237,8 @@ class ActivationCompressor:
         if not self._stack:  # packed outside a forward (double backward): leave it alone
             return self._keep(t, "<outside>", None, count=False)
         layer, compress_own_body = self._stack[-1]
+        if t.layout != torch.strided:  # a sparse adjacency (GCN) or nested tensor: no storage to quantize
+            return self._keep(t, layer, f"{t.layout} layout", count=False)
         ptr = _storage_ptr(t)
         if ptr in self._param_ptrs:
             return self._keep(t, layer, None, count=False)
