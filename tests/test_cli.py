@@ -20,8 +20,10 @@ def test_python_dash_m_effplug_works_and_import_needs_only_torch():
     assert f"effplug {effplug.__version__}" in out
     probe = (
         "import sys, torch; x = torch.randn(300); import effplug, effplug.codecs, effplug.profile, effplug.data, effplug.compress;"
+        "import effplug.graphs, effplug.weather;"
         "from effplug.kernels import quantize_pack, unpack_dequantize; unpack_dequantize(quantize_pack(x, 4));"
-        "heavy = [m for m in ('pytorch_lightning', 'transformers', 'triton', 'sklearn') if m in sys.modules];"
+        "heavy = [m for m in ('pytorch_lightning', 'transformers', 'triton', 'sklearn', 'pandas', 'xarray',"
+        "'torch_geometric', 'networkx', 'h5netcdf') if m in sys.modules];"
         "print('heavy:', heavy)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
