@@ -54,6 +54,8 @@ def test_extreme_forecast_index_and_the_weighted_crps():
     shifts = extreme_forecast_index(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
                                     torch.ones(3, dtype=torch.float64), climate)
     assert 0 < shifts[0] < shifts[1] < shifts[2] < 1
+    dated = extreme_forecast_index(torch.stack([mu, -mu]), torch.ones(2, 3, dtype=torch.float64), climate)
+    assert torch.allclose(dated[0], efi) and torch.allclose(dated[1], -efi, atol=0.03)  # one climate, two dates
     y = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
     weights = torch.tensor([0.0, -1.0, 0.5], dtype=torch.float64)
     crps = crps_gaussian(mu, torch.ones(3, dtype=torch.float64), y)

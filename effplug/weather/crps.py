@@ -45,11 +45,17 @@ def extreme_forecast_index(mu: torch.Tensor, sigma: torch.Tensor, climate: torch
                            levels: int = 99) -> torch.Tensor:
     """The extreme forecast index (Lalaurette 2003, eq. 3) of a Gaussian forecast against a model climate:
     ``EFI = (2/π) ∫₀¹ (p − F_f(q_p)) / √(p(1 − p)) dp``, where ``q_p`` are the climate's quantiles (``climate``
-    holds samples along dim 0, e.g. the same calendar window of the training years) and ``F_f`` the
+    holds samples along dim 0, e.g. the same calendar window of the training years; ``mu`` may have leading
+    forecast dims, such as dates, before the point shape) and ``F_f`` the
     forecast's CDF. It is 0 when the forecast is the climate, and tends to +1 (−1) when it lies above
     (below) every climate value. The integral is the midpoint rule over ``levels`` probabilities."""
     p = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
-    q = torch.quantile(climate.double(), p, dim=0)  # [levels, ...]
+    q = torch.quantile(climate.double(), p, dim=0)  # [levels, *point shape]
+    batch_dims = mu.dim() - (climate.dim() - 1)  # leading forecast dims (dates) before the point shape
+    if batch_dims < 0 or tuple(mu.shape[batch_dims:]) != tuple(climate.shape[1:]):
+        raise ValueError(f"climate {tuple(climate.shape)} must be [samples, *point shape] with the point shape "
+                         f"ending mu's shape {tuple(mu.shape)}")
+    q = q.reshape(levels, *([1] * batch_dims), *climate.shape[1:])
     z = (q - mu.double().unsqueeze(0)) / sigma.double().unsqueeze(0)
     forecast_cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     shape = (levels,) + (1,) * mu.dim()
