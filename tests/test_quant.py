@@ -2,6 +2,7 @@
 
 once-QAT is in test_once_qat.py, DIR-Net in test_dirnet.py."""
 
+import logging
 import math
 
 import pytest
@@ -581,3 +582,25 @@ def test_fake_quantize_builds_one_class_per_kind_with_the_same_state_keys():
     assert type(copy.deepcopy(FakeQuantize(4, "pact", "act", "unsigned"))) is PACTQuantizer
     with pytest.raises(ValueError, match="estimator='foo' is not supported; use one of minmax"):
         FakeQuantize(4, "foo")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose_is_quantized_and_exports_to_integers(groups, caplog):
+    from effplug.quant.modules import QuantConvTranspose2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ConvTranspose2d(4, 6, 2, stride=2,
+                                groups=groups), torch.nn.ReLU(), torch.nn.Conv2d(6, 2, 1))
+    x = torch.randn(8, 4, 5, 7)
+    reference = model(x)
+    with caplog.at_level(logging.INFO, logger="effplug.quant"):
+        quantize_model(model, QATConfig(weight_bits=8, act_bits=8, first_last_bits=None))
+    assert isinstance(model[1], QuantConvTranspose2d) and "NOT converted" not in caplog.text
+    model.train()
+    model(x)  # observe ranges
+    model.eval()
+    with torch.no_grad():
+        fake = model(x)
+        got = integer_model(model, export_quantized(model))(x)
+    assert fake.shape == reference.shape and (fake - reference).abs().max() < 0.05 * reference.abs().max()
+    torch.testing.assert_close(got, fake, rtol=1e-4, atol=1e-4 * float(fake.abs().max()))

@@ -162,7 +162,21 @@ def test_unet_trains_with_qat_and_compressed_activations(ens10_root, tmp_path, c
         trainer.fit(module, data)
         assert math.isfinite(trainer.test(module, data, verbose=False)[0]["test_crps"])
         if isinstance(callback, QuantizationAwareTraining):
-            assert len(quantized_layers(module)) == 11  # ten 3x3 convs and the 1x1 head; the two
-            assert "model.up2 (ConvTranspose2d)" in caplog.text  # transposed convs stay float, said at WARNING
+            assert len(quantized_layers(module)) == 13  # ten 3x3 convs, two transposed convs, the 1x1 head
+            assert "NOT converted" not in caplog.text
         else:
             assert len(reports) == 6 and 0 < reports[-1].held_bytes < reports[-1].original_bytes / 4
+
+
+def test_recipe_trains_the_unet_in_lightning(ens10_root, tmp_path):
+    pytest.importorskip("pytorch_lightning")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ens10_unet", Path(__file__).parents[1] / "recipes" /
+                                                  "lightning_ens10_unet.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    result = recipe.main(["--root", str(ens10_root), "--train-years", "2013", "2014", "--val-years", "2015", "2015",
+                          "--test-years", "2016", "2016", "--max-steps", "4", "--out", str(tmp_path)])
+    assert math.isfinite(result["val_crps"]) and math.isfinite(result["test_crps"])

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from effplug import kernels
 from effplug.quant.convert import quantized_layers
-from effplug.quant.modules import QuantConv1d, QuantConv2d, QuantEmbedding, QuantMultiheadAttention
+from effplug.quant.modules import (QuantConv1d, QuantConv2d, QuantConvTranspose2d, QuantEmbedding,
+                                   QuantMultiheadAttention)
 
 
 def _codes_dtype(codes: torch.Tensor) -> torch.dtype:
@@ -71,8 +72,9 @@ class IntegerLayer(nn.Module):
         super().__init__()
         self.kind = ("embedding" if isinstance(float_layer, QuantEmbedding) else
                      "conv" if isinstance(float_layer, (QuantConv1d, QuantConv2d)) else
+                     "conv_transpose" if isinstance(float_layer, QuantConvTranspose2d) else
                      "hf_conv1d" if float_layer.weight_channel_dim == 1 else "linear")
-        self.conv = float_layer if self.kind == "conv" else None
+        self.conv = float_layer if self.kind in ("conv", "conv_transpose") else None
         self.embedding_args = (float_layer.padding_idx,) if self.kind == "embedding" else ()
         self.register_buffer("weight_int", state[f"{prefix}weight_int"])
         self.register_buffer("weight_scale", state[f"{prefix}weight_scale"])
@@ -87,7 +89,9 @@ class IntegerLayer(nn.Module):
         scale = self.weight_scale.double()
         if scale.numel() == 1:
             return scale.reshape(())
-        if self.kind == "conv":
+        if self.kind == "conv_transpose":  # per out/groups channel: repeated for each group
+            scale = scale.reshape(-1).repeat(self.conv.groups)
+        if self.kind in ("conv", "conv_transpose"):
             return scale.reshape([1, -1] + [1] * (acc.dim() - 2))
         return scale.reshape(-1)
 
@@ -106,11 +110,15 @@ class IntegerLayer(nn.Module):
             acc = F.linear(x, centered_w)
         elif self.kind == "hf_conv1d":
             acc = x @ centered_w
+        elif self.kind == "conv_transpose":
+            c = self.conv
+            acc = F.conv_transpose2d(x, centered_w, None, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
         else:
             acc = self.conv._conv_forward(x, centered_w, None)
         out = acc * x_scale * self._output_scale(acc)
         if self.bias is not None:
-            out = out + self.bias.double().reshape([1, -1] + [1] * (out.dim() - 2) if self.kind == "conv" else [-1])
+            spatial = self.kind in ("conv", "conv_transpose")
+            out = out + self.bias.double().reshape([1, -1] + [1] * (out.dim() - 2) if spatial else [-1])
         return out.to(dtype)
 
 

@@ -1,4 +1,4 @@
-"""Quantized versions of ``nn.Linear``, ``nn.Conv1d/2d``, HF ``Conv1D`` and ``nn.Embedding``.
+"""Quantized versions of ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.ConvTranspose2d``, HF ``Conv1D`` and ``nn.Embedding``.
 
 Each subclasses the layer it replaces (``isinstance`` checks in user code keep working) and reuses the same
 ``Parameter`` objects, so tied weights stay tied and an optimizer built afterwards sees every parameter.
@@ -57,6 +57,18 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
+class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
+    """A U-Net's up-sampling layer. Its weight is ``[in, out / groups, kH, kW]``, so output channels are dim 1."""
+
+    weight_channel_dim = 1
+
+    def forward(self, x, output_size=None):
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        return F.conv_transpose2d(self.quantized_input(x), self.quantized_weight(), self.bias, self.stride,
+                                  self.padding, output_padding, self.groups, self.dilation)
+
+
 class QuantEmbedding(QuantMixin, nn.Embedding):
     """Weight-only: an embedding's input is indices."""
 
@@ -78,6 +90,8 @@ def quant_class_for(module: nn.Module):
         return QuantConv2d
     if type(module) is nn.Conv1d:
         return QuantConv1d
+    if type(module) is nn.ConvTranspose2d:
+        return QuantConvTranspose2d
     if type(module) is nn.Embedding:
         return QuantEmbedding
     if is_hf_conv1d(module):
