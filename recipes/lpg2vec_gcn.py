@@ -16,8 +16,16 @@ from pathlib import Path
 import torch
 
 from effplug.compress import compressed_activations
-from effplug.graphs import (GCN, LPGEncoder, normalized_adjacency, read_neo4j_csv, split_masks, synthetic_lpg,
-                            to_undirected, train_node_classifier)
+from effplug.graphs import (
+    GCN,
+    LPGEncoder,
+    normalized_adjacency,
+    read_neo4j_csv,
+    split_masks,
+    synthetic_lpg,
+    to_undirected,
+    train_node_classifier,
+)
 from effplug.quant import QATConfig, quantize_model
 
 

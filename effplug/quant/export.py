@@ -18,8 +18,13 @@ from torch.nn import functional as F
 
 from effplug import kernels
 from effplug.quant.convert import quantized_layers
-from effplug.quant.modules import (QuantConv1d, QuantConv2d, QuantConvTranspose2d, QuantEmbedding,
-                                   QuantMultiheadAttention)
+from effplug.quant.modules import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantEmbedding,
+    QuantMultiheadAttention,
+)
 
 
 def _codes_dtype(codes: torch.Tensor) -> torch.dtype:
