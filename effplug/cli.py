@@ -30,8 +30,51 @@ def _env(args) -> int:
     return 0
 
 
+def _topology_plan(args) -> int:
+    import math
+
+    from effplug.parallel.planner import Link, Measured, Workload, format_layouts, parse_topology, rank_layouts
+    from effplug.parallel.planner.report import format_costs
+
+    for flag, value in (("--link", args.link), ("--latency-us", args.latency_us)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} {value}: use a positive number")
+    try:
+        work = Workload(args.params, global_batch=args.global_batch, seq_len=args.seq_len,
+                        micro_batch=args.micro_batch, hidden=args.hidden, layers=args.layers,
+                        peak_tflops=args.tflops, mfu=args.mfu, gpu_mem_gb=args.gpu_mem, headroom=args.headroom)
+        if args.gpus < 1:
+            raise ValueError(f"gpus={args.gpus}: use at least 1")
+        if args.topology == "local":
+            from effplug.parallel.planner.measure import measure_link
+
+            world = min(max(args.gpus, 2), 4)
+            link, _ = measure_link(world)
+            topology = Measured(args.gpus, link, f"gloo loopback (measured with {world} processes here)")
+        else:
+            topology = parse_topology(args.topology, args.gpus, Link.gbit(args.link, args.latency_us))
+        rows = rank_layouts(work, topology)
+    except ValueError as error:
+        raise UsageError(str(error).replace("params=", "--params ").replace("gpu_mem_gb=", "--gpu-mem ")
+                         .replace("global_batch=", "--global-batch ").replace("gpus=", "--gpus ")) from None
+    print(format_layouts(rows, work, topology, top=args.top))
+    print(f"\nthe network for {args.gpus} accelerators, per topology (switches of {64} ports):\n")
+    print(format_costs(args.gpus, topology.link))
+    if args.json:
+        from dataclasses import asdict
+
+        from effplug.profile import write_report
+
+        write_report(args.json, [{**asdict(r), "label": r.label, "step_s": r.step_s} for r in rows],
+                     argv=["effplug", *sys.argv[1:]], topology=topology.name, workload=asdict(work))
+    return 0
+
+
 def _plan(args) -> int:
     from effplug.parallel.zero import format_plan, plan
+
+    if args.topology:
+        return _topology_plan(args)
 
     try:
         rows = plan(args.params, args.gpus, args.gpu_mem, param_bytes=args.param_bytes, grad_bytes=args.grad_bytes,
@@ -190,10 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     env = sub.add_parser("env", help="print versions, devices, Triton usability and the kernel backend")
     env.set_defaults(func=_env)
-    planner = sub.add_parser("plan", help="per-rank memory of DDP and ZeRO 1/2/3 for a model size, and which fits")
+    planner = sub.add_parser("plan", help="per-rank memory of DDP and ZeRO 1/2/3 for a model size, and which fits; "
+                                          "with --topology, ranked DP x PP x ZeRO x compressor layouts")
     planner.add_argument("--params", type=float, required=True, help="parameter count, e.g. 7e9")
-    planner.add_argument("--gpus", type=int, required=True, help="data-parallel ranks")
-    planner.add_argument("--gpu-mem", type=float, required=True, help="GiB of memory per GPU, e.g. 80")
+    planner.add_argument("--gpus", type=int, required=True, help="GPUs (data-parallel ranks without --topology)")
+    planner.add_argument("--gpu-mem", type=float, default=80.0, help="GiB of memory per GPU (default 80)")
+    planner.add_argument("--topology", help="fattree[:oversubscription], torus:8x8, hammingmesh:4x4[:2x2], or "
+                                            "local (gloo measured here)")
+    planner.add_argument("--link", type=float, default=100.0, help="Gbit/s per port (default 100)")
+    planner.add_argument("--latency-us", type=float, default=2.0, help="latency per message, microseconds")
+    planner.add_argument("--global-batch", type=int, default=512, help="sequences per step (default 512)")
+    planner.add_argument("--seq-len", type=int, default=2048)
+    planner.add_argument("--micro-batch", type=int, default=1, help="sequences per pipeline micro-batch")
+    planner.add_argument("--hidden", type=int, help="hidden size (default: from --params, GPT-like shape)")
+    planner.add_argument("--layers", type=int, help="layers (default: hidden / 128)")
+    planner.add_argument("--tflops", type=float, default=989.0, help="peak TFLOP/s per GPU (default: H100 bf16)")
+    planner.add_argument("--mfu", type=float, default=0.4, help="fraction of peak the model sustains")
+    planner.add_argument("--top", type=int, default=10, help="layouts to print")
+    planner.add_argument("--json", help="also write every ranked layout to this JSON file")
     planner.add_argument("--param-bytes", type=int, default=2, help="bytes per parameter (2: fp16/bf16, 4: fp32)")
     planner.add_argument("--grad-bytes", type=int, default=2, help="bytes per gradient value")
     planner.add_argument("--optimizer-bytes", type=int, default=12,
