@@ -58,6 +58,12 @@ def test_pipeline_bubble_and_compute_follow_the_formulas():
     assert evaluate(work, topology, dp=8, pp=1, zero=0, compressor="cgx4").gradient_s == pytest.approx(
         ring_allreduce(8, 4e9 / 7.0, topology.link))
     assert evaluate(Workload(1e9, global_batch=60), topology, 8, 1, 0) is None  # 60 sequences do not split 8 ways
+    from effplug.parallel.schedules import analytic_bubble
+
+    chimera = evaluate(work, topology, dp=2, pp=4, zero=0, schedule="chimera")
+    assert chimera.bubble == pytest.approx(analytic_bubble("chimera", 4, 32)) and chimera.bubble < row.bubble
+    assert chimera.gradient_s == pytest.approx(ring_allreduce(2, 2 * 4e9 / 4, topology.link))  # two stages each
+    assert row.gradient_s == pytest.approx(ring_allreduce(2, 4e9 / 4, topology.link))
 
 
 def test_network_costs():

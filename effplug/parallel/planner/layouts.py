@@ -4,6 +4,8 @@ bubble and projected step time. A model, not a measurement: docs/plan.md gives i
 For one step of ``tokens = global_batch · seq_len``:
 - compute is ``6 · params · tokens / (gpus · peak · mfu)`` seconds per rank (the 6ND rule), stretched by the
   pipeline bubble ``compute / (1 − bubble)`` (:func:`effplug.parallel.schedules.analytic_bubble`);
+- Chimera's bubble is simulated (``parallel.schedules``); it keeps two stages per worker, so its model
+  states and gradient bytes double;
 - the pipeline sends each micro-batch's boundary activations (``micro_batch · seq_len · hidden`` bf16 values)
   forward and their gradients back, ``2 (M + PP − 2)`` hand-offs on the critical path; AC-SGD divides them
   by its measured ratio;
@@ -34,7 +36,8 @@ COMPRESSORS = {
     "topk1%": {"density": 0.01, "collective": "allgather"},  # 4-byte value + 4-byte index per kept entry
 }
 ACSGD_RATIO = 7.5  # AC-SGD 4-bit, measured (docs/acsgd.md)
-SCHEDULES = ("1f1b", "gpipe")
+SCHEDULES = ("1f1b", "gpipe", "chimera")
+CHIMERA_MAX_MICROBATCHES = 64  # its bubble is simulated, not closed-form: bounded so the planner stays fast
 
 
 @dataclass(frozen=True)
@@ -125,19 +128,22 @@ def evaluate(work: Workload, topology: Topology, dp: int, pp: int, zero: int, co
     microbatches = work.global_batch // (dp * work.micro_batch)
     if pp > 1 and microbatches < pp:
         return None
+    if schedule == "chimera" and (pp % 2 or microbatches > CHIMERA_MAX_MICROBATCHES):
+        return None
+    replicas = 2 if schedule == "chimera" else 1  # Chimera keeps two stages (one per direction) on each worker
     dp_link, pp_link = topology.links(dp, pp)
     tokens = work.global_batch * work.seq_len
     compute = 6 * work.params * tokens / (topology.gpus * work.peak_tflops * 1e12 * work.mfu)
     bubble = analytic_bubble(schedule, pp, microbatches) if pp > 1 else 0.0
     boundary = work.micro_batch * work.seq_len * work.model_hidden * 2 / (ACSGD_RATIO if acsgd else 1.0)
     pipeline = 2 * (microbatches + pp - 2) * p2p(boundary, pp_link) if pp > 1 else 0.0
-    grad_bytes = work.grad_bytes * work.params / pp
+    grad_bytes = replicas * work.grad_bytes * work.params / pp
     gradient = gradient_seconds(compressor, zero, dp, grad_bytes, dp_link)
     states = estimate_memory(work.params / pp, dp, zero, param_bytes=work.param_bytes, grad_bytes=work.grad_bytes,
                              optimizer_bytes=work.optimizer_bytes)
     in_flight = microbatches if schedule == "gpipe" else min(pp, microbatches)
     activations = 34 * work.model_hidden * (work.model_layers / pp) * work.seq_len * work.micro_batch * in_flight
-    memory = (states.model_state_bytes + activations) / 2**30
+    memory = (replicas * states.model_state_bytes + activations) / 2**30
     return LayoutCost(dp, pp, zero, compressor + ("+acsgd" if acsgd else ""), schedule if pp > 1 else "-",
                       microbatches, memory, memory <= work.headroom * work.gpu_mem_gb, compute, bubble, pipeline,
                       gradient, work.codec_s.get(compressor, 0.0))
