@@ -3,11 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= lightning,hf,deepspeed,triton,data,graphs,weather,dev
+EXTRAS ?= lightning,hf,deepspeed,triton,data,graphs,weather,docs,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.effplug-installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean docs plots
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The site from docs/ (mkdocs-material, API pages from docstrings); --strict: a broken link or anchor fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# docs/plots/*.png from the benchmark JSON kept in docs/data/ (copy a new run's bench_out/*.json there first).
+plots: $(STAMP)
+	$(BIN)/python benchmarks/plots.py

@@ -91,7 +91,7 @@ class FatTree(Topology):
         self.name = "fat tree" + (f" {oversubscription:g}:1" if oversubscription > 1 else "")
 
     def links(self, dp, pp):
-        leaf = self.radix // 2
+        leaf = self.gpus if self.gpus <= self.radix else self.radix // 2  # one switch: nothing to taper
         dp_link = self.link if dp <= leaf else self._scaled(1 / self.oversubscription)
         pp_link = self.link if dp * pp <= leaf else self._scaled(1 / self.oversubscription)
         return dp_link, pp_link
