@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tasks import progress  # noqa: E402
 
 from effplug.compress import compressed_activations  # noqa: E402
 from effplug.profile import saved_bytes, write_report  # noqa: E402
@@ -61,7 +64,7 @@ def _train(model, splits, steps, lr, seed, batch=8):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     best, best_state = float("inf"), None
-    for step in range(steps):
+    for step in progress(range(steps), desc=f"seed {seed}"):
         model.train()
         idx = torch.randint(len(x), (batch,), generator=gen)
         mu, sigma = model(x[idx])

@@ -7,10 +7,21 @@ before the optimizer is built (QAT conversion, binarization), so parameters it a
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
 from effplug import data, models
+
+
+def progress(iterable, total: int | None = None, desc: str = ""):
+    """A tqdm bar on a terminal (stderr); plain iteration in logs and CI, or without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, disable=not sys.stderr.isatty())
 
 
 def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None, lr: float = 3e-3,
@@ -25,7 +36,7 @@ def digits_task(seed: int, device, model_class=models.DigitsResNet, prepare=None
 
     def batches(steps, batch=64):
         gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
-        for _ in range(steps):
+        for _ in progress(range(steps), desc=f"digits seed {seed}"):
             idx = torch.randint(0, len(train_x), (batch,), generator=gen).to(device)
             yield train_x[idx], train_y[idx]
 
@@ -59,7 +70,7 @@ def char_lm_task(seed: int, device, checkpointed: bool = False, prepare=None, bl
 
     def batches(steps, batch=32):
         gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
-        for _ in range(steps):
+        for _ in progress(range(steps), desc=f"char-gpt2 seed {seed}"):
             idx = torch.randint(0, len(train_x), (batch,), generator=gen)
             yield train_x[idx].to(device), train_y[idx].to(device)
 
