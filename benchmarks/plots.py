@@ -163,7 +163,7 @@ def planner(out: Path) -> Path:
         steps = []
         for spec in specs:
             best = next(r for r in rank_layouts(work, parse_topology(spec, 64, Link.gbit(gbit))) if r.fits)
-            steps.append((best.pipeline_s + best.gradient_s) * 1e3)
+            steps.append(best.comm_s * 1e3)
         axis.bar([i + k * width for i in range(len(specs))], steps, width, label=f"{gbit} Gbit/s")
     axis.set_xticks([i + width for i in range(len(specs))], specs, fontsize=8)
     axis.set_ylabel("communication ms per step\n(fastest fitting layout)")

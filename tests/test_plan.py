@@ -64,6 +64,11 @@ def test_pipeline_bubble_and_compute_follow_the_formulas():
     assert chimera.bubble == pytest.approx(analytic_bubble("chimera", 4, 32)) and chimera.bubble < row.bubble
     assert chimera.gradient_s == pytest.approx(ring_allreduce(2, 2 * 4e9 / 4, topology.link))  # two stages each
     assert row.gradient_s == pytest.approx(ring_allreduce(2, 4e9 / 4, topology.link))
+    tensor = evaluate(work, topology, dp=1, pp=4, zero=0, tp=2)  # Megatron: 4 all-reduces per layer and micro-batch
+    layers, hidden = work.model_layers, work.model_hidden
+    assert tensor.tensor_s == pytest.approx(layers / 4 * 64 * 4 * ring_allreduce(2, 1024 * hidden * 2, topology.link))
+    assert tensor.gradient_s == 0 and tensor.label == "DP1 x PP4 1f1b x TP2 DDP"
+    assert tensor.memory_gib < evaluate(work, topology, dp=2, pp=4, zero=0).memory_gib  # TP splits the weights
 
 
 def test_network_costs():
@@ -104,7 +109,7 @@ def test_ranking_puts_fitting_layouts_first_and_says_when_nothing_fits():
     first = [r.step_s for r in rows if r.fits]
     assert first == sorted(first) and all(r.memory_gib <= 0.9 * 40 for r in rows if r.fits)
     with pytest.raises(ValueError, match="no layout splits global_batch=7"):
-        rank_layouts(Workload(1e9, global_batch=7), FatTree(8, Link.gbit(100)))
+        rank_layouts(Workload(1e9, global_batch=7), FatTree(8, Link.gbit(100)), max_tp=1)  # TP8 would split it
     with pytest.raises(ValueError, match="params=-1.0"):
         Workload(-1.0)
 

@@ -1,4 +1,4 @@
-"""Rank DP x PP x ZeRO-stage x compressor layouts for a model on a topology: per-rank memory, communication,
+"""Rank DP x PP x TP x ZeRO-stage x compressor layouts for a model on a topology: per-rank memory, communication,
 bubble and projected step time. A model, not a measurement: docs/plan.md gives its error against the runs here.
 
 For one step of ``tokens = global_batch · seq_len``:
@@ -12,14 +12,17 @@ For one step of ``tokens = global_batch · seq_len``:
 - data parallelism exchanges ``grad_bytes · params / PP`` per rank: a ring all-reduce for DDP and ZeRO 1-2
   (reduce-scatter + all-gather moves the same bytes), 1.5x that for ZeRO 3 (the ZeRO paper's 3Ψ against 2Ψ),
   and a compressor's bytes through the collective it uses (top-k: an all-gather of values and indices);
-- nothing overlaps: the step is compute + pipeline hand-offs + gradient exchange + codec time.
-Per-rank memory is ZeRO's model states for ``params / PP`` over ``DP`` ranks (``estimate_memory``) plus the
-activations of the micro-batches a stage keeps in flight (34 bytes per token, hidden unit and layer: Korthikanti
-et al. 2022, eq. 2 without the attention-score term).
+- tensor parallelism (Megatron-LM, Shoeybi et al. 2019) all-reduces each layer's ``micro_batch · seq_len ·
+  hidden`` bf16 activations twice forward and twice backward among its ``TP`` ranks, the innermost group;
+- nothing overlaps: the step is compute + pipeline hand-offs + tensor all-reduces + gradient exchange + codec.
+Per-rank memory is ZeRO's model states for ``params / (PP · TP)`` over ``DP`` ranks (``estimate_memory``) plus
+the activations of the micro-batches a stage keeps in flight: ``(10 + 24/TP)`` bytes per token, hidden unit
+and layer (Korthikanti et al. 2022, Table 2, without the attention-score term).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -46,7 +49,7 @@ class Workload:
     global_batch: int = 512  # sequences per step
     seq_len: int = 2048
     micro_batch: int = 1  # sequences per pipeline micro-batch
-    hidden: int | None = None  # None: from params, assuming 12·layers·hidden² parameters and layers = hidden/128
+    hidden: int | None = None  # None: from params, assuming 12·layers·hidden² parameters, layers = hidden/128
     layers: int | None = None
     peak_tflops: float = 989.0  # dense bf16 peak of one H100 SXM
     mfu: float = 0.4
@@ -71,7 +74,7 @@ class Workload:
     def model_hidden(self) -> int:
         if self.hidden:
             return self.hidden
-        return int(round((self.params * 128 / 12) ** (1 / 3)))
+        return max(128, 128 * round((self.params * 128 / 12) ** (1 / 3) / 128))  # a multiple of 128, as real models
 
     @property
     def model_layers(self) -> int:
@@ -82,6 +85,7 @@ class Workload:
 class LayoutCost:
     dp: int
     pp: int
+    tp: int
     zero: int
     compressor: str
     schedule: str
@@ -91,20 +95,35 @@ class LayoutCost:
     compute_s: float
     bubble: float
     pipeline_s: float
+    tensor_s: float
     gradient_s: float
     codec_s: float
 
     @property
     def step_s(self) -> float:
-        return self.compute_s / (1 - self.bubble) + self.pipeline_s + self.gradient_s + self.codec_s
+        return self.compute_s / (1 - self.bubble) + self.pipeline_s + self.tensor_s + self.gradient_s + self.codec_s
+
+    @property
+    def comm_s(self) -> float:
+        return self.pipeline_s + self.tensor_s + self.gradient_s
 
     @property
     def label(self) -> str:
         parts = [f"DP{self.dp}"] + ([f"PP{self.pp} {self.schedule}"] if self.pp > 1 else [])
+        parts += [f"TP{self.tp}"] if self.tp > 1 else []
         parts.append(f"ZeRO-{self.zero}" if self.zero else "DDP")
         if self.compressor != "none":
             parts.append(self.compressor)
-        return " x ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+        dims = 1 + (self.pp > 1) + (self.tp > 1)
+        return " x ".join(parts[:dims]) + " " + " ".join(parts[dims:])
+
+
+@functools.lru_cache(maxsize=4096)
+def _bubble(schedule: str, pp: int, microbatches: int) -> float:
+    """Every ZeRO stage and compressor of a layout shares its schedule's bubble: simulate Chimera once."""
+    from effplug.parallel.schedules import analytic_bubble
+
+    return analytic_bubble(schedule, pp, microbatches)
 
 
 def gradient_seconds(compressor: str, zero: int, dp: int, grad_bytes_per_rank: float, link) -> float:
@@ -118,9 +137,8 @@ def gradient_seconds(compressor: str, zero: int, dp: int, grad_bytes_per_rank: f
 
 
 def evaluate(work: Workload, topology: Topology, dp: int, pp: int, zero: int, compressor: str = "none",
-             schedule: str = "1f1b", acsgd: bool = False) -> LayoutCost | None:
+             schedule: str = "1f1b", acsgd: bool = False, tp: int = 1) -> LayoutCost | None:
     """One layout's cost, or None when it is not a layout (the batch does not split into micro-batches)."""
-    from effplug.parallel.schedules import analytic_bubble
     from effplug.parallel.zero import estimate_memory
 
     if work.global_batch % (dp * work.micro_batch):
@@ -128,43 +146,55 @@ def evaluate(work: Workload, topology: Topology, dp: int, pp: int, zero: int, co
     microbatches = work.global_batch // (dp * work.micro_batch)
     if pp > 1 and microbatches < pp:
         return None
-    if schedule == "chimera" and (pp % 2 or microbatches > CHIMERA_MAX_MICROBATCHES):
-        return None
+    if schedule == "chimera" and (pp % 2 or microbatches % 2 or microbatches > CHIMERA_MAX_MICROBATCHES):
+        return None  # Chimera runs two pipelines of half the micro-batches each
     replicas = 2 if schedule == "chimera" else 1  # Chimera keeps two stages (one per direction) on each worker
-    dp_link, pp_link = topology.links(dp, pp)
+    if work.model_hidden % tp:
+        return None
+    dp_link, pp_link = topology.links(dp * tp, pp)  # TP is the innermost group: DP strides over it
+    tp_link = topology.links(tp, 1)[0]
     tokens = work.global_batch * work.seq_len
     compute = 6 * work.params * tokens / (topology.gpus * work.peak_tflops * 1e12 * work.mfu)
-    bubble = analytic_bubble(schedule, pp, microbatches) if pp > 1 else 0.0
+    bubble = _bubble(schedule, pp, microbatches) if pp > 1 else 0.0
     boundary = work.micro_batch * work.seq_len * work.model_hidden * 2 / (ACSGD_RATIO if acsgd else 1.0)
     pipeline = 2 * (microbatches + pp - 2) * p2p(boundary, pp_link) if pp > 1 else 0.0
-    grad_bytes = replicas * work.grad_bytes * work.params / pp
+    activation_bytes = work.micro_batch * work.seq_len * work.model_hidden * 2
+    tensor = (work.model_layers / pp) * microbatches * 4 * ring_allreduce(tp, activation_bytes, tp_link) \
+        if tp > 1 else 0.0
+    grad_bytes = replicas * work.grad_bytes * work.params / (pp * tp)
     gradient = gradient_seconds(compressor, zero, dp, grad_bytes, dp_link)
-    states = estimate_memory(work.params / pp, dp, zero, param_bytes=work.param_bytes, grad_bytes=work.grad_bytes,
+    states = estimate_memory(work.params / (pp * tp), dp, zero, param_bytes=work.param_bytes, grad_bytes=work.grad_bytes,
                              optimizer_bytes=work.optimizer_bytes)
     in_flight = microbatches if schedule == "gpipe" else min(pp, microbatches)
-    activations = 34 * work.model_hidden * (work.model_layers / pp) * work.seq_len * work.micro_batch * in_flight
+    per_token = 10 + 24 / tp
+    activations = per_token * work.model_hidden * (work.model_layers / pp) * work.seq_len * work.micro_batch \
+        * in_flight
     memory = (replicas * states.model_state_bytes + activations) / 2**30
-    return LayoutCost(dp, pp, zero, compressor + ("+acsgd" if acsgd else ""), schedule if pp > 1 else "-",
+    return LayoutCost(dp, pp, tp, zero, compressor + ("+acsgd" if acsgd else ""), schedule if pp > 1 else "-",
                       microbatches, memory, memory <= work.headroom * work.gpu_mem_gb, compute, bubble, pipeline,
-                      gradient, work.codec_s.get(compressor, 0.0))
+                      tensor, gradient, work.codec_s.get(compressor, 0.0))
 
 
-def rank_layouts(work: Workload, topology: Topology, max_pp: int = 64) -> list[LayoutCost]:
-    """Every DP x PP split of the GPUs (PP a power of two, at most the layer count), each ZeRO stage with dense
-    gradients and DDP with each compressor, each schedule; fitting layouts first, then by step time."""
+def rank_layouts(work: Workload, topology: Topology, max_pp: int = 64, max_tp: int = 8) -> list[LayoutCost]:
+    """Every DP x PP x TP split of the GPUs (PP and TP powers of two; PP at most the layer count, TP at most
+    ``max_tp``, one node's worth), each ZeRO stage with dense gradients and DDP with each compressor, each
+    schedule; fitting layouts first, then by step time."""
     rows = []
-    pp = 1
-    while pp <= min(topology.gpus, max_pp, work.model_layers):
-        if topology.gpus % pp == 0:
-            dp = topology.gpus // pp
-            for schedule in SCHEDULES if pp > 1 else ("1f1b",):
-                for acsgd in (False, True) if pp > 1 else (False,):
-                    for zero in (0, 1, 2, 3):
-                        rows.append(evaluate(work, topology, dp, pp, zero, "none", schedule, acsgd))
-                    for name in COMPRESSORS:
-                        if name != "none" and dp > 1:
-                            rows.append(evaluate(work, topology, dp, pp, 0, name, schedule, acsgd))
-        pp *= 2
+    tp = 1
+    while tp <= min(max_tp, topology.gpus):
+        pp = 1
+        while pp * tp <= topology.gpus and pp <= min(max_pp, work.model_layers):
+            if topology.gpus % (pp * tp) == 0:
+                dp = topology.gpus // (pp * tp)
+                for schedule in SCHEDULES if pp > 1 else ("1f1b",):
+                    for acsgd in (False, True) if pp > 1 else (False,):
+                        for zero in (0, 1, 2, 3):
+                            rows.append(evaluate(work, topology, dp, pp, zero, "none", schedule, acsgd, tp))
+                        for name in COMPRESSORS:
+                            if name != "none" and dp > 1:
+                                rows.append(evaluate(work, topology, dp, pp, 0, name, schedule, acsgd, tp))
+            pp *= 2
+        tp *= 2
     rows = [r for r in rows if r is not None]
     if not rows:
         raise ValueError(f"no layout splits global_batch={work.global_batch} into micro-batches of "

@@ -13,12 +13,13 @@ def format_layouts(rows: list[LayoutCost], work: Workload, topology: Topology, t
              f"on {topology.name}: {link.beta * 8 / 1e9:g} Gbit/s and {link.alpha * 1e6:g} us per port. "
              "A model, not a measurement (docs/plan.md).", "",
              "| rank | layout | micro-batches | per-rank GiB | fits | compute ms | bubble | pipeline ms | "
-             "gradients ms | projected step ms | comm share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tensor ms | gradients ms | projected step ms | comm share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows[:top], start=1):
-        comm = (r.pipeline_s + r.gradient_s) / r.step_s
+        comm = r.comm_s / r.step_s
         lines.append(f"| {i} | {r.label} | {r.microbatches} | {r.memory_gib:.1f} | {'yes' if r.fits else 'no'} | "
                      f"{r.compute_s * 1e3:.1f} | {r.bubble:.1%} | {r.pipeline_s * 1e3:.1f} | "
-                     f"{r.gradient_s * 1e3:.1f} | {r.step_s * 1e3:.1f} | {comm:.0%} |")
+                     f"{r.tensor_s * 1e3:.1f} | {r.gradient_s * 1e3:.1f} | {r.step_s * 1e3:.1f} | {comm:.0%} |")
     fitting = [r for r in rows if r.fits]
     if fitting:
         best = fitting[0]
