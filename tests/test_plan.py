@@ -138,3 +138,11 @@ def test_effplug_plan_with_a_topology(capsys):
     assert "not --gpus 64" in capsys.readouterr().err
     assert cli.main(["plan", "--params", "1e12", "--gpus", "8", "--topology", "fattree"]) == 0
     assert "nothing fits in 90% of 80 GiB" in capsys.readouterr().out
+
+
+def test_a_workload_from_an_instantiated_model():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=128))
+    work = Workload.from_model(model, global_batch=8, seq_len=32)
+    assert work.params == sum(p.numel() for p in model.parameters()) and (work.model_hidden, work.model_layers) == (64, 3)
+    assert rank_layouts(work, FatTree(4, Link.gbit(10)))[0].fits

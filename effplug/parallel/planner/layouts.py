@@ -70,6 +70,18 @@ class Workload:
         if self.mfu > 1 or self.headroom > 1:
             raise ValueError(f"mfu={self.mfu}, headroom={self.headroom}: both are fractions in (0, 1]")
 
+    @classmethod
+    def from_model(cls, model, **settings) -> Workload:
+        """A workload for an instantiated model: its parameter count, and an HF config's hidden size and layers."""
+        config = getattr(model, "config", None)
+        shape = {}
+        for field_name, keys in (("hidden", ("hidden_size", "n_embd", "d_model")),
+                                 ("layers", ("num_hidden_layers", "n_layer", "num_layers"))):
+            value = next((getattr(config, k) for k in keys if isinstance(getattr(config, k, None), int)), None)
+            if value is not None:
+                shape[field_name] = value
+        return cls(float(sum(p.numel() for p in model.parameters())), **{**shape, **settings})
+
     @property
     def model_hidden(self) -> int:
         if self.hidden:
