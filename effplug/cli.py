@@ -217,6 +217,37 @@ def _quant_search(args) -> int:
     return 0
 
 
+PROFILE_MODELS = ("bert-tiny", "gpt2-tiny", "llama-tiny")
+
+
+def _profile(args) -> int:
+    import torch
+
+    from effplug import models
+    from effplug.movement import data_movement
+
+    if args.model not in PROFILE_MODELS:
+        raise UsageError(f"--model {args.model!r}: choose from {', '.join(PROFILE_MODELS)}")
+    if args.batch < 1 or args.seq < 2:
+        raise UsageError(f"--batch {args.batch} --seq {args.seq}: use a batch of at least 1 and 2 tokens")
+    torch.manual_seed(0)
+    build = {"bert-tiny": models.tiny_bert, "gpt2-tiny": models.tiny_gpt2, "llama-tiny": models.tiny_llama}
+    model = build[args.model]()
+    ids = torch.randint(1, 100, (args.batch, args.seq))
+    labels = torch.zeros(args.batch, dtype=torch.long) if args.model == "bert-tiny" else ids
+
+    def step():
+        loss = model(input_ids=ids, labels=labels).loss
+        if args.backward:
+            loss.backward()
+
+    report = data_movement(step, model)
+    print(f"{args.model}, batch {args.batch} x {args.seq} tokens, {'forward + backward' if args.backward else 'forward'}"
+          " (bytes each aten op reads and writes; docs/movement.md)\n")
+    print(report.table(args.by, top=args.top))
+    return 0
+
+
 class UsageError(Exception):
     """A bad command line: printed as argparse prints usage errors, exit status 2."""
 
@@ -289,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", help="also write the per-layer rows to this JSON file")
     search.add_argument("--no-progress", action="store_true")
     search.set_defaults(func=_quant_search)
+    profile = sub.add_parser("profile", help="bytes and FLOPs of every op of a tiny HF model (a data-movement "
+                                             "report, per op kind, op or module)")
+    profile.add_argument("--model", default="bert-tiny", help=f"one of {', '.join(PROFILE_MODELS)}")
+    profile.add_argument("--batch", type=int, default=2)
+    profile.add_argument("--seq", type=int, default=64)
+    profile.add_argument("--backward", action="store_true", help="count the backward pass too")
+    profile.add_argument("--by", choices=["kind", "op", "module"], default="kind")
+    profile.add_argument("--top", type=int, default=12)
+    profile.set_defaults(func=_profile)
     for name in ("fit", "validate", "test", "predict"):  # listed for --help; main() hands these to LightningCLI
         sub.add_parser(name, help=f"LightningCLI {name} with effplug's strategy names registered "
                                   f"(effplug {name} --config run.yaml)", add_help=False)

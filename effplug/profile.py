@@ -1,4 +1,5 @@
-"""Meters shared by tests, benchmarks and the demo: saved-activation bytes, peak memory, step time, comm bytes."""
+"""Meters shared by tests, benchmarks and the demo: saved-activation bytes, peak memory, step time, comm bytes,
+and (``data_movement``, from :mod:`effplug.movement`) the bytes and FLOPs of every op."""
 
 from __future__ import annotations
 
@@ -242,3 +243,10 @@ def write_report(path, rows: list, argv: list | None = None, **fields) -> None:
     fields = {k: (str(v) if k == "device" else v) for k, v in fields.items()}
     out.write_text(json.dumps({"environment": environment(), "argv": argv, **fields, "rows": rows}, indent=1))
     print(f"\nwrote {out}", file=sys.stderr)
+
+
+def data_movement(fn, model=None):
+    """The bytes every aten op of ``fn`` reads and writes, and its FLOPs (:func:`effplug.movement.data_movement`)."""
+    from effplug.movement import data_movement as count
+
+    return count(fn, model)
