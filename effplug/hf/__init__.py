@@ -1,5 +1,6 @@
 """HuggingFace doors. Importing this package needs transformers (``pip install 'effplug[hf]'``)."""
 
+from effplug.fused import apply_fused_kernels
 from effplug.hf.activation import ActivationCompressionCallback
 from effplug.hf.comm import GradientCompressionCallback, compress_gradients
 from effplug.hf.quant import BinarizationCallback, QuantizationCallback, apply_quantization
@@ -7,4 +8,4 @@ from effplug.hf.trainer import EffSeq2SeqTrainer, EffTrainer, EffTrainerMixin
 
 __all__ = ["ActivationCompressionCallback", "BinarizationCallback", "EffSeq2SeqTrainer", "EffTrainer",
            "EffTrainerMixin", "GradientCompressionCallback",
-           "QuantizationCallback", "apply_quantization", "compress_gradients"]
+           "QuantizationCallback", "apply_fused_kernels", "apply_quantization", "compress_gradients"]

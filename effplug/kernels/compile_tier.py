@@ -109,6 +109,25 @@ def _fake_quantize(dtype):
                    {"BLOCK": ELEMENTWISE_BLOCK})
 
 
+def _bias_dropout_residual(dtype, has_bias):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    ptr = _DTYPES[dtype]
+    return Variant("_bias_dropout_residual_kernel", f"{dtype} {'bias' if has_bias else 'no bias'}",
+                   {"x_ptr": ptr, "bias_ptr": ptr, "residual_ptr": ptr, "out_ptr": ptr, "n": "i32", "hidden": "i32",
+                    "seed": "i64", "p": "fp32", "scale": "fp32", "HAS_BIAS": "constexpr", "BLOCK": "constexpr"},
+                   {"HAS_BIAS": has_bias, "BLOCK": ELEMENTWISE_BLOCK})
+
+
+def _dropout_backward(dtype):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    ptr = _DTYPES[dtype]
+    return Variant("_dropout_backward_kernel", dtype,
+                   {"grad_ptr": ptr, "out_ptr": ptr, "n": "i32", "seed": "i64", "p": "fp32", "scale": "fp32",
+                    "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
+
+
 def variants(full: bool = False) -> list[Variant]:
     """The kernel variants the dispatch can launch. By default each value of each axis (dtype, bits,
     stochastic, scale dtype, output) once, a covering set for ``make test``; ``full`` the whole product."""
@@ -119,14 +138,16 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_unpack(d, b) for d in dtypes for b in all_bits]
         out += [_affine(d, b, s) for d in dtypes for b in (2, 4, 8) for s in (False, True)]
         out += [_pow2(d, c) for d in dtypes for c in (False, True)]
-        out += [k(d) for k in (_topk_count, _topk_compact, _fake_quantize) for d in dtypes]
+        out += [k(d) for k in (_topk_count, _topk_compact, _fake_quantize, _dropout_backward) for d in dtypes]
+        out += [_bias_dropout_residual(d, b) for d in dtypes for b in (False, True)]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
             _quantize_pack("bf16", 4, True, "fp16"), _quantize_pack("fp32", 8, True, "bf16"),
             _unpack("fp32", 1), _unpack("fp16", 2), _unpack("bf16", 4), _unpack("fp32", 8),
             _affine("fp32", 2, False), _affine("fp16", 4, True), _affine("bf16", 8, True),
             _pow2("fp32", False), _pow2("bf16", True),
-            _topk_count("fp32"), _topk_compact("fp16"), _fake_quantize("bf16")]
+            _topk_count("fp32"), _topk_compact("fp16"), _fake_quantize("bf16"),
+            _bias_dropout_residual("fp32", True), _bias_dropout_residual("bf16", False), _dropout_backward("fp16")]
 
 
 def _tool(name: str) -> str:

@@ -298,3 +298,60 @@ def quantize_affine_codes(flat, low, step, channels, inner, bits, stochastic, se
     _quantize_affine_kernel[(triton.cdiv(n, block),)](flat, codes, low, step, n, channels, inner, seed,
                                                       BITS=bits, STOCHASTIC=stochastic, BLOCK=block)
     return codes
+
+
+@triton.jit
+def _round_to_dtype(v, DTYPE: tl.constexpr):
+    """fp32 ``v`` to DTYPE, rounding to nearest even. bf16 goes through its bit pattern, because the
+    interpreter truncates fp32 -> bf16 and a GPU rounds: the integer form is the same on both."""
+    if DTYPE == tl.bfloat16:
+        bits = v.to(tl.int32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where((bits & 0x7F800000) == 0x7F800000, bits >> 16, rounded)  # inf/nan: keep the bits
+        return tl.cast(rounded, tl.int16).to(tl.bfloat16, bitcast=True)
+    return v.to(DTYPE)
+
+
+@triton.jit
+def _bias_dropout_residual_kernel(x_ptr, bias_ptr, residual_ptr, out_ptr, n, hidden, seed, p, scale,
+                                  HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs % hidden, mask=mask, other=0.0).to(tl.float32)
+    r = _random_block(seed, tl.program_id(0) * BLOCK, BLOCK)
+    keep = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0) >= tl.cast(p, tl.float32)
+    y = tl.where(keep, y * tl.cast(scale, tl.float32), 0.0)
+    out = tl.load(residual_ptr + offs, mask=mask, other=0.0).to(tl.float32) + y
+    tl.store(out_ptr + offs, _round_to_dtype(out, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dropout_backward_kernel(grad_ptr, out_ptr, n, seed, p, scale, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    r = _random_block(seed, tl.program_id(0) * BLOCK, BLOCK)
+    keep = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0) >= tl.cast(p, tl.float32)
+    g = tl.where(keep, g * tl.cast(scale, tl.float32), 0.0)
+    tl.store(out_ptr + offs, _round_to_dtype(g, out_ptr.dtype.element_ty), mask=mask)
+
+
+def bias_dropout_residual(x, bias, residual, seed, p, scale):
+    n = x.numel()
+    out = torch.empty_like(residual)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    has_bias = bias is not None
+    _bias_dropout_residual_kernel[(triton.cdiv(n, block),)](x, bias if has_bias else x, residual, out, n,
+                                                            x.shape[-1], seed, p, scale, HAS_BIAS=has_bias,
+                                                            BLOCK=block)
+    return out
+
+
+def dropout_backward(grad, seed, p, scale):
+    n = grad.numel()
+    out = torch.empty_like(grad)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    _dropout_backward_kernel[(triton.cdiv(n, block),)](grad, out, n, seed, p, scale, BLOCK=block)
+    return out

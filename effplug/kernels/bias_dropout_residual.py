@@ -1,0 +1,108 @@
+"""Fused bias + dropout + residual add, LightSeq2-style (Wang et al., SC'22, Sec. 3.1): one pass over the
+tensor, and a dropout mask that is never stored. Backward regenerates it from the seed.
+
+Contract, computed in fp32 whatever the dtype, for element ``e`` of the row-major flattened ``x``::
+
+    u_e  = (philox_word(seed, e) >> 8) · 2^-24            (effplug.kernels.philox: the Triton stream)
+    keep = u_e >= p
+    out  = residual + (keep ? (x + bias[e % hidden]) · 1/(1 − p) : 0)      rounded to nearest in x.dtype
+    dx   = keep ? dout · 1/(1 − p) : 0,    dbias = Σ_rows dx,    dresidual = dout
+
+The torch reference and the Triton kernel draw the same bits, so they agree bit for bit, bf16 included (the
+kernel rounds bf16 through its bit pattern, which the interpreter and a GPU share). What autograd keeps
+for backward is the seed and ``p``, not the mask or any activation: the unfused ``dropout(x + b) + r`` keeps
+a mask of one byte per element.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effplug.kernels import dispatch
+from effplug.kernels.philox import SEED_LIMIT, random_words, resolve_seed
+
+
+def keep_mask(seed: int, n: int, p: float, device) -> torch.Tensor:
+    """Which of ``n`` elements the contract keeps (the torch reference's mask)."""
+    words = random_words(seed, n, device)
+    return (words >> 8).to(torch.float32) * (1.0 / 16777216.0) >= p
+
+
+def _check(x, bias, residual, p) -> None:
+    dispatch.check_float_tensor(x)
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"residual must match x: got {tuple(residual.shape)} {residual.dtype} for x "
+                         f"{tuple(x.shape)} {x.dtype}")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != x.shape[-1]):
+        raise ValueError(f"bias must be 1-D over x's last dimension ({x.shape[-1]}); got {tuple(bias.shape)}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p={p!r}: the dropout probability must be in [0, 1)")
+
+
+def _forward_torch(x, bias, residual, seed, p, scale):
+    y = x.float() if bias is None else x.float() + bias.float()
+    keep = keep_mask(seed, x.numel(), p, x.device).view(x.shape)
+    return (residual.float() + torch.where(keep, y * scale, torch.zeros((), device=x.device))).to(x.dtype)
+
+
+def _backward_torch(grad, seed, p, scale):
+    keep = keep_mask(seed, grad.numel(), p, grad.device).view(grad.shape)
+    return torch.where(keep, grad.float() * scale, torch.zeros((), device=grad.device)).to(grad.dtype)
+
+
+class BiasDropoutResidual(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, residual, p: float, seed: int):
+        scale = 1.0 / (1.0 - p)
+        x, residual = x.contiguous(), residual.contiguous()
+        if dispatch.kernel_backend(x) == "triton":
+            out = dispatch.triton_kernels().bias_dropout_residual(x, bias, residual, seed, p, scale)
+        else:
+            out = _forward_torch(x, bias, residual, seed, p, scale)
+        ctx.seed, ctx.p, ctx.scale, ctx.has_bias = seed, p, scale, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if dispatch.kernel_backend(grad) == "triton":
+            dx = dispatch.triton_kernels().dropout_backward(grad, ctx.seed, ctx.p, ctx.scale)
+        else:
+            dx = _backward_torch(grad, ctx.seed, ctx.p, ctx.scale)
+        dbias = dx.reshape(-1, dx.shape[-1]).sum(0) if ctx.has_bias else None
+        return dx, dbias, grad, None, None
+
+
+def bias_dropout_residual(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, p: float,
+                          seed: int) -> torch.Tensor:
+    """``residual + dropout(x + bias)`` by the contract above (autograd-aware)."""
+    _check(x, bias, residual, p)
+    return BiasDropoutResidual.apply(x, bias, residual, float(p), int(seed) % SEED_LIMIT)
+
+
+class FusedBiasDropoutResidual(nn.Module):
+    """``residual + dropout(x + bias)`` with a fresh mask each training call and none stored.
+
+    The stream's seed comes from ``seed`` (or the framework's seed, ``effplug.kernels.philox.resolve_seed``);
+    call ``i`` uses ``seed + i``. ``calls`` is a buffer, so a checkpoint resumes the same masks. In eval mode,
+    or with ``p == 0``, it is ``residual + x + bias``.
+    """
+
+    def __init__(self, p: float = 0.1, seed: int | None = None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p={p!r}: the dropout probability must be in [0, 1)")
+        self.p = p
+        self.register_buffer("seed", torch.tensor(resolve_seed(seed), dtype=torch.int64))
+        self.register_buffer("calls", torch.tensor(0, dtype=torch.int64))
+
+    def forward(self, x, bias, residual):
+        if not self.training or self.p == 0:
+            return residual + (x if bias is None else x + bias)
+        seed = (int(self.seed) + int(self.calls)) % SEED_LIMIT
+        self.calls += 1
+        return bias_dropout_residual(x, bias, residual, self.p, seed)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
