@@ -37,6 +37,10 @@ def test_numeric_encoders_scale_clip_and_mark_missing():
     assert big.transform([1e3])[0, 0].item() == pytest.approx((mid - math.log1p(1)) / (math.log1p(1e6) - math.log1p(1)))
     with pytest.raises(ValueError, match="'x' is not a number; encode this property as 'category'"):
         NumericalEncoder("age").fit(["x"])
+    infinite = LargeNumberEncoder("balance").fit([1.0, float("inf"), 100.0])
+    assert (infinite.low, infinite.high) == (math.log1p(1.0), math.log1p(100.0))  # inf did not stretch the range
+    assert infinite.transform([float("-inf")]).tolist() == [[0.0, 1.0]] and torch.isfinite(infinite.transform(
+        [float("inf"), 10.0])).all()
 
 
 def test_number_to_bin_matches_pandas_qcut():

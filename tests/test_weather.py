@@ -180,3 +180,16 @@ def test_recipe_trains_the_unet_in_lightning(ens10_root, tmp_path):
     result = recipe.main(["--root", str(ens10_root), "--train-years", "2013", "2014", "--val-years", "2015", "2015",
                           "--test-years", "2016", "2016", "--max-steps", "4", "--out", str(tmp_path)])
     assert math.isfinite(result["val_crps"]) and math.isfinite(result["test_crps"])
+
+
+def test_sst_over_land_is_nan_in_the_files_and_never_reaches_the_model(ens10_root, caplog):
+    import logging
+
+    xr = pytest.importorskip("xarray")
+    with xr.open_dataset(ens10_root / "ENS10_sfc_mean.nc") as sfc:
+        assert bool(sfc["SSTK"].isnull().any()) and not bool(sfc["T2M"].isnull().any())
+    with caplog.at_level(logging.WARNING, logger="effplug.weather"):
+        surface = ENS10Dataset(ens10_root, "t2m", (2013, 2014))
+        x, y = surface[0]
+    assert torch.isfinite(surface.normalization.input_mean).all() and torch.isfinite(x).all()
+    assert "non-finite inputs in SSTK mean, SSTK std" in caplog.text and torch.isfinite(y).all()

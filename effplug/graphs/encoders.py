@@ -12,12 +12,17 @@ Missing values and values never seen in fit go to a defined column, never to gar
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
+
+from effplug.logs import log_once
+
+log = logging.getLogger("effplug.graphs")
 
 KINDS = ("numerical", "large_number", "number_to_bin", "category", "string")
 
@@ -27,17 +32,23 @@ def is_missing(value) -> bool:
 
 
 def _numbers(values, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float64 values with missing as 0, bool missing mask); a non-number raises naming the property."""
-    missing = torch.tensor([is_missing(v) for v in values], dtype=torch.bool)
-    out = []
+    """(float64 values with missing as 0, bool missing mask); a non-number raises naming the property.
+    An infinite value cannot be scaled: it is encoded as missing, with one WARNING."""
+    missing, out = [], []
     for v in values:
         if is_missing(v):
+            missing.append(True)
             out.append(0.0)
         elif isinstance(v, (bool, int, float)):
-            out.append(float(v))
+            infinite = isinstance(v, float) and math.isinf(v)
+            if infinite:
+                log_once(log, f"lpg-inf:{owner}", "effplug.graphs: property %r holds infinite values; they are "
+                         "encoded as missing", owner)
+            missing.append(infinite)
+            out.append(0.0 if infinite else float(v))
         else:
             raise ValueError(f"{owner}: {v!r} is not a number; encode this property as 'category' or 'string'")
-    return torch.tensor(out, dtype=torch.float64), missing
+    return torch.tensor(out, dtype=torch.float64), torch.tensor(missing, dtype=torch.bool)
 
 
 class PropertyEncoder:

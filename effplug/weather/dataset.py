@@ -10,13 +10,17 @@ date at a time, so the 0.5° data never has to fit in memory.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from effplug.logs import log_once
 from effplug.weather import layout
+
+log = logging.getLogger("effplug.weather")
 
 
 def _open(path: Path):
@@ -104,26 +108,42 @@ class ENS10Dataset(torch.utils.data.Dataset):
 
     def fit_normalization(self, chunk: int = 16) -> Normalization:
         """Mean and std per channel over every date and grid point, in float64 running sums, ``chunk`` dates
-        at a time."""
-        sums = squares = None
-        target_sum = target_square = count = 0.0
+        at a time. Non-finite values (ENS-10's SST is NaN over land) are left out of the sums."""
+        sums = squares = counts = None
+        target_sum = target_square = target_count = 0.0
         for start in range(0, len(self), chunk):
             x, y = self._raw(slice(start, start + chunk))
             x = x.transpose(0, 1).reshape(x.shape[1], -1)
+            finite = torch.isfinite(x)
+            x = torch.where(finite, x, 0.0)
             sums = x.sum(1) if sums is None else sums + x.sum(1)
             squares = x.pow(2).sum(1) if squares is None else squares + x.pow(2).sum(1)
+            counts = finite.sum(1) if counts is None else counts + finite.sum(1)
+            y = y[torch.isfinite(y)]
             target_sum, target_square = target_sum + float(y.sum()), target_square + float(y.pow(2).sum())
-            count += x.shape[1]
-        mean = sums / count
-        std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-12)
-        target_mean = target_sum / count
-        target_std = max((target_square / count - target_mean**2), 0.0) ** 0.5
+            target_count += y.numel()
+        empty = [self._channel_name(i) for i in range(len(counts)) if counts[i] == 0]
+        if empty or target_count == 0:
+            raise ValueError(f"no finite values in the training years for {empty or ['the target']}; check the files")
+        mean = sums / counts
+        std = (squares / counts - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-12)
+        target_mean = target_sum / target_count
+        target_std = max((target_square / target_count - target_mean**2), 0.0) ** 0.5
         return Normalization(mean, std, target_mean, max(target_std, 1e-12))
+
+    def _channel_name(self, channel: int) -> str:
+        return f"{self.target.variables[channel // 2]} {'mean' if channel % 2 == 0 else 'std'}"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._raw(index)
         n = self.normalization
         x = ((x - n.input_mean[:, None, None]) / n.input_std[:, None, None]).float()
+        missing = ~torch.isfinite(x)
+        if missing.any():  # land points of SST: the training mean (0 once normalised), said once
+            channels = sorted({self._channel_name(int(c)) for c in missing.nonzero()[:, 0].unique()})
+            log_once(log, f"ens10-nonfinite:{channels}", "effplug.weather: non-finite inputs in %s (e.g. SST over "
+                     "land) are set to the training mean", ", ".join(channels))
+            x = torch.where(missing, 0.0, x)
         if self.location:
             x = torch.cat([x, self.location_channels], 0)
         return x, ((y - n.target_mean) / n.target_std).float()

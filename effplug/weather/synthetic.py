@@ -8,7 +8,8 @@ is drawn as ``truth + bias + e + s·z_m`` for 10 members:
   post-processor that sees location and the other variables can remove it and a global linear model cannot;
 - ``e ~ N(0, (1.5 s)²)`` is the error common to all members, so the ensemble is under-dispersive by 1.5x;
 - ``s`` is the member spread, varying in space, so the member spread is informative about the error.
-The mean and standard deviation over the members are what the files hold, as the published ones do.
+The mean and standard deviation over the members are what the files hold, as the published ones do. As in
+the published files, SST is NaN over "land" (a fixed random mask).
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def write_synthetic_ens10(root, years=(2014, 2015, 2016, 2017), dates_per_year: 
         xr.Dataset({v: (("time", "plev", "lat", "lon"), np.stack([f[k] for f in pl[v]], 1)) for v in pl},
                    coords={**coords, "plev": plev}).to_netcdf(root / f"ENS10_pl_{statistic}.nc", engine="h5netcdf")
     sfc = {v: fields(v, None) for v in layout.SURFACE_VARIABLES}
+    land = _smooth_anomaly(np.random.default_rng(seed + 1), lat, lon, modes=3) > 0.8  # as in ENS-10: no SST on land
+    for k in range(3):
+        sfc["SSTK"][k][:, land] = np.nan
     for statistic, k in (("mean", 1), ("std", 2)):
         xr.Dataset({v: (("time", "lat", "lon"), sfc[v][k]) for v in sfc}, coords=coords).to_netcdf(
             root / f"ENS10_sfc_{statistic}.nc", engine="h5netcdf")
