@@ -135,6 +135,8 @@ def test_lightning_doors_train_emos_and_restore_the_normalisation(ens10_root, tm
     assert fresh.dataset.normalization.target_std == data.normalization.target_std
     result = trainer.test(module, data, verbose=False)[0]
     assert math.isfinite(result["test_crps"])
+    with pytest.raises(ValueError, match=r"train_years=\(2015, 2013\): give an inclusive \(first, last\)"):
+        ENS10DataModule(ens10_root, train_years=(2015, 2013))
 
 
 def test_unet_trains_with_qat_and_compressed_activations(ens10_root, tmp_path, caplog):
