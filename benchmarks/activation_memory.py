@@ -47,7 +47,9 @@ CONFIGS = {
     "comet-1e-2": dict(method="comet", error_bound=1e-2, recalibrate_every=100),
     "division-4": dict(method="division", bits=4),
     "division-2": dict(method="division", bits=2),
+    "actnn-2+checkpoint": dict(method="actnn", bits=2, checkpoint=True),  # compressed checkpoint boundaries
 }
+CONFIG_TASKS = {"actnn-2+checkpoint": ("char-gpt2",)}  # the digits ResNet has no list of blocks to checkpoint
 
 
 class CheckpointedResNet(models.DigitsResNet):
@@ -162,6 +164,8 @@ def main(argv=None) -> None:
         seeds = tasks.default_seeds(args, task)
         for seed in seeds:
             for config in configs:
+                if task not in CONFIG_TASKS.get(config, (task,)):
+                    continue
                 row = run(task, config, seed, steps, device)
                 rows.append(row)
                 print(f"[{time.perf_counter() - start:6.0f}s] {task} {config} seed {seed}: "

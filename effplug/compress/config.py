@@ -41,6 +41,9 @@ class CompressionConfig:
     pack_bool: store bool masks at 1 bit (exact).
     preserve_zeros: for saved tensors whose minimum is exactly 0 (ReLU outputs), add a 1-bit ``x > 0`` mask
         so the sign pattern backward relies on stays exact.
+    checkpoint: also checkpoint the model's repeated blocks (HF gradient checkpointing, else each block of its
+        longest ``nn.ModuleList``): forward saves only the block boundaries, compressed; backward recomputes
+        each block exactly.
     """
 
     method: str = "actnn"
@@ -59,6 +62,7 @@ class CompressionConfig:
     lowpass_block: int = 8
     pack_bool: bool = True
     preserve_zeros: bool = True
+    checkpoint: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -109,6 +109,7 @@ class ActivationCompressor:
         self._scope = OutermostForward(model, lambda module, args, kwargs: self._start_forward(args, kwargs),
                                        self._end_forward, _begins_a_forward, self._label)
         self._hooks_ctx = None
+        self._checkpointing = None
         self._param_ptrs: set[int] = set()
         self._input_ptrs: set[int] = set()
         self._identity: dict = {}
@@ -124,10 +125,19 @@ class ActivationCompressor:
     # -- attach / detach ------------------------------------------------------------------------------
 
     def attach(self) -> ActivationCompressor:
+        if self.config.checkpoint and self._checkpointing is None:
+            from effplug.compress.checkpointing import BlockCheckpointing
+
+            self._checkpointing = BlockCheckpointing(self.model)
+            log_once(log, "checkpointing", "effplug.compress: checkpointing %s; their boundaries are compressed",
+                     self._checkpointing.enable(), level=logging.INFO, seen=self._reported)
         self._scope.attach()
         return self
 
     def detach(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.disable()
+            self._checkpointing = None
         self._scope.detach()
         if self._hooks_ctx is not None:  # detached mid-forward (an exception): never leave hooks pushed
             self._hooks_ctx.__exit__(None, None, None)
@@ -424,11 +434,22 @@ class ActivationCompressor:
         """Saved-for-backward bytes of ``step()`` (a forward and its loss) without and with compression.
 
         The exact meter counts the whole step, loss included; with compression, what the engine compressed is
-        swapped for what it held. One forward each, no calibration; attachment is left as it was.
+        swapped for what it held. With ``checkpoint=True`` both are measured checkpointed, so "exact" is what
+        the checkpointed model saves uncompressed. One forward each, no calibration; attachment is left as it was.
         """
         was_attached, was_enabled = self.attached, self.calibration_enabled
         self.detach()
-        exact = saved_bytes(step, parameters=self.model).activation_bytes
+        if self.config.checkpoint:
+            from effplug.compress.checkpointing import BlockCheckpointing
+
+            measuring = BlockCheckpointing(self.model)
+            measuring.enable()
+            try:
+                exact = saved_bytes(step, parameters=self.model).activation_bytes
+            finally:
+                measuring.disable()
+        else:
+            exact = saved_bytes(step, parameters=self.model).activation_bytes
         self.calibration_enabled = False
         with self:
             step()
