@@ -70,3 +70,24 @@ def test_the_lightning_door_takes_checkpoint(tmp_path):
     trainer.fit(module, loader)
     assert torch.isfinite(torch.stack([p.detach().sum() for p in module.parameters()])).all()
     assert not module.model.is_gradient_checkpointing  # off again once fit ends
+
+
+def test_the_hf_door_takes_checkpoint(tmp_path, caplog):
+    import logging
+
+    transformers = pytest.importorskip("transformers")
+    from conftest import lm_rows, tiny_qwen2
+
+    from effplug.hf import EffTrainer
+
+    model = tiny_qwen2()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                                          report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+                                          logging_steps=1)
+    trainer = EffTrainer(model=model, args=args, train_dataset=lm_rows(),
+                         activation_compression={"method": "actnn", "bits": 4, "checkpoint": True, "seed": 0})
+    with caplog.at_level(logging.INFO, logger="effplug.compress"):
+        trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert "checkpointing Qwen2ForCausalLM layers (HF gradient checkpointing)" in caplog.text
