@@ -48,8 +48,10 @@ CONFIGS = {
     "division-4": dict(method="division", bits=4),
     "division-2": dict(method="division", bits=2),
     "actnn-2+checkpoint": dict(method="actnn", bits=2, checkpoint=True),  # compressed checkpoint boundaries
+    "actnn-4+checkpoint": dict(method="actnn", bits=4, checkpoint=True),
 }
-CONFIG_TASKS = {"actnn-2+checkpoint": ("char-gpt2",)}  # the digits ResNet has no list of blocks to checkpoint
+# the digits ResNet has no list of blocks to checkpoint
+CONFIG_TASKS = {"actnn-2+checkpoint": ("char-gpt2",), "actnn-4+checkpoint": ("char-gpt2",)}
 
 
 class CheckpointedResNet(models.DigitsResNet):
