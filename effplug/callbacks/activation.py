@@ -32,6 +32,10 @@ class ActivationCompression(EngineStateMixin, pl.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.config.checkpoint and trainer.world_size > 1:
+            raise ValueError("ActivationCompression(checkpoint=True) is not supported under DDP yet: its reentrant "
+                             "checkpoint marks parameters ready twice. Use checkpoint=False, with your own "
+                             "gradient checkpointing if you need it")
         if stage == "fit" and self.engine is None:
             self.engine = ActivationCompressor(pl_module, self.config).attach()
             self._restore_pending_state()

@@ -46,6 +46,11 @@ class EffTrainerMixin:
             apply_quantization(model, self.quantization, sensitivity_losses=self._calibration_losses(model))
         self.activation_callback = None
         if compression is not None:
+            if compression.checkpoint and str(self.args.parallel_mode).endswith("DISTRIBUTED"):
+                # the reentrant checkpoint marks parameters ready again in each block's recompute; DDP refuses it
+                raise ValueError("EffTrainer(activation_compression={'checkpoint': True}) is not supported under "
+                                 "DDP yet: its reentrant checkpoint marks parameters ready twice. Use "
+                                 "checkpoint=False together with TrainingArguments(gradient_checkpointing=True)")
             self.activation_callback = ActivationCompressionCallback(config=compression)
             self.activation_callback.can_calibrate = True
             self.add_callback(self.activation_callback)
