@@ -146,3 +146,13 @@ def test_bert_patch_composes_with_qat_and_compressed_activations_and_the_lightni
     block = module.model.bert.encoder.layer[0].output
     assert int(block.fused_bias_dropout_residual.calls) == 2 and type(block.dense).__name__ == "QuantLinear"
     assert torch.isfinite(torch.stack([p.detach().abs().sum() for p in module.parameters()])).all()
+
+
+def test_module_stream_needs_no_host_read_per_call():
+    module = FusedBiasDropoutResidual(0.5, seed=5)
+    x, b, r = _inputs((4, 16), torch.float32)
+    module(x, b, r)
+    module.calls.fill_(7)  # what the checkpoint says wins only through load_state_dict, read once there
+    fresh = FusedBiasDropoutResidual(0.5, seed=0)
+    fresh.load_state_dict({"seed": torch.tensor(5), "calls": torch.tensor(1)})
+    assert torch.equal(fresh(x, b, r), module(x, b, r)) and int(fresh.calls) == 2 and int(module.calls) == 8

@@ -105,6 +105,11 @@ def test_normalisation_comes_from_the_training_years_only(ens10_root):
         ENS10Dataset(ens10_root / "nowhere", "t850")
 
 
+def test_synthetic_writer_refuses_levels_ens10_lacks(tmp_path):
+    with pytest.raises(ValueError, match=r"levels_hpa \[600\] are not ENS-10 levels"):
+        write_synthetic_ens10(tmp_path, levels_hpa=(600, 850))
+
+
 def test_missing_extra_names_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "xarray", None)
     with pytest.raises(ImportError, match=r"pip install 'effplug\[weather\]'"):

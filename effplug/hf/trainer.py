@@ -12,6 +12,7 @@ from effplug.options import build_config, checks_keywords
 from effplug.quant import QATConfig, multi_bit_loss
 
 transformers = require("transformers", extra="hf")
+ParallelMode = require("transformers.training_args", extra="hf").ParallelMode
 
 
 class EffTrainerMixin:
@@ -46,7 +47,7 @@ class EffTrainerMixin:
             apply_quantization(model, self.quantization, sensitivity_losses=self._calibration_losses(model))
         self.activation_callback = None
         if compression is not None:
-            if compression.checkpoint and str(self.args.parallel_mode).endswith("DISTRIBUTED"):
+            if compression.checkpoint and self.args.parallel_mode == ParallelMode.DISTRIBUTED:
                 # the reentrant checkpoint marks parameters ready again in each block's recompute; DDP refuses it
                 raise ValueError("EffTrainer(activation_compression={'checkpoint': True}) is not supported under "
                                  "DDP yet: its reentrant checkpoint marks parameters ready twice. Use "

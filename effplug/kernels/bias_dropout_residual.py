@@ -94,14 +94,21 @@ class FusedBiasDropoutResidual(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"p={p!r}: the dropout probability must be in [0, 1)")
         self.p = p
-        self.register_buffer("seed", torch.tensor(resolve_seed(seed), dtype=torch.int64))
+        # Python mirrors of the buffers: reading a CUDA buffer each call would sync the host on a hot path
+        self._seed, self._calls = resolve_seed(seed), 0
+        self.register_buffer("seed", torch.tensor(self._seed, dtype=torch.int64))
         self.register_buffer("calls", torch.tensor(0, dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._seed, self._calls = int(self.seed), int(self.calls)  # once, at load time
 
     def forward(self, x, bias, residual):
         if not self.training or self.p == 0:
             return residual + (x if bias is None else x + bias)
-        seed = (int(self.seed) + int(self.calls)) % SEED_LIMIT
-        self.calls += 1
+        seed = (self._seed + self._calls) % SEED_LIMIT
+        self._calls += 1
+        self.calls.add_(1)  # device-side, no sync: the checkpoint carries it
         return bias_dropout_residual(x, bias, residual, self.p, seed)
 
     def extra_repr(self) -> str:
