@@ -17,3 +17,10 @@ def run_phases(*phases) -> None:
     for phase in phases:
         result.update(phase(out, rank))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    # Tear the group down together: a rank that exits while its peer's gloo threads still hold the pair aborts
+    # in a C++ destructor ("terminate called without an active exception").
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
