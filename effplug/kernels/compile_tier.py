@@ -128,6 +128,29 @@ def _dropout_backward(dtype):
                     "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
 
 
+def _spmm(vector, bits, split):
+    from effplug.kernels.triton_kernels import SPARSE_BLOCK_K, SPARSE_BLOCK_N, SPARSE_TILE_M
+
+    return Variant("_spmm_kernel", f"V={vector} int{bits} x {'int16 (bit split)' if split else 'int8'}",
+                   {"row_ptr": "*i32", "col_idx": "*i32", "values_ptr": "*i8" if bits == 8 else "*u8",
+                    "a_scale_ptr": "*fp32", "b_ptr": "*i16" if split else "*i8", "b_scale_ptr": "*fp32",
+                    "out_ptr": "*fp32", "n_cols": "i32", "stride_bk": "i32", "stride_on": "i32", "V": "constexpr",
+                    "BITS": "constexpr", "SPLIT": "constexpr", "TILE_M": "constexpr", "BLOCK_K": "constexpr",
+                    "BLOCK_N": "constexpr"},
+                   {"V": vector, "BITS": bits, "SPLIT": split, "TILE_M": SPARSE_TILE_M, "BLOCK_K": SPARSE_BLOCK_K,
+                    "BLOCK_N": SPARSE_BLOCK_N})
+
+
+def _sddmm(vector):
+    from effplug.kernels.triton_kernels import SPARSE_BLOCK_K, SPARSE_BLOCK_N, SPARSE_TILE_M
+
+    return Variant("_sddmm_kernel", f"V={vector} int8",
+                   {"row_ptr": "*i32", "col_idx": "*i32", "a_ptr": "*i8", "a_scale_ptr": "*fp32", "b_ptr": "*i8",
+                    "b_scale_ptr": "*fp32", "out_ptr": "*fp32", "depth": "i32", "stride_a": "i32", "stride_b": "i32",
+                    "V": "constexpr", "TILE_M": "constexpr", "BLOCK_K": "constexpr", "BLOCK_NNZ": "constexpr"},
+                   {"V": vector, "TILE_M": SPARSE_TILE_M, "BLOCK_K": SPARSE_BLOCK_K, "BLOCK_NNZ": SPARSE_BLOCK_N})
+
+
 def variants(full: bool = False) -> list[Variant]:
     """The kernel variants the dispatch can launch. By default each value of each axis (dtype, bits,
     stochastic, scale dtype, output) once, a covering set for ``make test``; ``full`` the whole product."""
@@ -140,6 +163,8 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_pow2(d, c) for d in dtypes for c in (False, True)]
         out += [k(d) for k in (_topk_count, _topk_compact, _fake_quantize, _dropout_backward) for d in dtypes]
         out += [_bias_dropout_residual(d, b) for d in dtypes for b in (False, True)]
+        out += [_spmm(v, b, s) for v in (2, 4, 8) for b in (4, 8) for s in (False, True)]
+        out += [_sddmm(v) for v in (2, 4, 8)]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
             _quantize_pack("bf16", 4, True, "fp16"), _quantize_pack("fp32", 8, True, "bf16"),
@@ -147,7 +172,8 @@ def variants(full: bool = False) -> list[Variant]:
             _affine("fp32", 2, False), _affine("fp16", 4, True), _affine("bf16", 8, True),
             _pow2("fp32", False), _pow2("bf16", True),
             _topk_count("fp32"), _topk_compact("fp16"), _fake_quantize("bf16"),
-            _bias_dropout_residual("fp32", True), _bias_dropout_residual("bf16", False), _dropout_backward("fp16")]
+            _bias_dropout_residual("fp32", True), _bias_dropout_residual("bf16", False), _dropout_backward("fp16"),
+            _spmm(2, 8, False), _spmm(4, 4, True), _spmm(8, 8, True), _sddmm(4)]
 
 
 def _tool(name: str) -> str:

@@ -355,3 +355,114 @@ def dropout_backward(grad, seed, p, scale):
     block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
     _dropout_backward_kernel[(triton.cdiv(n, block),)](grad, out, n, seed, p, scale, BLOCK=block)
     return out
+
+
+# Sparse low-precision products (effplug.kernels.spmm / sddmm; Magicube, SC'22). One vector row per program:
+# its V rows sit in a 16-row tile (tl.dot's minimum), the rest of the tile masked to zero.
+SPARSE_TILE_M, SPARSE_BLOCK_K, SPARSE_BLOCK_N = 16, 32, 32
+
+
+@triton.jit
+def _sparse_values_tile(values_ptr, rk, rm, kmask, V: tl.constexpr, BITS: tl.constexpr):
+    """int8 ``[TILE_M, BLOCK_K]`` tile of stored values: nonzeros ``rk`` (columns), rows ``rm`` of each vector."""
+    index = rk[None, :] * V + rm[:, None]
+    valid = (rm[:, None] < V) & kmask[None, :]
+    if BITS == 8:
+        return tl.load(values_ptr + index, mask=valid, other=0)
+    byte = tl.load(values_ptr + index // 2, mask=valid, other=136)  # 136 = two codes of zero (8 | 8 << 4)
+    code = (byte.to(tl.int32) >> ((index % 2) * 4)) & 15
+    return (code - 8).to(tl.int8)
+
+
+@triton.jit
+def _spmm_kernel(row_ptr, col_idx, values_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n_cols,
+                 stride_bk, stride_on, V: tl.constexpr, BITS: tl.constexpr, SPLIT: tl.constexpr,
+                 TILE_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    vrow = tl.program_id(0)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < n_cols
+    rm = tl.arange(0, TILE_M)
+    start = tl.load(row_ptr + vrow)
+    end = tl.load(row_ptr + vrow + 1)
+    acc = tl.zeros([TILE_M, BLOCK_N], dtype=tl.int32)
+    acc_low = tl.zeros([TILE_M, BLOCK_N], dtype=tl.int32)
+    row_sum = tl.zeros([TILE_M], dtype=tl.int32)
+    for j in range(start, end, BLOCK_K):
+        rk = j + tl.arange(0, BLOCK_K)
+        kmask = rk < end
+        cols = tl.load(col_idx + rk, mask=kmask, other=0)
+        a = _sparse_values_tile(values_ptr, rk, rm, kmask, V, BITS)
+        b_mask = kmask[:, None] & nmask[None, :]
+        b = tl.load(b_ptr + cols[:, None] * stride_bk + rn[None, :], mask=b_mask, other=0)
+        if SPLIT:
+            # Magicube's bit split: a 16-bit b = 256·high + (low' + 128), high and low' both int8
+            high = (b >> 8).to(tl.int8)
+            low = ((b & 255) - 128).to(tl.int8)
+            acc += tl.dot(a, high, out_dtype=tl.int32)
+            acc_low += tl.dot(a, low, out_dtype=tl.int32)
+            row_sum += tl.sum(a.to(tl.int32), axis=1)
+        else:
+            acc += tl.dot(a, b, out_dtype=tl.int32)
+    if SPLIT:
+        total = acc.to(tl.int64) * 256 + acc_low.to(tl.int64) + row_sum.to(tl.int64)[:, None] * 128
+    else:
+        total = acc.to(tl.int64)
+    rows = vrow * V + rm
+    row_ok = rm < V
+    a_scale = tl.load(a_scale_ptr + rows, mask=row_ok, other=0.0)
+    b_scale = tl.load(b_scale_ptr + rn, mask=nmask, other=0.0)
+    out = total.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_on + rn[None, :], out, mask=row_ok[:, None] & nmask[None, :])
+
+
+def spmm(matrix, qb: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[padded_rows, N]`` = dequant(matrix) @ dequant(qb); ``qb`` int8 or int16 ``[K, N]``."""
+    qb = qb.contiguous()
+    n_cols = qb.shape[1]
+    out = torch.empty(matrix.padded_rows, n_cols, dtype=torch.float32, device=qb.device)
+    block_n = interpreter_block(n_cols, SPARSE_BLOCK_N, cap=256)
+    grid = (matrix.vector_rows, triton.cdiv(n_cols, block_n))
+    _spmm_kernel[grid](matrix.row_ptr, matrix.col_idx, matrix.values, matrix.scales, qb, b_scale, out, n_cols,
+                       qb.stride(0), out.stride(0), V=matrix.vector, BITS=matrix.bits,
+                       SPLIT=qb.dtype == torch.int16, TILE_M=SPARSE_TILE_M, BLOCK_K=SPARSE_BLOCK_K, BLOCK_N=block_n)
+    return out
+
+
+@triton.jit
+def _sddmm_kernel(row_ptr, col_idx, a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, depth, stride_a, stride_b,
+                  V: tl.constexpr, TILE_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_NNZ: tl.constexpr):
+    vrow = tl.program_id(0)
+    start = tl.load(row_ptr + vrow)
+    end = tl.load(row_ptr + vrow + 1)
+    rj = start + tl.program_id(1) * BLOCK_NNZ + tl.arange(0, BLOCK_NNZ)
+    jmask = rj < end
+    cols = tl.load(col_idx + rj, mask=jmask, other=0)
+    rm = tl.arange(0, TILE_M)
+    row_ok = rm < V
+    rows = vrow * V + rm
+    acc = tl.zeros([TILE_M, BLOCK_NNZ], dtype=tl.int32)
+    for k in range(0, depth, BLOCK_K):
+        rk = k + tl.arange(0, BLOCK_K)
+        kmask = rk < depth
+        a = tl.load(a_ptr + rows[:, None] * stride_a + rk[None, :], mask=row_ok[:, None] & kmask[None, :], other=0)
+        bt = tl.load(b_ptr + cols[None, :] * stride_b + rk[:, None], mask=kmask[:, None] & jmask[None, :], other=0)
+        acc += tl.dot(a, bt, out_dtype=tl.int32)
+    a_scale = tl.load(a_scale_ptr + rows, mask=row_ok, other=0.0)
+    b_scale = tl.load(b_scale_ptr + cols, mask=jmask, other=0.0)
+    out = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+    tl.store(out_ptr + rj[None, :] * V + rm[:, None], out, mask=row_ok[:, None] & jmask[None, :])
+
+
+def sddmm(pattern, qa: torch.Tensor, a_scale: torch.Tensor, qb: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[nnz, V]``: (dequant(qa) @ dequant(qb)ᵀ) at the pattern's vectors; ``qa`` int8 ``[padded_rows, K]``."""
+    qa, qb = qa.contiguous(), qb.contiguous()
+    out = torch.zeros(pattern.nnz_vectors, pattern.vector, dtype=torch.float32, device=qa.device)
+    lengths = pattern.row_ptr[1:] - pattern.row_ptr[:-1]
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if longest == 0:
+        return out
+    block = interpreter_block(longest, SPARSE_BLOCK_N, cap=256)
+    grid = (pattern.vector_rows, triton.cdiv(longest, block))
+    _sddmm_kernel[grid](pattern.row_ptr, pattern.col_idx, qa, a_scale, qb, b_scale, out, qa.shape[1], qa.stride(0),
+                        qb.stride(0), V=pattern.vector, TILE_M=SPARSE_TILE_M, BLOCK_K=SPARSE_BLOCK_K, BLOCK_NNZ=block)
+    return out
