@@ -10,11 +10,14 @@ scales ``s_A``) and a dense float ``B`` ``[K, N]``:
 in int16 (qmax 32767) and splits it as Magicube does for operands wider than the tensor cores' inputs:
 ``q_B = 256·hi + lo + 128`` with ``hi``, ``lo`` int8, so ``A·q_B = 256·(A·hi) + A·lo + 128·rowsum(A)``: two int8
 products recombined by shifts and adds. The Triton kernel accumulates in int32 (exact for K ≲ 130k at 8 bits)
-and recombines in int64; the torch reference multiplies in int64. Both are exact, so they agree bit for bit.
+and recombines in int64; the torch reference multiplies a float64 CSR, which is exact for these integers
+(K < 2^21). Both are exact, so they agree bit for bit.
 The result is returned in ``B``'s dtype.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -44,8 +47,24 @@ def dense_int_matrix(a: VectorSparseMatrix) -> torch.Tensor:
     return out
 
 
+def sparse_int_csr(a: VectorSparseMatrix) -> torch.Tensor:
+    """The stored integers as a float64 CSR ``[padded_rows, cols]``, element by element (row-major)."""
+    rows = a.element_rows().reshape(-1)
+    cols = a.col_idx.long()[:, None].expand(-1, a.vector).reshape(-1)
+    values = a.int_values().reshape(-1).double()
+    order = torch.argsort(rows * a.shape[1] + cols)
+    coo = torch.sparse_coo_tensor(torch.stack([rows[order], cols[order]]), values[order],
+                                  (a.padded_rows, a.shape[1]), is_coalesced=True, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
+
+
 def _spmm_torch(a: VectorSparseMatrix, qb: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
-    total = dense_int_matrix(a) @ qb.long()
+    # float64 holds every partial sum of these integer products exactly (|sum| < 2^53 for K < 2^21 at
+    # 16 bits), so any summation order gives the exact integer: the same as the kernel's int32/int64 sum.
+    total = torch.sparse.mm(sparse_int_csr(a), qb.double()) if a.nnz_vectors else \
+        torch.zeros(a.padded_rows, qb.shape[1], dtype=torch.float64, device=qb.device)
     return total.float() * a.scales[:, None] * b_scale[None, :]
 
 
