@@ -174,6 +174,35 @@ def planner(out: Path) -> Path:
                                                  "--topology <each> --link <each> (no measurement)")
 
 
+def pruning_pareto(report: dict, out: Path) -> Path:
+    rows = [r for r in report["rows"] if r.get("suite") == "pruning"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        points = [r for r in rows if r["task"] == task]
+        for bits in sorted({r["weight_bits"] for r in points}, reverse=True):
+            line = sorted((r for r in points if r["weight_bits"] == bits), key=lambda r: r["model_bytes"])
+            axis.plot([r["model_bytes"] / 1e3 for r in line], [r["value"] for r in line], "o-",
+                      label="fp32" if bits == 32 else f"W{bits}A8")
+            for r in line:
+                axis.annotate(f"{r['measured_sparsity']:.0%}", (r["model_bytes"] / 1e3, r["value"]), fontsize=6,
+                              xytext=(3, 3), textcoords="offset points")
+        front, best = [], None  # the Pareto front: fewer bytes and a better metric
+        better = (lambda a, b: a > b) if points[0]["metric"] == "accuracy" else (lambda a, b: a < b)
+        for r in sorted(points, key=lambda r: r["model_bytes"]):
+            if best is None or better(r["value"], best):
+                front.append(r)
+                best = r["value"]
+        axis.plot([r["model_bytes"] / 1e3 for r in front], [r["value"] for r in front], "k--", lw=0.8,
+                  label="Pareto front")
+        axis.set_xscale("log")
+        axis.set_xlabel("model bytes (KB, log)")
+        axis.set_ylabel(points[0]["metric"])
+        axis.set_title(f"{task}: pruning x QAT (labels: sparsity)", fontsize=9)
+        axis.legend(fontsize=7)
+    return _save(fig, out, "pruning_pareto", _source(report))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT / "docs" / "data"), help="folder of the benchmark JSON")
@@ -182,7 +211,8 @@ def main(argv=None) -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [activation_memory(_load(data, "activation_memory"), out), comm(_load(data, "comm"), out),
-               pipeline(_load(data, "pipeline"), out), qat_grid(_load(data, "qat"), out), planner(out)]
+               pipeline(_load(data, "pipeline"), out), qat_grid(_load(data, "qat"), out), planner(out),
+               pruning_pareto(_load(data, "sparse"), out)]
     for path in written:
         print(f"wrote {path}")
 

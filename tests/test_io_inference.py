@@ -41,7 +41,7 @@ def test_bound_holds_is_tight_and_the_layer_order_is_within_2x_on_every_small_da
             assert belady["total"] <= 2 * belady["lower_bound"], (net.preds, memory)
             checked += 1
         assert simulate_io(net, memory=64)["total"] == net.lower_bound()  # everything fits: the bound is met
-    assert checked > 500
+    assert checked == 273 * 5
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -130,6 +130,19 @@ def test_hf_gpt2_conv1d_is_pruned_along_its_output_rows_and_exports():
     assert (model(ids).logits - before).abs().max() < 0.05
 
 
+def test_qat_gpt2_conv1d_is_still_found():
+    transformers = pytest.importorskip("transformers")
+    from effplug.quant import QATConfig, quantize_model
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=40,
+                                                                 n_positions=16))
+    quantize_model(model, QATConfig(weight_bits=8, act_bits=8))
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    assert type(pruner.layers["transformer.h.0.mlp.c_fc"]).__name__ == "QuantConv1D" and len(pruner.layers) == 4
+    pruner.update(0)
+    assert export_sparse(model, pruner) and isinstance(model.transformer.h[0].attn.c_attn, SparseLinear)
+
+
 def _lit_module(pl):
     from pytorch_lightning.demos import Transformer
 

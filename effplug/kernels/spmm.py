@@ -48,7 +48,16 @@ def dense_int_matrix(a: VectorSparseMatrix) -> torch.Tensor:
 
 
 def sparse_int_csr(a: VectorSparseMatrix) -> torch.Tensor:
-    """The stored integers as a float64 CSR ``[padded_rows, cols]``, element by element (row-major)."""
+    """The stored integers as a float64 CSR ``[padded_rows, cols]``, element by element (row-major); built
+    once per matrix and kept on it."""
+    cached = getattr(a, "_int_csr", None)
+    if cached is not None:
+        return cached
+    a._int_csr = _build_int_csr(a)
+    return a._int_csr
+
+
+def _build_int_csr(a: VectorSparseMatrix) -> torch.Tensor:
     rows = a.element_rows().reshape(-1)
     cols = a.col_idx.long()[:, None].expand(-1, a.vector).reshape(-1)
     values = a.int_values().reshape(-1).double()

@@ -96,9 +96,14 @@ class PruningConfig:
         return self.sparsity + (self.initial_sparsity - self.sparsity) * (1.0 - progress) ** 3
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """HF's ``Conv1D`` (GPT-2), or a subclass of it such as QAT's ``QuantConv1D``."""
+    return any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
+
+
 def out_in_view(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """The weight as ``[out, in]``: HF's GPT-2 ``Conv1D`` stores ``[in, out]``; convolutions flatten their kernel."""
-    if type(module).__name__ == "Conv1D":
+    if is_hf_conv1d(module):
         return weight.T
     return weight.reshape(weight.shape[0], -1)
 
@@ -159,7 +164,7 @@ class Pruner:
     def _select_layers(self) -> None:
         cfg = self.config
         candidates = [(name, m) for name, m in self.model.named_modules()
-                      if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(m).__name__ == "Conv1D"]
+                      if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_hf_conv1d(m)]
         if not candidates:
             raise ValueError("Pruning found no nn.Linear, convolution or Conv1D layer in the model; nothing to prune")
         owners: dict[int, list[str]] = {}
@@ -201,7 +206,7 @@ class Pruner:
             previous = self.masks.get(name)
             mask2d = magnitude_mask(weight2d, target, self.config.pattern, self.config.vector,
                                     None if previous is None else out_in_view(module, previous))
-            mask = mask2d.T if type(module).__name__ == "Conv1D" else mask2d.reshape(module.weight.shape)
+            mask = mask2d.T if is_hf_conv1d(module) else mask2d.reshape(module.weight.shape)
             self.masks[name] = mask.contiguous()
         self.last_update = step
         self.apply()
@@ -257,7 +262,7 @@ def export_sparse(model: nn.Module, pruner: Pruner, vector: int = 4, bits: int =
             continue
         if isinstance(module, nn.Linear):
             linear = module
-        elif type(module).__name__ == "Conv1D":
+        elif is_hf_conv1d(module):
             linear = nn.Linear(module.weight.shape[0], module.weight.shape[1]).to(module.weight.device)
             linear.weight.data, linear.bias.data = module.weight.data.T.clone(), module.bias.data.clone()
         else:
