@@ -149,7 +149,7 @@ def io_suite(anneal_steps: int) -> list:
     rows = []
     nets = {f"random [64, 128, 128, 16] density {d}": random_sparse_ffn([64, 128, 128, 16], d, seed=0)
             for d in (0.05, 0.1)}
-    model, opt, batches, loss_fn, evaluate, _ = digits_task(0, "cpu", model_class=_DigitsMLP)
+    model, opt, batches, loss_fn, evaluate, _ = digits_task(0, "cpu", model_class=_DigitsMLP, width=128)
     pruner = Pruner(model, PruningConfig(sparsity=0.9, keep_last=False))
     for step, (x, y) in enumerate(batches(400)):
         pruner.update(step if step >= 200 else -1)
