@@ -59,11 +59,11 @@ def kernels_suite(size: int, tokens: int) -> list:
         a8 = VectorSparseMatrix.from_dense(masked, mask, 4, 8)
         a4 = VectorSparseMatrix.from_dense(masked, mask, 4, 4)
         csr = masked.to_sparse_csr()
-        t_dense = _best(lambda: masked @ x)
-        t_csr = _best(lambda: torch.sparse.mm(csr, x))
-        t8 = _best(lambda: spmm(a8, x, 8))
-        t16 = _best(lambda: spmm(a8, x, 16))
-        t4 = _best(lambda: spmm(a4, x, 8))
+        t_dense = _best(lambda m=masked: m @ x)
+        t_csr = _best(lambda c=csr: torch.sparse.mm(c, x))
+        t8 = _best(lambda a=a8: spmm(a, x, 8))
+        t16 = _best(lambda a=a8: spmm(a, x, 16))
+        t4 = _best(lambda a=a4: spmm(a, x, 8))
         rows.append({"sparsity": sparsity, "dense_ms": t_dense * 1e3, "csr_fp32_ms": t_csr * 1e3,
                      "spmm_int8_ms": t8 * 1e3, "spmm_int8_x_int16_ms": t16 * 1e3, "spmm_int4_ms": t4 * 1e3,
                      "weight_bytes_dense_fp32": masked.numel() * 4, "weight_bytes_int8": a8.nbytes(),
@@ -183,8 +183,8 @@ def io_suite(anneal_steps: int) -> list:
     csr = [w.to_sparse_csr() for w in dense]
     biases = [m.bias.detach() for m in linears]
 
-    def layered(mats, mm):
-        h = x.T
+    def layered(inputs, mats, mm):
+        h = inputs.T
         for i, (w, b) in enumerate(zip(mats, biases, strict=True)):
             h = mm(w, h) + b[:, None]
             if i < len(mats) - 1:
@@ -193,15 +193,12 @@ def io_suite(anneal_steps: int) -> list:
 
     for batch in (1, 256):
         xb = x[:batch]
-        x_saved = x
-        x = xb
-        t_exec = _best(lambda: executor(x), 7)
-        t_csr = _best(lambda: layered(csr, torch.sparse.mm), 7)
-        t_dense = _best(lambda: layered(dense, torch.mm), 7)
-        torch.testing.assert_close(executor(x), layered(dense, torch.mm), rtol=1e-4, atol=1e-4)
+        t_exec = _best(lambda xb=xb: executor(xb), 7)
+        t_csr = _best(lambda xb=xb: layered(xb, csr, torch.sparse.mm), 7)
+        t_dense = _best(lambda xb=xb: layered(xb, dense, torch.mm), 7)
+        torch.testing.assert_close(executor(xb), layered(xb, dense, torch.mm), rtol=1e-4, atol=1e-4)
         rows.append({"executor_batch": batch, "blocks": len(executor.blocks), "executor_ms": t_exec * 1e3,
                      "torch_csr_ms": t_csr * 1e3, "dense_ms": t_dense * 1e3})
-        x = x_saved
     print("\nWall clock on the pruned digits MLP, one interleaved run (best of 7)\n")
     print("| batch | blocked executor (M=256) | torch CSR, layer by layer | dense, layer by layer |")
     print("|---|---|---|---|")
