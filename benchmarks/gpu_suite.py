@@ -4,7 +4,9 @@
 2. kernel bandwidth: 4-bit ``quantize_pack`` (nearest and stochastic) on 64M bf16, as % of copy bandwidth
    (goal >= 70%);
 3. step-time overhead of ActNN 4-bit on a GPT-2 small-sized model (12 x 768, sequence 1024; goal <= 15%);
-4. peak memory of that step, baseline against compressed.
+4. peak memory of that step, baseline against compressed;
+5. sparse SpMM (``effplug.kernels.spmm``, Triton on CUDA) against dense fp16 matmul and torch's Triton BSR
+   kernel at 50/75/90/95% vector sparsity (docs/sparse.md).
 
     python benchmarks/gpu_suite.py                 # on a GPU: runs all four, appends the tables to docs/benchmarks.md
     python benchmarks/gpu_suite.py --cpu-check     # anywhere: the same code on tiny sizes (a check, not a measurement)
@@ -29,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from effplug.profile import StepTimer, time_steps, write_report  # noqa: E402
 
-FULL = {"elements": 64 * 2**20, "layers": 12, "width": 768, "heads": 12, "sequence": 1024, "batch": 8, "steps": 20}
-CHECK = {"elements": 2**16, "layers": 2, "width": 64, "heads": 2, "sequence": 32, "batch": 2, "steps": 3}
+FULL = {"elements": 64 * 2**20, "layers": 12, "width": 768, "heads": 12, "sequence": 1024, "batch": 8, "steps": 20,
+        "spmm": 4096}
+CHECK = {"elements": 2**16, "layers": 2, "width": 64, "heads": 2, "sequence": 32, "batch": 2, "steps": 3, "spmm": 64}
 
 
 def run_gpu_tests(check: bool) -> dict:
@@ -112,6 +115,39 @@ def step_overhead_and_peak(device: torch.device, sizes: dict) -> list[dict]:
             for name, r in rows.items()] if compressed else []
 
 
+def sparse_spmm(device: torch.device, sizes: dict) -> list[dict]:
+    from effplug.kernels.spmm import spmm
+    from effplug.sparse import VectorSparseMatrix
+
+    n, steps = sizes["spmm"], sizes["steps"]
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(n, n, generator=gen)
+    x = torch.randn(n, n // 4, generator=gen).to(device, dtype)
+    rows = []
+    for sparsity in (0.5, 0.75, 0.9, 0.95):
+        mask = (torch.rand(n // 4, n, generator=gen) >= sparsity).repeat_interleave(4, 0)
+        a = VectorSparseMatrix.from_dense(weight * mask, mask, 4, 8)
+        a = VectorSparseMatrix(a.shape, a.vector, a.bits, *(t.to(device) for t in (a.row_ptr, a.col_idx, a.values,
+                                                                                   a.scales, a.element_mask)))
+        dense = (weight * mask).to(device, dtype)
+        row = {"step": "sparse spmm", "size": f"{n}x{n} @ {n}x{n // 4}", "sparsity": sparsity,
+               "dense_ms": 1e3 * time_steps(lambda d=dense: d @ x, steps=steps, warmup=2, device=device).median_s,
+               "effplug_int8_ms": 1e3 * time_steps(lambda m=a: spmm(m, x, 8), steps=steps, warmup=2,
+                                                   device=device).median_s, "bsr_ms": None}
+        if device.type == "cuda":
+            try:
+                from torch.sparse._triton_ops import bsr_dense_mm
+
+                bsr = dense.to_sparse_bsr((32, 32))
+                row["bsr_ms"] = 1e3 * time_steps(lambda b=bsr: bsr_dense_mm(b, x), steps=steps, warmup=2,
+                                                 device=device).median_s
+            except Exception as error:  # a torch build without it: say so in the table
+                row["bsr_error"] = f"{type(error).__name__}: {error}"[:120]
+        rows.append(row)
+    return rows
+
+
 def tables(device_name: str, results: list[dict]) -> str:
     lines = [f"GPU suite on {device_name}: `python benchmarks/gpu_suite.py`", ""]
     for r in results:
@@ -130,6 +166,12 @@ def tables(device_name: str, results: list[dict]) -> str:
             ratio = f"{r['peak_ratio']:.2f}" if r["peak_ratio"] else "n/a"
             lines.append(f"| {r['model']} | {r['config']} | {r['step_s'] * 1e3:.1f} | {r['step_ratio']:.2f} | {peak} | "
                          f"{ratio} | {r['saved_ratio']:.2f}x |")
+    lines += ["", "| SpMM | sparsity | dense ms | effplug int8 ms | torch Triton BSR ms |", "|---|---|---|---|---|"]
+    for r in results:
+        if r["step"] == "sparse spmm":
+            bsr = f"{r['bsr_ms']:.3f}" if r["bsr_ms"] is not None else r.get("bsr_error", "n/a (CPU)")
+            lines.append(f"| {r['size']} | {r['sparsity']:.0%} | {r['dense_ms']:.3f} | {r['effplug_int8_ms']:.3f} | "
+                         f"{bsr} |")
     return "\n".join(lines)
 
 
@@ -151,6 +193,7 @@ def main(argv=None) -> int:
     results = [run_gpu_tests(args.cpu_check)]
     results += kernel_bandwidth(device, sizes)
     results += step_overhead_and_peak(device, sizes)
+    results += sparse_spmm(device, sizes)
     text = tables(device_name, results)
     print(text)
     print(f"\n{time.perf_counter() - started:.0f} s wall", file=sys.stderr)
