@@ -112,12 +112,12 @@ def test_bert_patch_matches_the_unpatched_model_and_trains():
     loss = dropped(input_ids=ids, labels=labels).loss
     loss.backward()
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="supported: bert"):
+    with pytest.raises(ValueError, match="supported families: bert"):
         apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    with pytest.raises(NotImplementedError, match="rms_norm are not built yet"):
-        apply_fused_kernels(_tiny_bert(), rms_norm=True)
-    with pytest.raises(TypeError, match="did you mean 'rms_norm'"):
-        apply_fused_kernels(_tiny_bert(), rms_nrom=True)
+    with pytest.raises(NotImplementedError, match="layer_norm are not built yet"):
+        apply_fused_kernels(_tiny_bert(), layer_norm=True)
+    with pytest.raises(TypeError, match="did you mean 'layer_norm'"):
+        apply_fused_kernels(_tiny_bert(), layer_nrom=True)
 
 
 def test_bert_patch_composes_with_qat_and_compressed_activations_and_the_lightning_door(tmp_path):

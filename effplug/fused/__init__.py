@@ -1,76 +1,85 @@
-"""Fused transformer ops patched into instantiated models, one patch function per model family (Liger-Kernel's
-``apply_liger_kernel_to_*`` shape). ``apply_fused_kernels(model, bias_dropout_residual=True)``.
+"""Fused transformer ops patched into instantiated models (Liger-Kernel's ``apply_liger_kernel_to_*`` shape):
+``apply_fused_kernels(model)``, or one family's ``apply_fused_kernels_to_llama(model)`` and so on.
 
-Implemented so far: bias + dropout + residual (``effplug.kernels.bias_dropout_residual``) in BERT and RoBERTa's
-``*SelfOutput``/``*Output`` blocks. The other ops of the fused-kernels issue (norms, softmax, GELU/SwiGLU, fused
-linear cross-entropy, rotary) and the decoder families are not built yet: asking for them raises an error that
-says so.
+Built: bias + dropout + residual (BERT, RoBERTa), RMSNorm and SwiGLU (Llama, Qwen2, Qwen3, Mistral) and the
+fused linear cross-entropy (GPT-2 and those four). Not built yet: LayerNorm, the scaled masked softmax, GELU
+and rotary embeddings; asking for them raises an error that says so. docs/fused-kernels.md.
 """
 
 from __future__ import annotations
 
 import logging
-import types
 
 from torch import nn
-from torch.nn import functional as F
 
-from effplug.kernels.bias_dropout_residual import FusedBiasDropoutResidual
+from effplug.fused.decoders import patch_cross_entropy, patch_rms_norm, patch_swiglu
+from effplug.fused.encoders import patch_bias_dropout_residual
 
 log = logging.getLogger("effplug.fused")
 
-# class names of the blocks ``dense -> dropout -> LayerNorm(x + residual)``, per family
-BIAS_DROPOUT_RESIDUAL_BLOCKS = {"bert": ("BertSelfOutput", "BertOutput"),
-                                "roberta": ("RobertaSelfOutput", "RobertaOutput")}
-NOT_YET = ("layer_norm", "rms_norm", "swiglu", "cross_entropy", "rope", "softmax", "gelu")
+OPS = ("bias_dropout_residual", "rms_norm", "swiglu", "cross_entropy")
+NOT_YET = ("layer_norm", "rope", "softmax", "gelu")
+# what each family has of the built ops
+FAMILY_OPS = {"bert": ("bias_dropout_residual",), "roberta": ("bias_dropout_residual",), "gpt2": ("cross_entropy",),
+              **{f: ("rms_norm", "swiglu", "cross_entropy") for f in ("llama", "qwen2", "qwen3", "mistral")}}
 
 
-def _fused_output_forward(self, hidden_states, input_tensor):
-    dense = self.dense
-    if type(dense) is nn.Linear and dense.bias is not None:  # fold the bias into the fused pass
-        hidden_states, bias = F.linear(hidden_states, dense.weight), dense.bias
-    else:  # a QAT or otherwise wrapped layer keeps its own forward; dropout and residual stay fused
-        hidden_states, bias = dense(hidden_states), None
-    return self.LayerNorm(self.fused_bias_dropout_residual(hidden_states, bias, input_tensor))
-
-
-def patch_bias_dropout_residual(model: nn.Module, seed: int | None = None) -> list[str]:
-    """Replace BERT/RoBERTa output blocks' ``dropout(dense(x)) + residual`` with the fused op; returns the
-    patched module names."""
-    names = {n for family in BIAS_DROPOUT_RESIDUAL_BLOCKS.values() for n in family}
-    patched = []
-    for name, module in model.named_modules():
-        if type(module).__name__ not in names or hasattr(module, "fused_bias_dropout_residual"):
-            continue
-        if not all(hasattr(module, a) for a in ("dense", "dropout", "LayerNorm")):
-            continue
-        module.fused_bias_dropout_residual = FusedBiasDropoutResidual(module.dropout.p, seed)
-        module.forward = types.MethodType(_fused_output_forward, module)
-        patched.append(name)
-    return patched
-
-
-def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool = True, seed: int | None = None,
-                        **unsupported) -> nn.Module:
+def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool | None = None, rms_norm: bool | None = None,
+                        swiglu: bool | None = None, cross_entropy: bool | None = None, seed: int | None = None,
+                        label_smoothing: float = 0.0, z_loss: float = 0.0, **unsupported) -> nn.Module:
     """Patch ``model``'s modules in place with effplug's fused ops; returns ``model``.
 
-    Raises when nothing in the model can be patched, naming the supported families, and when an op that is
-    not built yet is asked for.
+    Each op is ``None`` (patch where the model has it, the default), ``True`` (the model must have it, else
+    raise) or ``False`` (leave it). ``seed`` drives the fused dropout; ``label_smoothing`` and ``z_loss`` the
+    fused loss. Raises when nothing in the model can be patched, naming the supported families, and when an op
+    that is not built yet is asked for.
     """
-    asked = [k for k, v in unsupported.items() if v]
-    unknown = [k for k in unsupported if k not in NOT_YET]
-    if unknown:
-        from effplug.options import check_options
+    from effplug.options import check_options
 
-        check_options("apply_fused_kernels", unknown, ["bias_dropout_residual", "seed", *NOT_YET])
+    check_options("apply_fused_kernels", unsupported,
+                  [*OPS, *NOT_YET, "seed", "label_smoothing", "z_loss"])
+    asked = [k for k, v in unsupported.items() if v]
     if asked:
-        raise NotImplementedError(f"apply_fused_kernels: {', '.join(asked)} are not built yet; only "
-                                  "bias_dropout_residual is (docs/fused-kernels.md)")
-    if bias_dropout_residual:
-        patched = patch_bias_dropout_residual(model, seed)
-        if not patched:
-            families = ", ".join(f"{f} ({'/'.join(c)})" for f, c in BIAS_DROPOUT_RESIDUAL_BLOCKS.items())
-            raise ValueError(f"apply_fused_kernels(bias_dropout_residual=True) found no block to patch in "
-                             f"{type(model).__name__}; supported: {families}")
-        log.info("effplug.fused: bias + dropout + residual fused in %d blocks", len(patched))
+        raise NotImplementedError(f"apply_fused_kernels: {', '.join(asked)} are not built yet; built: "
+                                  f"{', '.join(OPS)} (docs/fused-kernels.md)")
+    patches = {"bias_dropout_residual": (bias_dropout_residual, lambda: patch_bias_dropout_residual(model, seed)),
+               "rms_norm": (rms_norm, lambda: patch_rms_norm(model)),
+               "swiglu": (swiglu, lambda: patch_swiglu(model)),
+               "cross_entropy": (cross_entropy, lambda: patch_cross_entropy(model, label_smoothing, z_loss))}
+    total = 0
+    for op, (wanted, patch) in patches.items():
+        if wanted is False:
+            continue
+        patched = patch()
+        if wanted and not patched:
+            families = [f for f, ops in FAMILY_OPS.items() if op in ops]
+            raise ValueError(f"apply_fused_kernels({op}=True) found nothing to patch in {type(model).__name__}; "
+                             f"{op} is built for: {', '.join(families)}")
+        if patched:
+            log.info("effplug.fused: %s fused in %d modules", op, len(patched))
+        total += len(patched)
+    if not total:
+        families = "; ".join(f"{family} ({', '.join(ops)})" for family, ops in FAMILY_OPS.items())
+        raise ValueError(f"apply_fused_kernels found nothing to patch in {type(model).__name__}; supported "
+                         f"families: {families}")
     return model
+
+
+def _family_patch(family: str):
+    def apply(model: nn.Module, **options) -> nn.Module:
+        for op in OPS:
+            options.setdefault(op, None if op in FAMILY_OPS[family] else False)
+        return apply_fused_kernels(model, **options)
+
+    apply.__name__ = f"apply_fused_kernels_to_{family}"
+    apply.__doc__ = f"``apply_fused_kernels`` with the ops built for {family}: {', '.join(FAMILY_OPS[family])}."
+    return apply
+
+
+apply_fused_kernels_to_bert = _family_patch("bert")
+apply_fused_kernels_to_roberta = _family_patch("roberta")
+apply_fused_kernels_to_gpt2 = _family_patch("gpt2")
+apply_fused_kernels_to_llama = _family_patch("llama")
+apply_fused_kernels_to_qwen2 = _family_patch("qwen2")
+apply_fused_kernels_to_qwen3 = _family_patch("qwen3")
+apply_fused_kernels_to_mistral = _family_patch("mistral")

@@ -26,6 +26,7 @@ class Variant:
     label: str  # what varies: dtype, bits, stochastic
     signature: dict
     constexprs: dict
+    num_warps: int = 4  # what the launcher passes
 
 
 @dataclass
@@ -128,6 +129,41 @@ def _dropout_backward(dtype):
                     "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
 
 
+def _rms_norm(dtype, backward):
+    ptr = _DTYPES[dtype]
+    if backward:
+        signature = {"grad_ptr": ptr, "x_ptr": ptr, "w_ptr": ptr, "rstd_ptr": "*fp32", "dx_ptr": ptr, "n_rows": "i32",
+                     "hidden": "i32", "offset": "fp32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
+    else:
+        signature = {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "rstd_ptr": "*fp32", "n_rows": "i32",
+                     "hidden": "i32", "eps": "fp32", "offset": "fp32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
+    from effplug.kernels.triton_kernels import norm_warps
+
+    kernel = "_rms_norm_backward_kernel" if backward else "_rms_norm_forward_kernel"
+    return Variant(kernel, f"{dtype} H=4096", signature, {"ROWS": 1, "BLOCK_H": 4096}, norm_warps(4096))
+
+
+def _swiglu(dtype, backward):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    ptr = _DTYPES[dtype]
+    if backward:
+        return Variant("_swiglu_backward_kernel", dtype,
+                       {"grad_ptr": ptr, "a_ptr": ptr, "b_ptr": ptr, "da_ptr": ptr, "db_ptr": ptr, "n": "i32",
+                        "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
+    return Variant("_swiglu_forward_kernel", dtype, {"a_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "n": "i32",
+                                                     "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
+
+
+def _cross_entropy_rows():
+    from effplug.kernels.triton_kernels import CE_BLOCK_V
+
+    return Variant("_cross_entropy_rows_kernel", "fp32 logits",
+                   {"z_ptr": "*fp32", "target_ptr": "*i64", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "vocab": "i32",
+                    "stride": "i32", "ignore_index": "i32", "smoothing": "fp32", "z_loss": "fp32",
+                    "grad_scale": "fp32", "BLOCK_V": "constexpr"}, {"BLOCK_V": CE_BLOCK_V})
+
+
 def _spmm(vector, bits, split):
     from effplug.kernels.triton_kernels import SPARSE_BLOCK_K, SPARSE_BLOCK_N, SPARSE_TILE_M
 
@@ -165,6 +201,8 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_bias_dropout_residual(d, b) for d in dtypes for b in (False, True)]
         out += [_spmm(v, b, s) for v in (2, 4, 8) for b in (4, 8) for s in (False, True)]
         out += [_sddmm(v) for v in (2, 4, 8)]
+        out += [k(d, b) for k in (_rms_norm, _swiglu) for d in dtypes for b in (False, True)]
+        out += [_cross_entropy_rows()]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
             _quantize_pack("bf16", 4, True, "fp16"), _quantize_pack("fp32", 8, True, "bf16"),
@@ -173,7 +211,9 @@ def variants(full: bool = False) -> list[Variant]:
             _pow2("fp32", False), _pow2("bf16", True),
             _topk_count("fp32"), _topk_compact("fp16"), _fake_quantize("bf16"),
             _bias_dropout_residual("fp32", True), _bias_dropout_residual("bf16", False), _dropout_backward("fp16"),
-            _spmm(2, 8, False), _spmm(4, 4, True), _spmm(8, 8, True), _sddmm(4)]
+            _spmm(2, 8, False), _spmm(4, 4, True), _spmm(8, 8, True), _sddmm(4),
+            _rms_norm("bf16", False), _rms_norm("fp32", True), _swiglu("fp16", False), _swiglu("bf16", True),
+            _cross_entropy_rows()]
 
 
 def _tool(name: str) -> str:
@@ -194,7 +234,7 @@ def compile_variant(variant: Variant, capability: int) -> CompileResult:
     fn = getattr(triton_kernels, variant.kernel)
     try:
         compiled = triton.compile(ASTSource(fn, variant.signature, variant.constexprs),
-                                  target=GPUTarget("cuda", capability, 32))
+                                  target=GPUTarget("cuda", capability, 32), options={"num_warps": variant.num_warps})
     except Exception as error:  # a compile error is the result we report
         return CompileResult(variant, target, 0, 0, 0, 0, error=f"{type(error).__name__}: {error}"[:300])
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effplug.kernels.dispatch import interpreter_block
+from effplug.kernels.dispatch import interpreter_block, triton_interpreting
 
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -466,3 +466,169 @@ def sddmm(pattern, qa: torch.Tensor, a_scale: torch.Tensor, qb: torch.Tensor, b_
     _sddmm_kernel[grid](pattern.row_ptr, pattern.col_idx, qa, a_scale, qb, b_scale, out, qa.shape[1], qa.stride(0),
                         qb.stride(0), V=pattern.vector, TILE_M=SPARSE_TILE_M, BLOCK_K=SPARSE_BLOCK_K, BLOCK_NNZ=block)
     return out
+
+
+# RMSNorm (effplug.kernels.rms_norm): ROWS rows of H per program, the sums of each row in float64.
+@triton.jit
+def _rms_norm_forward_kernel(x_ptr, w_ptr, out_ptr, rstd_ptr, n_rows, hidden, eps, offset,
+                             ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+    index = rows[:, None] * hidden + cols[None, :]
+    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    x64 = x.to(tl.float64)
+    mean_square = tl.sum(x64 * x64, axis=1) / tl.cast(hidden, tl.float64)
+    rstd = (1.0 / tl.sqrt(mean_square + tl.cast(eps, tl.float64))).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32) + tl.cast(offset, tl.float32)
+    y = (x * rstd[:, None]) * w[None, :]
+    tl.store(out_ptr + index, _round_to_dtype(y, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+
+
+@triton.jit
+def _rms_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, n_rows, hidden, offset,
+                              ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+    index = rows[:, None] * hidden + cols[None, :]
+    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32) + tl.cast(offset, tl.float32)
+    rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
+    gw = g * w[None, :]
+    rstd64 = rstd.to(tl.float64)
+    dot = tl.sum(gw.to(tl.float64) * x.to(tl.float64), axis=1)
+    coeff = (dot / tl.cast(hidden, tl.float64) * (rstd64 * rstd64 * rstd64)).to(tl.float32)
+    dx = rstd[:, None] * gw - x * coeff[:, None]
+    tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _norm_rows(n_rows: int, hidden: int) -> tuple[int, int]:
+    block_h = triton.next_power_of_2(hidden)
+    if not triton_interpreting():
+        return 1, block_h  # a row per program on a GPU
+    return max(1, min(triton.next_power_of_2(max(n_rows, 1)), 16384 // block_h)), block_h
+
+
+def norm_warps(block_h: int) -> int:
+    """Warps per row program: 8 elements of a row per thread at most, so the float64 sums stay in registers."""
+    return max(4, min(16, block_h // 256))
+
+
+def rms_norm_forward(x2d, weight, eps, offset):
+    n_rows, hidden = x2d.shape
+    out = torch.empty_like(x2d)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2d.device)
+    rows, block_h = _norm_rows(n_rows, hidden)
+    _rms_norm_forward_kernel[(triton.cdiv(n_rows, rows),)](x2d, weight, out, rstd, n_rows, hidden, eps, offset,
+                                                           ROWS=rows, BLOCK_H=block_h, num_warps=norm_warps(block_h))
+    return out, rstd
+
+
+def rms_norm_backward(grad2d, x2d, weight, rstd, offset):
+    n_rows, hidden = x2d.shape
+    dx = torch.empty_like(x2d)
+    rows, block_h = _norm_rows(n_rows, hidden)
+    _rms_norm_backward_kernel[(triton.cdiv(n_rows, rows),)](grad2d, x2d, weight, rstd, dx, n_rows, hidden, offset,
+                                                            ROWS=rows, BLOCK_H=block_h,
+                                                            num_warps=norm_warps(block_h))
+    return dx
+
+
+# SwiGLU (effplug.kernels.swiglu): elementwise, in float64, rounded once to fp32 then to the dtype.
+@triton.jit
+def _swiglu_forward_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    s = 1.0 / (1.0 + tl.exp(-a))
+    tl.store(out_ptr + offs, _round_to_dtype((a * s * b).to(tl.float32), out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_backward_kernel(grad_ptr, a_ptr, b_ptr, da_ptr, db_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    s = 1.0 / (1.0 + tl.exp(-a))
+    da = g * b * s * (1.0 + a * (1.0 - s))
+    db = g * a * s
+    tl.store(da_ptr + offs, _round_to_dtype(da.to(tl.float32), da_ptr.dtype.element_ty), mask=mask)
+    tl.store(db_ptr + offs, _round_to_dtype(db.to(tl.float32), db_ptr.dtype.element_ty), mask=mask)
+
+
+def swiglu_forward(a, b):
+    n = a.numel()
+    out = torch.empty_like(a)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    _swiglu_forward_kernel[(triton.cdiv(n, block),)](a, b, out, n, BLOCK=block)
+    return out
+
+
+def swiglu_backward(grad, a, b):
+    n = a.numel()
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    _swiglu_backward_kernel[(triton.cdiv(n, block),)](grad, a, b, da, db, n, BLOCK=block)
+    return da, db
+
+
+# Cross-entropy rows (effplug.kernels.linear_cross_entropy): one row of fp32 logits per program, BLOCK_V at a
+# time. Pass 1: the max, then Σ exp(z − max) and Σ z in float64. Pass 2 overwrites the logits with the loss's
+# gradient. Ignored rows get loss 0 and gradient 0.
+CE_BLOCK_V = 1024
+
+
+@triton.jit
+def _cross_entropy_rows_kernel(z_ptr, target_ptr, loss_ptr, lse_ptr, vocab, stride, ignore_index, smoothing,
+                               z_loss, grad_scale, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0)
+    base = z_ptr + tl.cast(row, tl.int64) * stride
+    target = tl.load(target_ptr + row)
+    cols = tl.arange(0, BLOCK_V)
+    peak = tl.full((BLOCK_V,), float("-inf"), tl.float32)
+    for start in range(0, vocab, BLOCK_V):
+        z = tl.load(base + start + cols, mask=start + cols < vocab, other=float("-inf"))
+        peak = tl.maximum(peak, z)
+    m = tl.max(peak, axis=0)
+    m64 = m.to(tl.float64)
+    exp_sum = tl.zeros((BLOCK_V,), tl.float64)
+    z_sum = tl.zeros((BLOCK_V,), tl.float64)
+    for start in range(0, vocab, BLOCK_V):
+        valid = start + cols < vocab
+        z = tl.load(base + start + cols, mask=valid, other=0.0).to(tl.float64)
+        exp_sum += tl.where(valid, tl.exp(z - m64), 0.0)
+        z_sum += z
+    lse = m64 + tl.log(tl.sum(exp_sum, axis=0))
+    eps64 = tl.cast(smoothing, tl.float64)
+    lam = tl.cast(z_loss, tl.float64)
+    ignored = target == ignore_index
+    safe_target = tl.where(ignored, 0, target)
+    z_target = tl.load(base + safe_target).to(tl.float64)
+    uniform = eps64 / tl.cast(vocab, tl.float64)
+    loss = lse - (1.0 - eps64) * z_target - uniform * tl.sum(z_sum, axis=0) + lam * lse * lse
+    tl.store(loss_ptr + row, tl.where(ignored, 0.0, loss.to(tl.float32)))
+    tl.store(lse_ptr + row, lse.to(tl.float32))
+    scale = tl.where(ignored, 0.0, tl.cast(grad_scale, tl.float64))
+    softmax_scale = 1.0 + 2.0 * lam * lse
+    for start in range(0, vocab, BLOCK_V):
+        index = start + cols
+        valid = index < vocab
+        z = tl.load(base + index, mask=valid, other=0.0).to(tl.float64)
+        grad = tl.exp(z - lse) * softmax_scale - uniform - tl.where(index == safe_target, 1.0 - eps64, 0.0)
+        tl.store(base + index, (grad * scale).to(tl.float32), mask=valid)
+
+
+def cross_entropy_rows(logits, target, ignore_index, smoothing, z_loss, grad_scale):
+    rows, vocab = logits.shape
+    loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    block = min(CE_BLOCK_V, triton.next_power_of_2(vocab))
+    _cross_entropy_rows_kernel[(rows,)](logits, target, loss, lse, vocab, logits.stride(0), ignore_index, smoothing,
+                                        z_loss, grad_scale, BLOCK_V=block)
+    return loss, lse

@@ -1,0 +1,92 @@
+"""RMSNorm (Zhang & Sennrich, 2019, eq. 4) as one fused pass forward and one backward, with the Gemma-style
+``offset`` (the weight is ``offset + w``). Liger-Kernel's shape: Triton kernels, a torch reference with the
+same contract, an ``autograd.Function`` and a module.
+
+Contract, per row ``x`` of ``H`` elements. The two per-row scalars are computed in float64 and rounded to
+fp32 once; everything elementwise is fp32::
+
+    rstd  = fp32(1 / sqrt(Σ x² / H + eps))                             (float64)
+    y     = (x · rstd) · (offset + w)                                  rounded to nearest in x.dtype
+    coeff = fp32(Σ g(offset + w) x / H · rstd³)                        (float64)
+    dx    = rstd · g(offset + w) − x · coeff
+    dw    = Σ_rows g · (x · rstd)                                      (torch on both paths)
+
+Why float64: torch's CPU ``sqrt`` is not correctly rounded in fp32 (it disagrees with numpy's on 16% of
+inputs), and the Triton and torch row sums add in different orders. In float64 both differences sit ~2^-29
+below an fp32 ulp, so the rounded scalars, and everything after them, agree bit for bit except in that
+vanishing case. bf16 is rounded through its bit pattern. Autograd keeps ``x`` and one fp32 ``rstd`` per row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effplug.kernels import dispatch
+
+
+def _forward_torch(x2d, weight, eps, offset):
+    x = x2d.float()
+    hidden = x.shape[1]
+    mean_square = (x.double() * x.double()).sum(1) / hidden
+    eps = float(torch.tensor(eps, dtype=torch.float32))  # the kernel takes eps as an fp32 argument
+    rstd = (1.0 / torch.sqrt(mean_square + eps)).float()
+    y = (x * rstd[:, None]) * (weight.float() + offset)[None, :]
+    return y.to(x2d.dtype), rstd
+
+
+def _backward_torch(grad2d, x2d, weight, rstd, offset):
+    x, g = x2d.float(), grad2d.float()
+    hidden = x.shape[1]
+    gw = g * (weight.float() + offset)[None, :]
+    rstd64 = rstd.double()
+    coeff = ((gw.double() * x.double()).sum(1) / hidden * (rstd64 * rstd64 * rstd64)).float()
+    return (rstd[:, None] * gw - x * coeff[:, None]).to(x2d.dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, offset: float):
+        shape = x.shape
+        x2d = x.contiguous().view(-1, shape[-1])
+        if dispatch.kernel_backend(x2d) == "triton":
+            y, rstd = dispatch.triton_kernels().rms_norm_forward(x2d, weight.contiguous(), eps, offset)
+        else:
+            y, rstd = _forward_torch(x2d, weight, eps, offset)
+        ctx.save_for_backward(x2d, weight, rstd)
+        ctx.offset = offset
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2d, weight, rstd = ctx.saved_tensors
+        grad2d = grad.contiguous().view(x2d.shape)
+        if dispatch.kernel_backend(grad2d) == "triton":
+            dx = dispatch.triton_kernels().rms_norm_backward(grad2d, x2d, weight.contiguous(), rstd, ctx.offset)
+        else:
+            dx = _backward_torch(grad2d, x2d, weight, rstd, ctx.offset)
+        dw = (grad2d.float() * (x2d.float() * rstd[:, None])).sum(0).to(weight.dtype)
+        return dx.view(grad.shape), dw, None, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
+    """``x / rms(x) · (offset + weight)`` over the last dimension, by the contract above (autograd-aware)."""
+    dispatch.check_float_tensor(x)
+    if weight.dim() != 1 or weight.numel() != x.shape[-1]:
+        raise ValueError(f"weight must be 1-D over x's last dimension ({x.shape[-1]}); got {tuple(weight.shape)}")
+    return RMSNormFunction.apply(x, weight, float(eps), float(offset))
+
+
+class FusedRMSNorm(nn.Module):
+    """``nn.Module`` form: ``FusedRMSNorm(hidden, eps=1e-6, offset=0.0)``; ``offset=1.0`` is Gemma's."""
+
+    def __init__(self, hidden: int, eps: float = 1e-6, offset: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden) if offset == 0 else torch.zeros(hidden))
+        self.eps, self.offset = eps, offset
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps, self.offset)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}, offset={self.offset}"

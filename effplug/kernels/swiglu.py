@@ -1,0 +1,78 @@
+"""SwiGLU (Shazeer, 2020, eq. 6 with Swish_1 = SiLU): ``silu(a) · b`` as one pass forward and one backward,
+where ``a = x W_gate`` and ``b = x W_up``. Liger-Kernel's shape: Triton kernels, a torch reference with the
+same contract, an ``autograd.Function`` and a module.
+
+Contract, per element, computed in float64 and rounded once to fp32, then to nearest in the dtype::
+
+    s   = 1 / (1 + exp(−a))
+    out = a · s · b
+    da  = g · b · s · (1 + a(1 − s)),     db = g · a · s
+
+Why float64: ``exp`` is not correctly rounded in fp32 on either side (torch's vectorized CPU math, the
+interpreter's numpy, a GPU's ``ex2.approx``). In float64 their differences sit ~2^-29 below an fp32 ulp, so
+the rounded results agree bit for bit except in that vanishing case. Autograd keeps ``a`` and ``b``, as the
+unfused ``act_fn(a) * b`` does, but not the activation's output (the unfused form keeps ``silu(a)`` too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effplug.kernels import dispatch
+
+
+def _forward_torch(a, b):
+    a64, b64 = a.float().double(), b.float().double()
+    s = 1.0 / (1.0 + torch.exp(-a64))
+    return (a64 * s * b64).float().to(a.dtype)
+
+
+def _backward_torch(grad, a, b):
+    g, a64, b64 = grad.float().double(), a.float().double(), b.float().double()
+    s = 1.0 / (1.0 + torch.exp(-a64))
+    da = g * b64 * s * (1.0 + a64 * (1.0 - s))
+    db = g * a64 * s
+    return da.float().to(a.dtype), db.float().to(b.dtype)
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        a, b = a.contiguous(), b.contiguous()
+        if dispatch.kernel_backend(a) == "triton":
+            out = dispatch.triton_kernels().swiglu_forward(a, b)
+        else:
+            out = _forward_torch(a, b)
+        ctx.save_for_backward(a, b)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        if dispatch.kernel_backend(grad) == "triton":
+            return dispatch.triton_kernels().swiglu_backward(grad, a, b)
+        return _backward_torch(grad, a, b)
+
+
+def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``silu(a) · b`` by the contract above (autograd-aware)."""
+    dispatch.check_float_tensor(a)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"swiglu needs a and b of one shape and dtype; got {tuple(a.shape)} {a.dtype} and "
+                         f"{tuple(b.shape)} {b.dtype}")
+    return SwiGLUFunction.apply(a, b)
+
+
+class FusedSwiGLUMLP(nn.Module):
+    """The gated MLP of Llama, Qwen2/3 and Mistral: ``down(swiglu(gate(x), up(x)))``."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
