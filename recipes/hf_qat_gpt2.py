@@ -2,6 +2,7 @@
 
     python recipes/hf_qat_gpt2.py                                  # W4A8, OCTAV weights, HF Conv1D layers
     python recipes/hf_qat_gpt2.py --weight-bits 2 --weight-estimator lsq
+    python recipes/hf_qat_gpt2.py --fused-kernels                  # the loss fused with the (tied) head
     torchrun --nproc_per_node 2 recipes/hf_qat_gpt2.py             # DDP: convert first, the Trainer wraps
 
 The model is converted with ``effplug.hf.apply_quantization`` before ``Trainer(...)`` builds its optimizer,
@@ -16,7 +17,7 @@ import torch
 import transformers
 
 from effplug import data, models
-from effplug.hf import apply_quantization
+from effplug.hf import apply_fused_kernels, apply_quantization
 from effplug.quant import QATConfig, export_quantized, integer_model
 
 
@@ -27,6 +28,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--weight-estimator", default="octav")
     parser.add_argument("--act-estimator", default="minmax")
     parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--fused-kernels", action="store_true",
+                        help="effplug.hf.apply_fused_kernels: the training loss never builds the logits")
     parser.add_argument("--out", default="qat_gpt2")
     args = parser.parse_args(argv)
 
@@ -34,6 +37,8 @@ def main(argv=None) -> dict:
     block = 64
     corpus, (train_x, _), (val_x, _) = data.char_lm_windows(block)
     model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=block, n_embd=64, n_layer=2, n_head=4)
+    if args.fused_kernels:
+        apply_fused_kernels(model)
     apply_quantization(model, QATConfig(weight_bits=args.weight_bits, act_bits=args.act_bits,
                                         weight_estimator=args.weight_estimator, act_estimator=args.act_estimator))
     training_args = transformers.TrainingArguments(

@@ -268,6 +268,8 @@ def test_recipes_run_end_to_end(tmp_path):
     assert (tmp_path / "l" / "export_w2.pt").exists()
     out = load("hf_qat_gpt2").main(["--max-steps", "2", "--out", str(tmp_path / "h")])
     assert out["parity"] < 1e-2 and out["eval_loss"] > 0  # float32 vs exact integer sums: rare one-code flips
+    fused = load("hf_qat_gpt2").main(["--max-steps", "2", "--fused-kernels", "--out", str(tmp_path / "f")])
+    assert fused["eval_loss"] == pytest.approx(out["eval_loss"], abs=1e-3)  # the fused loss trains the same
 
 
 @pytest.mark.parametrize("qat_first", [True, False])

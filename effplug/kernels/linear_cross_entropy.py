@@ -6,9 +6,9 @@ into ``dh`` and ``dW``, and freed; backward only scales what forward computed.
 Row contract for logits ``z`` (fp32) of vocabulary ``V``, target ``t``, label smoothing ``ε`` and z-loss
 weight ``λ`` (PaLM, Chowdhery et al., 2022, Sec. 5), with the scalars in float64::
 
-    lse  = max z + log Σ exp(z − max z)
+    S    = Σ exp(z − max z),   lse = max z + log S
     loss = lse − (1 − ε) z_t − (ε / V) Σ z + λ lse²                     (fp32 once; 0 for t = ignore_index)
-    dz_i = (exp(z_i − lse)(1 + 2λ lse) − ε/V − (1 − ε)[i = t]) · scale   (fp32 once; 0 for ignored rows)
+    dz_i = (exp(z_i − max z) / S · (1 + 2λ lse) − ε/V − (1 − ε)[i = t]) · scale   (fp32 once; 0 if ignored)
 
 ``scale`` is 1 / (rows not ignored) for ``reduction="mean"`` and 1 for ``"sum"``. The loss with ``ε`` is
 torch's ``cross_entropy(label_smoothing=ε)``: ``(1 − ε)·CE + ε·mean_i(lse − z_i)``. The Triton row kernel and
@@ -39,12 +39,15 @@ def _cross_entropy_rows_torch(logits, target, ignore_index, smoothing, z_loss, g
     safe_target = torch.where(ignored, torch.zeros_like(target), target)
     peak = logits.max(1).values.double()
     z = logits.double()
-    lse = peak + torch.log(torch.exp(z - peak[:, None]).sum(1))
+    exps = torch.exp(z.sub_(peak[:, None]))  # z − max, in place
+    total = exps.sum(1)
+    lse = peak + torch.log(total)
     uniform = eps / vocab
-    z_target = z.gather(1, safe_target[:, None]).squeeze(1)
-    loss = lse - (1.0 - eps) * z_target - uniform * z.sum(1) + lam * lse * lse
+    z_target = logits.gather(1, safe_target[:, None]).squeeze(1).double()
+    z_sum = logits.double().sum(1) if eps else torch.zeros_like(lse)  # (ε/V)·Σz vanishes without smoothing
+    loss = lse - (1.0 - eps) * z_target - uniform * z_sum + lam * lse * lse
     loss = torch.where(ignored, torch.zeros((), dtype=torch.float32, device=logits.device), loss.float())
-    grad = torch.exp(z - lse[:, None]) * (1.0 + 2.0 * lam * lse)[:, None] - uniform
+    grad = exps.div_(total[:, None]).mul_((1.0 + 2.0 * lam * lse)[:, None]).sub_(uniform)
     grad.scatter_add_(1, safe_target[:, None], torch.full_like(z_target[:, None], -(1.0 - eps)))
     row_scale = torch.where(ignored, torch.zeros((), dtype=torch.float64, device=logits.device), scale)
     logits.copy_((grad * row_scale[:, None]).float())
@@ -60,10 +63,13 @@ def cross_entropy_rows(logits, target, ignore_index=-100, smoothing=0.0, z_loss=
 
 
 def default_chunk_rows(rows: int, hidden: int, vocab: int) -> int:
-    """Rows per chunk: at most an eighth of the rows, and fewer when V ≫ H (a chunk's logits then cost no more
-    than the hidden states they come from, Liger's rule)."""
-    parts = max(8, -(-vocab // hidden))
-    return max(1, -(-rows // parts))
+    """Rows per chunk: at most a sixteenth of the rows (the torch reference's float64 temporaries are twice a
+    chunk's fp32 logits, so it holds at most an eighth of the logits' bytes); fewer when V ≫ H, so that a
+    chunk's logits cost about what the hidden states do (Liger's rule), but not under 256 rows, where the
+    matrix products lose speed."""
+    sixteenth = -(-rows // 16)
+    liger = -(-rows // -(-vocab // hidden))
+    return max(1, min(sixteenth, max(256, liger)))
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):

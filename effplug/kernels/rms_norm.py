@@ -28,7 +28,8 @@ from effplug.kernels import dispatch
 def _forward_torch(x2d, weight, eps, offset):
     x = x2d.float()
     hidden = x.shape[1]
-    mean_square = (x.double() * x.double()).sum(1) / hidden
+    x64 = x.double()
+    mean_square = torch.einsum("ij,ij->i", x64, x64) / hidden  # a float64 dot per row
     eps = float(torch.tensor(eps, dtype=torch.float32))  # the kernel takes eps as an fp32 argument
     rstd = (1.0 / torch.sqrt(mean_square + eps)).float()
     y = (x * rstd[:, None]) * (weight.float() + offset)[None, :]
@@ -40,7 +41,7 @@ def _backward_torch(grad2d, x2d, weight, rstd, offset):
     hidden = x.shape[1]
     gw = g * (weight.float() + offset)[None, :]
     rstd64 = rstd.double()
-    coeff = ((gw.double() * x.double()).sum(1) / hidden * (rstd64 * rstd64 * rstd64)).float()
+    coeff = (torch.einsum("ij,ij->i", gw.double(), x.double()) / hidden * (rstd64 * rstd64 * rstd64)).float()
     return (rstd[:, None] * gw - x * coeff[:, None]).to(x2d.dtype)
 
 

@@ -615,12 +615,13 @@ def _cross_entropy_rows_kernel(z_ptr, target_ptr, loss_ptr, lse_ptr, vocab, stri
     tl.store(loss_ptr + row, tl.where(ignored, 0.0, loss.to(tl.float32)))
     tl.store(lse_ptr + row, lse.to(tl.float32))
     scale = tl.where(ignored, 0.0, tl.cast(grad_scale, tl.float64))
+    total = tl.sum(exp_sum, axis=0)
     softmax_scale = 1.0 + 2.0 * lam * lse
     for start in range(0, vocab, BLOCK_V):
         index = start + cols
         valid = index < vocab
         z = tl.load(base + index, mask=valid, other=0.0).to(tl.float64)
-        grad = tl.exp(z - lse) * softmax_scale - uniform - tl.where(index == safe_target, 1.0 - eps64, 0.0)
+        grad = tl.exp(z - m64) / total * softmax_scale - uniform - tl.where(index == safe_target, 1.0 - eps64, 0.0)
         tl.store(base + index, (grad * scale).to(tl.float32), mask=valid)
 
 
