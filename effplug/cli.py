@@ -233,6 +233,10 @@ def _profile(args) -> int:
     torch.manual_seed(0)
     build = {"bert-tiny": models.tiny_bert, "gpt2-tiny": models.tiny_gpt2, "llama-tiny": models.tiny_llama}
     model = build[args.model]()
+    if args.fused:
+        from effplug.fused import apply_fused_kernels
+
+        apply_fused_kernels(model)
     ids = torch.randint(1, 100, (args.batch, args.seq))
     labels = torch.zeros(args.batch, dtype=torch.long) if args.model == "bert-tiny" else ids
 
@@ -242,8 +246,9 @@ def _profile(args) -> int:
             loss.backward()
 
     report = data_movement(step, model)
-    print(f"{args.model}, batch {args.batch} x {args.seq} tokens, {'forward + backward' if args.backward else 'forward'}"
-          " (bytes each aten op reads and writes; docs/movement.md)\n")
+    print(f"{args.model}{' with effplug fused kernels' if args.fused else ''}, batch {args.batch} x {args.seq} tokens, "
+          f"{'forward + backward' if args.backward else 'forward'} (bytes each aten op reads and writes; "
+          "docs/movement.md)\n")
     print(report.table(args.by, top=args.top))
     return 0
 
@@ -326,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--batch", type=int, default=2)
     profile.add_argument("--seq", type=int, default=64)
     profile.add_argument("--backward", action="store_true", help="count the backward pass too")
+    profile.add_argument("--fused", action="store_true",
+                         help="patch the model with effplug.hf.apply_fused_kernels first (each fused op counts once)")
     profile.add_argument("--by", choices=["kind", "op", "module"], default="kind")
     profile.add_argument("--top", type=int, default=12)
     profile.set_defaults(func=_profile)

@@ -13,6 +13,8 @@ Counting rules, the same for every op:
 - forward ops belong to the innermost module running (forward hooks); backward ops to the leaf module whose
   backward hooks bracket them; the rest (the loss, a first layer whose input needs no gradient) to
   ``<outside modules>``.
+- an effplug fused op (``effplug.kernels.regions.fused_op``) counts once, as ``effplug.<op>``: it reads its
+  inputs and writes its outputs, as its one GPU kernel does, whatever chain its CPU reference runs.
 This is an upper bound on DRAM traffic: a cache may serve a repeated read.
 """
 
@@ -109,13 +111,34 @@ class _Counter(TorchDispatchMode):
     def __init__(self, report: DataMovementReport, where: Callable[[], str]):
         super().__init__()
         self.report, self.where = report, where
+        self.suppressed = 0  # > 0 inside an effplug fused op, which is counted once, as its kernel
+        self._stop_listening = None
+
+    def __enter__(self):
+        from effplug.kernels.regions import listening
+
+        self._stop_listening = listening(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._stop_listening()
+        return super().__exit__(*exc)
+
+    def count_fused(self, name: str, kind: str, inputs: list, outputs: list) -> None:
+        read, written = sum(_nbytes(t) for t in inputs), sum(_nbytes(t) for t in outputs)
+        self._add(f"effplug.{name}", kind, read, written, 0)
+
+    def _add(self, name, kind, read, written, flops) -> None:
+        for bucket in (self.report.per_op[name], self.report.per_kind[kind], self.report.per_module[self.where()],
+                       self.report.total):
+            bucket.add(read, written, flops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         from torch.utils.flop_counter import flop_registry
 
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func.is_view or func.overloadpacket.__name__ in FREE_OPS:
+        if self.suppressed or func.is_view or func.overloadpacket.__name__ in FREE_OPS:
             return out
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
@@ -130,10 +153,7 @@ class _Counter(TorchDispatchMode):
                 flops = int(counter(*args, **kwargs, out_val=out))
             except Exception:  # a counter's signature that does not fit this overload: no FLOPs, as documented
                 flops = 0
-        name, kind = func.overloadpacket.__name__, op_kind(func)
-        for bucket in (self.report.per_op[name], self.report.per_kind[kind], self.report.per_module[self.where()],
-                       self.report.total):
-            bucket.add(read, written, flops)
+        self._add(func.overloadpacket.__name__, op_kind(func), read, written, flops)
         return out
 
 

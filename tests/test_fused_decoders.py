@@ -9,11 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from effplug.kernels.linear_cross_entropy import (
-    _cross_entropy_rows_torch,
-    default_chunk_rows,
-    linear_cross_entropy,
-)
+from effplug.kernels.linear_cross_entropy import _cross_entropy_rows_torch, linear_cross_entropy
 from effplug.kernels.rms_norm import FusedRMSNorm, rms_norm
 from effplug.kernels.swiglu import swiglu
 
@@ -155,39 +151,51 @@ def test_linear_cross_entropy_matches_linear_then_cross_entropy(reduction):
         linear_cross_entropy(hidden, weight.t(), target)
 
 
+class LargestLogits:
+    """The largest tensor with a vocabulary-sized axis that is not weight-shaped (W, its views, dW)."""
+
+    def __init__(self, vocab, hidden_size):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor) and vocab in t.shape and vocab * hidden_size != t.numel():
+                        meter.largest = max(meter.largest, t.numel() * t.element_size())
+                return out
+
+        self.largest, self.mode = 0, Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
 def test_linear_cross_entropy_never_holds_more_than_an_eighth_of_the_logits():
-    """At vocab 32k, the largest tensor the fused loss creates, forward and backward, is a chunk of logits."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    rows, hidden_size, vocab = 64, 32, 32000
-
-    class LargestLogits(TorchDispatchMode):
-        """The largest tensor with a vocabulary-sized axis that is not weight-shaped (W, its views, dW)."""
-        largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and vocab in t.shape and vocab * hidden_size != t.numel():
-                    LargestLogits.largest = max(LargestLogits.largest, t.numel() * t.element_size())
-            return out
-
+    """At vocab 32k and 4096 rows, the largest tensor the fused loss creates, forward and backward, is a chunk."""
+    rows, hidden_size, vocab = 4096, 8, 32000
     gen = torch.Generator().manual_seed(6)
     hidden = torch.randn(rows, hidden_size, generator=gen, requires_grad=True)
     weight = (torch.randn(vocab, hidden_size, generator=gen) * 0.02).requires_grad_()
     target = torch.randint(0, vocab, (rows,), generator=gen)
-    with LargestLogits():
+    with LargestLogits(vocab, hidden_size) as meter:
         loss = linear_cross_entropy(hidden, weight, target)
         loss.backward()
     logits_bytes = rows * vocab * 4
-    assert 0 < LargestLogits.largest <= logits_bytes // 8, (LargestLogits.largest, logits_bytes)
-    assert default_chunk_rows(rows, hidden_size, vocab) * vocab * 4 <= logits_bytes // 8
-    LargestLogits.largest = 0
-    with LargestLogits():  # the meter sees the unfused loss's logits, so it can fail
-        F.cross_entropy(hidden @ weight.t(), target).backward()
-    assert LargestLogits.largest >= logits_bytes
-    assert math.isclose(loss.item(), F.cross_entropy(hidden.detach() @ weight.detach().t(), target).item(),
+    assert 0 < meter.largest <= logits_bytes // 8, (meter.largest, logits_bytes)
+    small = hidden[:32].detach()
+    reference = F.cross_entropy(small @ weight.detach().t(), target[:32])
+    assert math.isclose(linear_cross_entropy(small, weight.detach(), target[:32]).item(), reference.item(),
                         rel_tol=1e-5)
+    with LargestLogits(vocab, hidden_size) as meter:  # the meter sees the unfused loss's logits, so it can fail
+        F.cross_entropy(small.requires_grad_() @ weight.t(), target[:32]).backward()
+    assert meter.largest >= 32 * vocab * 4
 
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

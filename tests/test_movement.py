@@ -49,3 +49,20 @@ def test_effplug_profile_prints_the_report(capsys):
     assert "| kind | calls |" in out and "| normalization |" in out and "elementwise + normalization move" in out
     assert cli.main(["profile", "--model", "t5-huge"]) == 2
     assert "choose from bert-tiny" in capsys.readouterr().err
+
+
+def test_a_fused_op_counts_once_as_its_kernel_moves_bytes():
+    """RMSNorm's CPU reference runs a chain of aten ops; the meter counts the one kernel: x and w read, y and
+    rstd written (the weight gradient stays torch, counted op by op)."""
+    from effplug.kernels.rms_norm import rms_norm
+    from effplug.movement import data_movement
+
+    x, w = torch.randn(8, 16), torch.ones(16)
+    report = data_movement(lambda: rms_norm(x, w))
+    fused = report.per_op["effplug.rms_norm"]
+    assert (fused.calls, fused.read, fused.written) == (1, 8 * 16 * 4 + 16 * 4, 8 * 16 * 4 + 8 * 4)
+    assert report.total.bytes == fused.bytes  # nothing of the reference's chain leaks into the count
+    assert report.per_kind["normalization"].bytes == fused.bytes
+    xs = x.clone().requires_grad_()
+    backward = data_movement(lambda: rms_norm(xs, w).sum().backward())
+    assert backward.per_op["effplug.rms_norm_backward"].calls == 1

@@ -21,6 +21,7 @@ from torch import nn
 
 from effplug.kernels import dispatch
 from effplug.kernels.philox import SEED_LIMIT, random_words, resolve_seed
+from effplug.kernels.regions import fused_op
 
 
 def keep_mask(seed: int, n: int, p: float, device) -> torch.Tensor:
@@ -57,9 +58,12 @@ class BiasDropoutResidual(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         x, residual = x.contiguous(), residual.contiguous()
         if dispatch.kernel_backend(x) == "triton":
-            out = dispatch.triton_kernels().bias_dropout_residual(x, bias, residual, seed, p, scale)
+            def run():
+                return dispatch.triton_kernels().bias_dropout_residual(x, bias, residual, seed, p, scale)
         else:
-            out = _forward_torch(x, bias, residual, seed, p, scale)
+            def run():
+                return _forward_torch(x, bias, residual, seed, p, scale)
+        out = fused_op("bias_dropout_residual", "elementwise", run, x, bias, residual)
         ctx.seed, ctx.p, ctx.scale, ctx.has_bias = seed, p, scale, bias is not None
         return out
 
@@ -67,9 +71,12 @@ class BiasDropoutResidual(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous()
         if dispatch.kernel_backend(grad) == "triton":
-            dx = dispatch.triton_kernels().dropout_backward(grad, ctx.seed, ctx.p, ctx.scale)
+            def run():
+                return dispatch.triton_kernels().dropout_backward(grad, ctx.seed, ctx.p, ctx.scale)
         else:
-            dx = _backward_torch(grad, ctx.seed, ctx.p, ctx.scale)
+            def run():
+                return _backward_torch(grad, ctx.seed, ctx.p, ctx.scale)
+        dx = fused_op("dropout_backward", "elementwise", run, grad)
         dbias = dx.reshape(-1, dx.shape[-1]).sum(0) if ctx.has_bias else None
         return dx, dbias, grad, None, None
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from effplug.kernels import dispatch
+from effplug.kernels.regions import fused_op
 
 REDUCTIONS = ("mean", "sum")
 
@@ -56,20 +57,25 @@ def _cross_entropy_rows_torch(logits, target, ignore_index, smoothing, z_loss, g
 
 def cross_entropy_rows(logits, target, ignore_index=-100, smoothing=0.0, z_loss=0.0, grad_scale=1.0):
     """The row contract above on fp32 ``logits [rows, V]``, through the dispatch; the logits become dz."""
-    if dispatch.kernel_backend(logits) == "triton":
-        return dispatch.triton_kernels().cross_entropy_rows(logits, target, ignore_index, smoothing, z_loss,
-                                                            grad_scale)
-    return _cross_entropy_rows_torch(logits, target, ignore_index, smoothing, z_loss, grad_scale)
+    backend = dispatch.triton_kernels().cross_entropy_rows if dispatch.kernel_backend(logits) == "triton" \
+        else _cross_entropy_rows_torch
+
+    def run():  # the kernel writes the logits (as dz), the loss and lse
+        return (*backend(logits, target, ignore_index, smoothing, z_loss, grad_scale), logits)
+
+    loss, lse, _ = fused_op("cross_entropy_rows", "normalization", run, logits, target)
+    return loss, lse
 
 
 def default_chunk_rows(rows: int, hidden: int, vocab: int) -> int:
-    """Rows per chunk: at most a sixteenth of the rows (the torch reference's float64 temporaries are twice a
-    chunk's fp32 logits, so it holds at most an eighth of the logits' bytes); fewer when V ≫ H, so that a
-    chunk's logits cost about what the hidden states do (Liger's rule), but not under 256 rows, where the
-    matrix products lose speed."""
-    sixteenth = -(-rows // 16)
-    liger = -(-rows // -(-vocab // hidden))
-    return max(1, min(sixteenth, max(256, liger)))
+    """Rows per chunk: a sixteenth of the rows, but not under 256 (or all rows, if fewer).
+
+    A sixteenth, because the torch reference's float64 temporaries are twice a chunk's fp32 logits, so the
+    loss holds at most an eighth of the logits' bytes. Not under 256 rows, because every chunk reads the
+    weight twice and updates dW once: smaller chunks trade a little memory for much more data movement.
+    ``hidden`` and ``vocab`` are for callers that want another rule; this one does not need them.
+    """
+    return max(1, min(rows, max(256, -(-rows // 16))))
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from effplug.kernels import dispatch
+from effplug.kernels.regions import fused_op
 
 
 def _forward_torch(x2d, weight, eps, offset):
@@ -51,9 +52,12 @@ class RMSNormFunction(torch.autograd.Function):
         shape = x.shape
         x2d = x.contiguous().view(-1, shape[-1])
         if dispatch.kernel_backend(x2d) == "triton":
-            y, rstd = dispatch.triton_kernels().rms_norm_forward(x2d, weight.contiguous(), eps, offset)
+            def run():
+                return dispatch.triton_kernels().rms_norm_forward(x2d, weight.contiguous(), eps, offset)
         else:
-            y, rstd = _forward_torch(x2d, weight, eps, offset)
+            def run():
+                return _forward_torch(x2d, weight, eps, offset)
+        y, rstd = fused_op("rms_norm", "normalization", run, x2d, weight)
         ctx.save_for_backward(x2d, weight, rstd)
         ctx.offset = offset
         return y.view(shape)
@@ -63,9 +67,13 @@ class RMSNormFunction(torch.autograd.Function):
         x2d, weight, rstd = ctx.saved_tensors
         grad2d = grad.contiguous().view(x2d.shape)
         if dispatch.kernel_backend(grad2d) == "triton":
-            dx = dispatch.triton_kernels().rms_norm_backward(grad2d, x2d, weight.contiguous(), rstd, ctx.offset)
+            def run():
+                return dispatch.triton_kernels().rms_norm_backward(grad2d, x2d, weight.contiguous(), rstd,
+                                                                   ctx.offset)
         else:
-            dx = _backward_torch(grad2d, x2d, weight, rstd, ctx.offset)
+            def run():
+                return _backward_torch(grad2d, x2d, weight, rstd, ctx.offset)
+        dx = fused_op("rms_norm_backward", "normalization", run, grad2d, x2d, weight, rstd)
         dw = (grad2d.float() * (x2d.float() * rstd[:, None])).sum(0).to(weight.dtype)
         return dx.view(grad.shape), dw, None, None
 

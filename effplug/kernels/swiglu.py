@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from effplug.kernels import dispatch
+from effplug.kernels.regions import fused_op
 
 PART = 1 << 16  # elements per float64 part: the torch path stays in cache instead of making 8-byte copies
 
@@ -50,10 +51,9 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):
         a, b = a.contiguous(), b.contiguous()
-        if dispatch.kernel_backend(a) == "triton":
-            out = dispatch.triton_kernels().swiglu_forward(a, b)
-        else:
-            out = _forward_torch(a, b)
+        backend = dispatch.triton_kernels().swiglu_forward if dispatch.kernel_backend(a) == "triton" \
+            else _forward_torch
+        out = fused_op("swiglu", "elementwise", lambda: backend(a, b), a, b)
         ctx.save_for_backward(a, b)
         return out
 
@@ -61,9 +61,9 @@ class SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         grad = grad.contiguous()
-        if dispatch.kernel_backend(grad) == "triton":
-            return dispatch.triton_kernels().swiglu_backward(grad, a, b)
-        return _backward_torch(grad, a, b)
+        backend = dispatch.triton_kernels().swiglu_backward if dispatch.kernel_backend(grad) == "triton" \
+            else _backward_torch
+        return fused_op("swiglu_backward", "elementwise", lambda: backend(grad, a, b), grad, a, b)
 
 
 def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
