@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from effplug.kernels.gelu import FusedGELU, geglu, gelu
 from effplug.kernels.linear_cross_entropy import _cross_entropy_rows_torch, linear_cross_entropy
 from effplug.kernels.rms_norm import FusedRMSNorm, rms_norm
 from effplug.kernels.swiglu import swiglu
@@ -97,6 +98,37 @@ def test_swiglu_matches_silu_times_up_and_saves_less():
     assert fused * 3 == unfused * 2, (fused, unfused)  # a and b, not silu(a)
     with pytest.raises(ValueError, match="one shape and dtype"):
         swiglu(a, b[:, :3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_and_geglu_triton_match_the_torch_reference_bit_for_bit(dtype, use_backend):
+    gen = torch.Generator().manual_seed(7)
+    for shape in [*SHAPES, (3, 23000)]:
+        for approximate in ("none", "tanh"):
+            a = (torch.randn(*shape, generator=gen) * 4).to(dtype)  # out to -12, where 1 + erf would cancel
+            b = torch.randn(*shape, generator=gen).to(dtype)
+            (o0, da0), (o1, da1) = _run_both(use_backend, lambda x: gelu(x, approximate), [a])
+            assert torch.equal(_bits(o0), _bits(o1)) and torch.equal(_bits(da0), _bits(da1)), (shape, approximate)
+            (o0, da0, db0), (o1, da1, db1) = _run_both(use_backend, lambda x, y: geglu(x, y, approximate), [a, b])
+            assert torch.equal(_bits(o0), _bits(o1)) and torch.equal(_bits(da0), _bits(da1))
+            assert torch.equal(_bits(db0), _bits(db1)), (shape, approximate)
+
+
+def test_gelu_matches_torch_gelu_and_geglu_its_product():
+    gen = torch.Generator().manual_seed(8)
+    a = torch.randn(4000, generator=gen, dtype=torch.float64) * 3
+    b = torch.randn(4000, generator=gen, dtype=torch.float64)
+    for approximate in ("none", "tanh"):
+        x, ref_x = a.float().requires_grad_(), a.clone().requires_grad_()
+        out, ref = gelu(x, approximate), F.gelu(ref_x, approximate=approximate)
+        out.backward(torch.ones_like(out))
+        ref.backward(torch.ones_like(ref))
+        assert (out.double() - ref).abs().max() < 5e-7 and (x.grad.double() - ref_x.grad).abs().max() < 5e-7
+        gated = geglu(a.float(), b.float(), approximate)
+        assert torch.allclose(gated.double(), F.gelu(a, approximate=approximate) * b, atol=1e-6)
+    assert FusedGELU("tanh")(a.float()).shape == a.shape
+    with pytest.raises(ValueError, match="approximate='fast': use one of none, tanh"):
+        gelu(a.float(), "fast")
 
 
 def test_cross_entropy_rows_triton_matches_the_torch_reference_bit_for_bit(use_backend):
@@ -216,7 +248,7 @@ def _decoder(family):
 
 
 # RMSNorms per 2-layer model: 2 per layer and the final one; Qwen3 adds q_norm and k_norm per layer
-EXPECTED = {"gpt2": {"cross_entropy": 1}, "llama": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
+EXPECTED = {"gpt2": {"gelu": 2, "cross_entropy": 1}, "llama": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
             "qwen2": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
             "qwen3": {"rms_norm": 9, "swiglu": 2, "cross_entropy": 1},
             "mistral": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1}}
@@ -301,7 +333,7 @@ def test_apply_fused_kernels_errors_say_what_to_do():
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
     with pytest.raises(ValueError, match="rms_norm is built for: llama, qwen2, qwen3, mistral"):
         apply_fused_kernels(bert, rms_norm=True)
-    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual\)"):
+    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual, gelu\)"):
         apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(NotImplementedError, match="rope are not built yet"):
         apply_fused_kernels(_decoder("llama"), rope=True)

@@ -155,6 +155,21 @@ def _swiglu(dtype, backward):
                                                      "BLOCK": "constexpr"}, {"BLOCK": ELEMENTWISE_BLOCK})
 
 
+def _gelu(dtype, tanh, gated, backward):
+    from effplug.kernels.triton_kernels import ELEMENTWISE_BLOCK
+
+    ptr = _DTYPES[dtype]
+    label = f"{dtype} {'tanh' if tanh else 'erf'}{' gated' if gated else ''}"
+    constexprs = {"TANH": tanh, "GATED": gated, "BLOCK": ELEMENTWISE_BLOCK}
+    if backward:
+        return Variant("_gelu_backward_kernel", label,
+                       {"grad_ptr": ptr, "a_ptr": ptr, "b_ptr": ptr, "da_ptr": ptr, "db_ptr": ptr, "n": "i32",
+                        "TANH": "constexpr", "GATED": "constexpr", "BLOCK": "constexpr"}, constexprs)
+    return Variant("_gelu_forward_kernel", label,
+                   {"a_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "n": "i32", "TANH": "constexpr", "GATED": "constexpr",
+                    "BLOCK": "constexpr"}, constexprs)
+
+
 def _cross_entropy_rows():
     from effplug.kernels.triton_kernels import CE_BLOCK_V
 
@@ -202,6 +217,7 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_spmm(v, b, s) for v in (2, 4, 8) for b in (4, 8) for s in (False, True)]
         out += [_sddmm(v) for v in (2, 4, 8)]
         out += [k(d, b) for k in (_rms_norm, _swiglu) for d in dtypes for b in (False, True)]
+        out += [_gelu(d, t, g, b) for d in dtypes for t in (False, True) for g in (False, True) for b in (False, True)]
         out += [_cross_entropy_rows()]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
@@ -213,6 +229,7 @@ def variants(full: bool = False) -> list[Variant]:
             _bias_dropout_residual("fp32", True), _bias_dropout_residual("bf16", False), _dropout_backward("fp16"),
             _spmm(2, 8, False), _spmm(4, 4, True), _spmm(8, 8, True), _sddmm(4),
             _rms_norm("bf16", False), _rms_norm("fp32", True), _swiglu("fp16", False), _swiglu("bf16", True),
+            _gelu("fp32", False, False, False), _gelu("bf16", True, True, True), _gelu("fp16", False, True, True),
             _cross_entropy_rows()]
 
 

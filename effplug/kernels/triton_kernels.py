@@ -633,3 +633,76 @@ def cross_entropy_rows(logits, target, ignore_index, smoothing, z_loss, grad_sca
     _cross_entropy_rows_kernel[(rows,)](logits, target, loss, lse, vocab, logits.stride(0), ignore_index, smoothing,
                                         z_loss, grad_scale, BLOCK_V=block)
     return loss, lse
+
+
+# GELU and GeGLU (effplug.kernels.gelu): elementwise in float64, rounded once. The constants are fp32-exact
+# (effplug.kernels.gelu.CONSTANTS), so a literal means the same number on every backend.
+@triton.jit
+def _gelu_value_and_slope(a, TANH: tl.constexpr):
+    if TANH:
+        u = 0.7978845834732056 * (a + 0.044714998453855515 * (a * a * a))
+        t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+        value = 0.5 * a * (1.0 + t)
+        slope = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * 0.7978845834732056 * (1.0 + 0.13414500653743744 * (a * a))
+    else:
+        z = tl.abs(a) * 0.7071067690849304
+        t = 1.0 / (1.0 + 0.5 * z)
+        p = 0.170872762799263
+        p = -0.8221522569656372 + t * p
+        p = 1.488515853881836 + t * p
+        p = -1.1352039575576782 + t * p
+        p = 0.27886807918548584 + t * p
+        p = -0.18628805875778198 + t * p
+        p = 0.09678418189287186 + t * p
+        p = 0.3740919530391693 + t * p
+        p = 1.0000237226486206 + t * p
+        half_erfc = 0.5 * (t * tl.exp(-z * z - 1.265512228012085 + t * p))
+        phi = tl.where(a < 0.0, half_erfc, 1.0 - half_erfc)
+        value = a * phi
+        slope = phi + a * tl.exp(-0.5 * (a * a)) * 0.3989422917366028
+    return value, slope
+
+
+@triton.jit
+def _gelu_forward_kernel(a_ptr, b_ptr, out_ptr, n, TANH: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    value, slope = _gelu_value_and_slope(a, TANH)
+    if GATED:
+        value = value * tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    tl.store(out_ptr + offs, _round_to_dtype(value.to(tl.float32), out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gelu_backward_kernel(grad_ptr, a_ptr, b_ptr, da_ptr, db_ptr, n, TANH: tl.constexpr, GATED: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+    value, slope = _gelu_value_and_slope(a, TANH)
+    if GATED:
+        b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+        tl.store(db_ptr + offs, _round_to_dtype((g * value).to(tl.float32), db_ptr.dtype.element_ty), mask=mask)
+        g = g * b
+    tl.store(da_ptr + offs, _round_to_dtype((g * slope).to(tl.float32), da_ptr.dtype.element_ty), mask=mask)
+
+
+def gelu_forward(a, b, tanh):
+    n = a.numel()
+    out = torch.empty_like(a)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    _gelu_forward_kernel[(triton.cdiv(n, block),)](a, a if b is None else b, out, n, TANH=tanh, GATED=b is not None,
+                                                   BLOCK=block)
+    return out
+
+
+def gelu_backward(grad, a, b, tanh):
+    n = a.numel()
+    da = torch.empty_like(a)
+    db = None if b is None else torch.empty_like(b)
+    block = interpreter_block(n, gpu_block=ELEMENTWISE_BLOCK)
+    _gelu_backward_kernel[(triton.cdiv(n, block),)](grad, a, a if b is None else b, da, da if db is None else db, n,
+                                                    TANH=tanh, GATED=b is not None, BLOCK=block)
+    return da, db
