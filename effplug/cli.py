@@ -232,7 +232,7 @@ def _profile(args) -> int:
         raise UsageError(f"--batch {args.batch} --seq {args.seq}: use a batch of at least 1 and 2 tokens")
     torch.manual_seed(0)
     build = {"bert-tiny": models.tiny_bert, "gpt2-tiny": models.tiny_gpt2, "llama-tiny": models.tiny_llama}
-    model = build[args.model]()
+    model = build[args.model](attn_implementation=args.attention)
     if args.fused:
         from effplug.fused import apply_fused_kernels
 
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--batch", type=int, default=2)
     profile.add_argument("--seq", type=int, default=64)
     profile.add_argument("--backward", action="store_true", help="count the backward pass too")
+    profile.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
+                         help="HF attention implementation; --fused replaces eager attention's softmax")
     profile.add_argument("--fused", action="store_true",
                          help="patch the model with effplug.hf.apply_fused_kernels first (each fused op counts once)")
     profile.add_argument("--by", choices=["kind", "op", "module"], default="kind")

@@ -131,6 +131,64 @@ def test_gelu_matches_torch_gelu_and_geglu_its_product():
         gelu(a.float(), "fast")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_dropout_triton_matches_the_torch_reference_bit_for_bit(dtype, use_backend):
+    from effplug.kernels.softmax import scaled_masked_softmax
+
+    gen = torch.Generator().manual_seed(9)
+    cases = [((2, 3, 5, 7), (2, 1, 5, 7)), ((1, 2, 3, 33), (1, 1, 1, 33)), ((2, 1, 4, 4), None),
+             ((1, 1, 2, 130), (1, 1, 2, 130))]
+    for shape, mask_shape in cases:
+        for p in (0.0, 0.2):
+            scores = (torch.randn(*shape, generator=gen) * 3).to(dtype)
+            mask = None if mask_shape is None else torch.where(
+                torch.rand(*mask_shape, generator=gen) < 0.3, -1e4, 0.0).to(dtype)
+            (o0, ds0), (o1, ds1) = _run_both(
+                use_backend, lambda s: scaled_masked_softmax(s, 0.35, mask, p, seed=5), [scores])
+            assert torch.equal(_bits(o0), _bits(o1)) and torch.equal(_bits(ds0), _bits(ds1)), (shape, p)
+
+
+def test_softmax_dropout_contract_gradients_and_saved_bytes():
+    from effplug.kernels.softmax import scaled_masked_softmax
+    from effplug.profile import saved_bytes
+
+    gen = torch.Generator().manual_seed(10)
+    s = torch.randn(2, 3, 5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.randn(2, 1, 5, 16, generator=gen, dtype=torch.float64)
+    x = s.detach().float().requires_grad_()
+    out, ref = scaled_masked_softmax(x, 0.5, mask.float()), F.softmax(s * 0.5 + mask, -1)
+    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.float())
+    ref.backward(grad)
+    assert torch.allclose(out.double(), ref, atol=1e-6) and torch.allclose(x.grad.double(), s.grad, atol=1e-6)
+    big = torch.randn(4, 4, 64, 64, generator=gen)
+    dropped = scaled_masked_softmax(big, 1.0, None, p=0.25, seed=3)
+    kept = (dropped != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.01
+    plain = scaled_masked_softmax(big, 1.0)
+    assert torch.allclose(dropped[dropped != 0], plain[dropped != 0] / 0.75, atol=1e-6)  # kept values rescaled
+    bools = torch.rand(4, 1, 64, 64, generator=gen) > 0.5
+    bools[..., 0] = True
+    assert torch.equal(scaled_masked_softmax(big, 1.0, bools) == 0, ~bools.expand_as(big))
+    leaf = big.clone().requires_grad_()
+    fused = saved_bytes(lambda: scaled_masked_softmax(leaf, 1.0, None, p=0.25, seed=3)).activation_bytes
+    unfused = saved_bytes(lambda: F.dropout(F.softmax(leaf, -1), 0.25)).activation_bytes
+    assert fused == big.numel() * 4 and unfused > fused, (fused, unfused)  # y only: no mask
+    with pytest.raises(ValueError, match="does not broadcast"):
+        scaled_masked_softmax(big, 1.0, torch.zeros(3, 1, 64, 64))
+
+
+def test_sdpa_attention_is_left_as_it_is_and_said_once(caplog):
+    from effplug.hf import apply_fused_kernels
+
+    model = _decoder("llama", attention="sdpa")
+    with caplog.at_level(logging.WARNING, logger="effplug.fused"):
+        apply_fused_kernels(model)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="softmax=True"):
+        apply_fused_kernels(_decoder("qwen2", attention="sdpa"), softmax=True)
+
+
 def test_cross_entropy_rows_triton_matches_the_torch_reference_bit_for_bit(use_backend):
     from effplug.kernels import dispatch
 
@@ -234,45 +292,51 @@ SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
              vocab_size=96, head_dim=8)
 
 
-def _decoder(family):
+def _decoder(family, attention="eager"):
     torch.manual_seed(0)
     if family == "gpt2":
         return transformers.GPT2LMHeadModel(transformers.GPT2Config(
             n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0))
+            attn_pdrop=0.0, attn_implementation=attention))
     config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-              "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}[family](**SMALL)
+              "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}[family](
+        **SMALL, attn_implementation=attention)
     model_class = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
                    "qwen3": transformers.Qwen3ForCausalLM, "mistral": transformers.MistralForCausalLM}[family]
     return model_class(config)
 
 
 # RMSNorms per 2-layer model: 2 per layer and the final one; Qwen3 adds q_norm and k_norm per layer
-EXPECTED = {"gpt2": {"gelu": 2, "cross_entropy": 1}, "llama": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
-            "qwen2": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
-            "qwen3": {"rms_norm": 9, "swiglu": 2, "cross_entropy": 1},
-            "mistral": {"rms_norm": 5, "swiglu": 2, "cross_entropy": 1}}
+EXPECTED = {"gpt2": {"softmax": 2, "gelu": 2, "cross_entropy": 1},
+            "llama": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
+            "qwen2": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
+            "qwen3": {"softmax": 2, "rms_norm": 9, "swiglu": 2, "cross_entropy": 1},
+            "mistral": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1}}
 
 
 @pytest.mark.parametrize("family", list(EXPECTED))
-def test_decoder_patch_matches_the_unpatched_model_through_adam_steps(family, caplog):
+def test_decoder_patch_matches_the_unpatched_model_through_optimizer_steps(family, caplog):
     from effplug import fused
 
     ids = torch.randint(1, 96, (3, 12), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[0, :4] = -100
+    padding = torch.ones_like(ids)
+    padding[1, :3] = 0  # left padding: the mask must reach the fused softmax
     plain, patched = _decoder(family), _decoder(family)
     with caplog.at_level(logging.INFO, logger="effplug.fused"):
         getattr(fused, f"apply_fused_kernels_to_{family}")(patched)
     counts = {op: sum(f"{op} fused in {n} modules" in r.getMessage() for r in caplog.records)
               for op, n in EXPECTED[family].items()}
     assert all(counts.values()), (counts, [r.getMessage() for r in caplog.records])
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (plain, patched)]
+    # SGD, not Adam: Adam divides by the gradient's own size, so it turns a gradient that is zero in exact
+    # arithmetic (the key bias under softmax) into full-size steps driven by rounding noise
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (plain, patched)]
     for _ in range(3):
         losses = []
         for model, opt in zip((plain, patched), opts, strict=True):
             opt.zero_grad()
-            out = model(input_ids=ids, labels=labels)
+            out = model(input_ids=ids, attention_mask=padding, labels=labels)
             out.loss.backward()
             opt.step()
             losses.append(out.loss.item())
@@ -282,8 +346,9 @@ def test_decoder_patch_matches_the_unpatched_model_through_adam_steps(family, ca
         assert torch.allclose(a, b, atol=1e-5)
     patched.eval()
     with torch.no_grad():  # evaluation keeps the logits, and the patched norms and MLPs give the same ones
-        assert torch.allclose(plain.eval()(input_ids=ids).logits, patched(input_ids=ids, labels=labels).logits,
-                              atol=1e-5)
+        assert torch.allclose(plain.eval()(input_ids=ids, attention_mask=padding).logits,
+                              patched(input_ids=ids, attention_mask=padding, labels=labels).logits, atol=1e-5)
+    assert patched.config._attn_implementation == "effplug_fused_eager"
 
 
 def test_decoder_patch_in_bf16_stays_within_bf16_tolerance():
@@ -333,7 +398,7 @@ def test_apply_fused_kernels_errors_say_what_to_do():
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
     with pytest.raises(ValueError, match="rms_norm is built for: llama, qwen2, qwen3, mistral"):
         apply_fused_kernels(bert, rms_norm=True)
-    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual, gelu\)"):
+    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual, softmax, gelu\)"):
         apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(NotImplementedError, match="rope are not built yet"):
         apply_fused_kernels(_decoder("llama"), rope=True)

@@ -15,12 +15,14 @@ class FusedKernels(pl.Callback):
     """Each op is ``None`` (where the model has it), ``True`` (required) or ``False``; see
     ``effplug.fused.apply_fused_kernels``."""
 
-    def __init__(self, bias_dropout_residual: bool | None = None, gelu: bool | None = None,
+    def __init__(self, bias_dropout_residual: bool | None = None, softmax: bool | None = None,
+                 gelu: bool | None = None,
                  rms_norm: bool | None = None,
                  swiglu: bool | None = None, cross_entropy: bool | None = None, seed: int | None = None,
                  label_smoothing: float = 0.0, z_loss: float = 0.0):
-        self.options = dict(bias_dropout_residual=bias_dropout_residual, gelu=gelu, rms_norm=rms_norm, swiglu=swiglu,
-                            cross_entropy=cross_entropy, seed=seed, label_smoothing=label_smoothing, z_loss=z_loss)
+        self.options = dict(bias_dropout_residual=bias_dropout_residual, softmax=softmax, gelu=gelu,
+                            rms_norm=rms_norm, swiglu=swiglu, cross_entropy=cross_entropy, seed=seed,
+                            label_smoothing=label_smoothing, z_loss=z_loss)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -1,9 +1,10 @@
 """Fused transformer ops patched into instantiated models (Liger-Kernel's ``apply_liger_kernel_to_*`` shape):
 ``apply_fused_kernels(model)``, or one family's ``apply_fused_kernels_to_llama(model)`` and so on.
 
-Built: bias + dropout + residual (BERT, RoBERTa), GELU (BERT, RoBERTa, GPT-2), RMSNorm and SwiGLU (Llama,
-Qwen2, Qwen3, Mistral) and the fused linear cross-entropy (GPT-2 and those four). Not built yet: LayerNorm, the
-scaled masked softmax and rotary embeddings; asking for them raises an error that says so.
+Built: bias + dropout + residual (BERT, RoBERTa), the scaled masked softmax with dropout (every family, in
+eager attention), GELU (BERT, RoBERTa, GPT-2), RMSNorm and SwiGLU (Llama, Qwen2, Qwen3, Mistral) and the fused
+linear cross-entropy (GPT-2 and those four). Not built yet: LayerNorm and rotary embeddings; asking for them
+raises an error that says so.
 docs/fused-kernels.md.
 """
 
@@ -14,20 +15,23 @@ import logging
 from torch import nn
 
 from effplug.fused.activations import patch_gelu
+from effplug.fused.attention import patch_softmax
 from effplug.fused.decoders import patch_cross_entropy, patch_rms_norm, patch_swiglu
 from effplug.fused.encoders import patch_bias_dropout_residual
 
 log = logging.getLogger("effplug.fused")
 
-OPS = ("bias_dropout_residual", "gelu", "rms_norm", "swiglu", "cross_entropy")
-NOT_YET = ("layer_norm", "rope", "softmax")
+OPS = ("bias_dropout_residual", "softmax", "gelu", "rms_norm", "swiglu", "cross_entropy")
+NOT_YET = ("layer_norm", "rope")
 # what each family has of the built ops
-FAMILY_OPS = {"bert": ("bias_dropout_residual", "gelu"), "roberta": ("bias_dropout_residual", "gelu"),
-             "gpt2": ("gelu", "cross_entropy"),
-              **{f: ("rms_norm", "swiglu", "cross_entropy") for f in ("llama", "qwen2", "qwen3", "mistral")}}
+FAMILY_OPS = {"bert": ("bias_dropout_residual", "softmax", "gelu"),
+              "roberta": ("bias_dropout_residual", "softmax", "gelu"),
+              "gpt2": ("softmax", "gelu", "cross_entropy"),
+              **{f: ("softmax", "rms_norm", "swiglu", "cross_entropy") for f in ("llama", "qwen2", "qwen3", "mistral")}}
 
 
-def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool | None = None, gelu: bool | None = None,
+def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool | None = None, softmax: bool | None = None,
+                        gelu: bool | None = None,
                         rms_norm: bool | None = None, swiglu: bool | None = None, cross_entropy: bool | None = None, seed: int | None = None,
                         label_smoothing: float = 0.0, z_loss: float = 0.0, **unsupported) -> nn.Module:
     """Patch ``model``'s modules in place with effplug's fused ops; returns ``model``.
@@ -46,6 +50,7 @@ def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool | None = N
         raise NotImplementedError(f"apply_fused_kernels: {', '.join(asked)} are not built yet; built: "
                                   f"{', '.join(OPS)} (docs/fused-kernels.md)")
     patches = {"bias_dropout_residual": (bias_dropout_residual, lambda: patch_bias_dropout_residual(model, seed)),
+               "softmax": (softmax, lambda: patch_softmax(model, seed)),
                "gelu": (gelu, lambda: patch_gelu(model)),
                "rms_norm": (rms_norm, lambda: patch_rms_norm(model)),
                "swiglu": (swiglu, lambda: patch_swiglu(model)),

@@ -88,20 +88,16 @@ def bias_dropout_residual(x: torch.Tensor, bias: torch.Tensor | None, residual: 
     return BiasDropoutResidual.apply(x, bias, residual, float(p), int(seed) % SEED_LIMIT)
 
 
-class FusedBiasDropoutResidual(nn.Module):
-    """``residual + dropout(x + bias)`` with a fresh mask each training call and none stored.
+class DropoutSeeds(nn.Module):
+    """The seed stream of a mask-free dropout: call ``i`` in training uses ``seed + i``.
 
-    The stream's seed comes from ``seed`` (or the framework's seed, ``effplug.kernels.philox.resolve_seed``);
-    call ``i`` uses ``seed + i``. ``calls`` is a buffer, so a checkpoint resumes the same masks. In eval mode,
-    or with ``p == 0``, it is ``residual + x + bias``.
+    ``seed`` comes from the argument or the framework's seed (``effplug.kernels.philox.resolve_seed``). ``seed``
+    and ``calls`` are buffers, so a checkpoint resumes the same masks; Python mirrors spare a host read of a
+    CUDA buffer on every call.
     """
 
-    def __init__(self, p: float = 0.1, seed: int | None = None):
+    def __init__(self, seed: int | None = None):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"p={p!r}: the dropout probability must be in [0, 1)")
-        self.p = p
-        # Python mirrors of the buffers: reading a CUDA buffer each call would sync the host on a hot path
         self._seed, self._calls = resolve_seed(seed), 0
         self.register_buffer("seed", torch.tensor(self._seed, dtype=torch.int64))
         self.register_buffer("calls", torch.tensor(0, dtype=torch.int64))
@@ -110,13 +106,27 @@ class FusedBiasDropoutResidual(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._seed, self._calls = int(self.seed), int(self.calls)  # once, at load time
 
-    def forward(self, x, bias, residual):
-        if not self.training or self.p == 0:
-            return residual + (x if bias is None else x + bias)
+    def next_seed(self) -> int:
         seed = (self._seed + self._calls) % SEED_LIMIT
         self._calls += 1
         self.calls.add_(1)  # device-side, no sync: the checkpoint carries it
-        return bias_dropout_residual(x, bias, residual, self.p, seed)
+        return seed
+
+
+class FusedBiasDropoutResidual(DropoutSeeds):
+    """``residual + dropout(x + bias)`` with a fresh mask each training call and none stored (seeds as in
+    ``DropoutSeeds``). In eval mode, or with ``p == 0``, it is ``residual + x + bias``."""
+
+    def __init__(self, p: float = 0.1, seed: int | None = None):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p={p!r}: the dropout probability must be in [0, 1)")
+        super().__init__(seed)
+        self.p = p
+
+    def forward(self, x, bias, residual):
+        if not self.training or self.p == 0:
+            return residual + (x if bias is None else x + bias)
+        return bias_dropout_residual(x, bias, residual, self.p, self.next_seed())
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

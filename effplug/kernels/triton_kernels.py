@@ -706,3 +706,78 @@ def gelu_backward(grad, a, b, tanh):
     _gelu_backward_kernel[(triton.cdiv(n, block),)](grad, a, a if b is None else b, da, da if db is None else db, n,
                                                     TANH=tanh, GATED=b is not None, BLOCK=block)
     return da, db
+
+
+# Scaled masked softmax with mask-free dropout (effplug.kernels.softmax): one row of K scores per program.
+# Element (row, col) draws dropout word row · W + col, W = K rounded up to 4, so each row starts a Philox counter.
+@triton.jit
+def _softmax_dropout_forward_kernel(s_ptr, mask_ptr, probs_ptr, out_ptr, n_cols, heads, queries, mask_sb, mask_sh,
+                                    mask_sq, mask_sk, scale, seed, p, inv_keep, HAS_MASK: tl.constexpr,
+                                    DROPOUT: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_K)
+    valid = cols < n_cols
+    base = tl.cast(row, tl.int64) * n_cols
+    s = tl.load(s_ptr + base + cols, mask=valid, other=0.0).to(tl.float32) * tl.cast(scale, tl.float32)
+    if HAS_MASK:
+        b = row // (heads * queries)
+        h = (row // queries) % heads
+        q = row % queries
+        m_base = b * mask_sb + h * mask_sh + q * mask_sq
+        s = s + tl.load(mask_ptr + m_base + cols * mask_sk, mask=valid, other=0.0).to(tl.float32)
+    s = tl.where(valid, s, float("-inf"))
+    peak = tl.max(s, axis=0).to(tl.float64)
+    e = tl.where(valid, tl.exp(s.to(tl.float64) - peak), 0.0)
+    y = _round_to_dtype((e / tl.sum(e, axis=0)).to(tl.float32), probs_ptr.dtype.element_ty)
+    tl.store(probs_ptr + base + cols, y, mask=valid)
+    if DROPOUT:
+        width = (n_cols + 3) // 4 * 4
+        r = _random_block(seed, tl.cast(row, tl.int64) * width, BLOCK_K)
+        keep = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0) >= tl.cast(p, tl.float32)
+        out = tl.where(keep, y.to(tl.float32) * tl.cast(inv_keep, tl.float32), 0.0)
+        tl.store(out_ptr + base + cols, _round_to_dtype(out, out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _softmax_dropout_backward_kernel(grad_ptr, probs_ptr, ds_ptr, n_cols, scale, seed, p, inv_keep,
+                                     DROPOUT: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_K)
+    valid = cols < n_cols
+    base = tl.cast(row, tl.int64) * n_cols
+    dy = tl.load(grad_ptr + base + cols, mask=valid, other=0.0).to(tl.float32)
+    if DROPOUT:
+        width = (n_cols + 3) // 4 * 4
+        r = _random_block(seed, tl.cast(row, tl.int64) * width, BLOCK_K)
+        keep = tl.cast(r >> 8, tl.float32) * (1.0 / 16777216.0) >= tl.cast(p, tl.float32)
+        dy = tl.where(keep, dy * tl.cast(inv_keep, tl.float32), 0.0)
+    y = tl.load(probs_ptr + base + cols, mask=valid, other=0.0).to(tl.float32).to(tl.float64)
+    dy64 = dy.to(tl.float64)
+    dot = tl.sum(dy64 * y, axis=0)
+    ds = (y * (dy64 - dot) * tl.cast(scale, tl.float32).to(tl.float64)).to(tl.float32)
+    tl.store(ds_ptr + base + cols, _round_to_dtype(ds, ds_ptr.dtype.element_ty), mask=valid)
+
+
+def softmax_dropout_forward(scores, mask, scale, seed, p, out_dtype):
+    batch, heads, queries, n_cols = scores.shape
+    rows = batch * heads * queries
+    probs = torch.empty_like(scores, dtype=out_dtype)
+    dropout = p > 0
+    out = torch.empty_like(probs) if dropout else probs
+    block = triton.next_power_of_2(max(n_cols, 4))
+    has_mask = mask is not None
+    strides = [mask.stride(i) if mask.shape[i] > 1 else 0 for i in range(4)] if has_mask else [0, 0, 0, 0]
+    _softmax_dropout_forward_kernel[(rows,)](scores, mask if has_mask else scores, probs, out, n_cols, heads, queries,
+                                             *strides, scale, seed, p, 1.0 / (1.0 - p), HAS_MASK=has_mask,
+                                             DROPOUT=dropout, BLOCK_K=block, num_warps=norm_warps(block))
+    return probs, out
+
+
+def softmax_dropout_backward(grad, probs, scale, seed, p, grad_dtype):
+    n_cols = probs.shape[-1]
+    rows = probs.numel() // n_cols
+    ds = torch.empty_like(probs, dtype=grad_dtype)
+    block = triton.next_power_of_2(max(n_cols, 4))
+    _softmax_dropout_backward_kernel[(rows,)](grad, probs, ds, n_cols, scale, seed, p, 1.0 / (1.0 - p),
+                                              DROPOUT=p > 0, BLOCK_K=block, num_warps=norm_warps(block))
+    return ds
