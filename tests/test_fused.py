@@ -96,6 +96,7 @@ def test_bert_patch_matches_the_unpatched_model_and_trains():
     plain, fused = _tiny_bert(), _tiny_bert()
     apply_fused_kernels(fused, seed=0)
     assert sum(hasattr(m, "fused_bias_dropout_residual") for m in fused.modules()) == 4  # 2 layers x 2 blocks
+    assert sum(hasattr(m, "_effplug_layer_norm") for m in fused.modules()) == 5  # and the embeddings' norm
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (plain, fused)]
     for _ in range(3):
         losses = []
@@ -114,8 +115,8 @@ def test_bert_patch_matches_the_unpatched_model_and_trains():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="supported families: bert"):
         apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    with pytest.raises(NotImplementedError, match="layer_norm are not built yet"):
-        apply_fused_kernels(_tiny_bert(), layer_norm=True)
+    with pytest.raises(ValueError, match="layer_norm is built for: bert, roberta, gpt2"):
+        apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)), layer_norm=True)
     with pytest.raises(TypeError, match="did you mean 'layer_norm'"):
         apply_fused_kernels(_tiny_bert(), layer_nrom=True)
 

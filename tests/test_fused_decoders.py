@@ -306,12 +306,12 @@ def _decoder(family, attention="eager"):
     return model_class(config)
 
 
-# RMSNorms per 2-layer model: 2 per layer and the final one; Qwen3 adds q_norm and k_norm per layer
-EXPECTED = {"gpt2": {"softmax": 2, "gelu": 2, "cross_entropy": 1},
-            "llama": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
-            "qwen2": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1},
-            "qwen3": {"softmax": 2, "rms_norm": 9, "swiglu": 2, "cross_entropy": 1},
-            "mistral": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "cross_entropy": 1}}
+# norms per 2-layer model: 2 per layer and the final one; Qwen3 adds q_norm and k_norm per layer
+EXPECTED = {"gpt2": {"softmax": 2, "layer_norm": 5, "gelu": 2, "cross_entropy": 1},
+            "llama": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "rope": 2, "cross_entropy": 1},
+            "qwen2": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "rope": 2, "cross_entropy": 1},
+            "qwen3": {"softmax": 2, "rms_norm": 9, "swiglu": 2, "rope": 2, "cross_entropy": 1},
+            "mistral": {"softmax": 2, "rms_norm": 5, "swiglu": 2, "rope": 2, "cross_entropy": 1}}
 
 
 @pytest.mark.parametrize("family", list(EXPECTED))
@@ -398,9 +398,10 @@ def test_apply_fused_kernels_errors_say_what_to_do():
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
     with pytest.raises(ValueError, match="rms_norm is built for: llama, qwen2, qwen3, mistral"):
         apply_fused_kernels(bert, rms_norm=True)
-    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual, softmax, gelu\)"):
+    with pytest.raises(ValueError, match=r"supported families: bert \(bias_dropout_residual, softmax, layer_norm, "
+                                         r"gelu\)"):
         apply_fused_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    with pytest.raises(NotImplementedError, match="rope are not built yet"):
-        apply_fused_kernels(_decoder("llama"), rope=True)
+    with pytest.raises(ValueError, match="rope is built for: llama, qwen2, qwen3, mistral"):
+        apply_fused_kernels(bert, rope=True)
     with pytest.raises(TypeError, match="did you mean 'swiglu'"):
         apply_fused_kernels(_decoder("llama"), swiglue=True)

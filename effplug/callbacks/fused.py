@@ -16,13 +16,12 @@ class FusedKernels(pl.Callback):
     ``effplug.fused.apply_fused_kernels``."""
 
     def __init__(self, bias_dropout_residual: bool | None = None, softmax: bool | None = None,
-                 gelu: bool | None = None,
-                 rms_norm: bool | None = None,
-                 swiglu: bool | None = None, cross_entropy: bool | None = None, seed: int | None = None,
-                 label_smoothing: float = 0.0, z_loss: float = 0.0):
-        self.options = dict(bias_dropout_residual=bias_dropout_residual, softmax=softmax, gelu=gelu,
-                            rms_norm=rms_norm, swiglu=swiglu, cross_entropy=cross_entropy, seed=seed,
-                            label_smoothing=label_smoothing, z_loss=z_loss)
+                 layer_norm: bool | None = None, gelu: bool | None = None, rms_norm: bool | None = None,
+                 swiglu: bool | None = None, rope: bool | None = None, cross_entropy: bool | None = None,
+                 seed: int | None = None, label_smoothing: float = 0.0, z_loss: float = 0.0):
+        self.options = dict(bias_dropout_residual=bias_dropout_residual, softmax=softmax, layer_norm=layer_norm,
+                            gelu=gelu, rms_norm=rms_norm, swiglu=swiglu, rope=rope, cross_entropy=cross_entropy,
+                            seed=seed, label_smoothing=label_smoothing, z_loss=z_loss)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

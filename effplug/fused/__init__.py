@@ -2,10 +2,8 @@
 ``apply_fused_kernels(model)``, or one family's ``apply_fused_kernels_to_llama(model)`` and so on.
 
 Built: bias + dropout + residual (BERT, RoBERTa), the scaled masked softmax with dropout (every family, in
-eager attention), GELU (BERT, RoBERTa, GPT-2), RMSNorm and SwiGLU (Llama, Qwen2, Qwen3, Mistral) and the fused
-linear cross-entropy (GPT-2 and those four). Not built yet: LayerNorm and rotary embeddings; asking for them
-raises an error that says so.
-docs/fused-kernels.md.
+eager attention), LayerNorm and GELU (BERT, RoBERTa, GPT-2), RMSNorm, SwiGLU and rotary embeddings (Llama,
+Qwen2, Qwen3, Mistral) and the fused linear cross-entropy (GPT-2 and those four). docs/fused-kernels.md.
 """
 
 from __future__ import annotations
@@ -18,42 +16,41 @@ from effplug.fused.activations import patch_gelu
 from effplug.fused.attention import patch_softmax
 from effplug.fused.decoders import patch_cross_entropy, patch_rms_norm, patch_swiglu
 from effplug.fused.encoders import patch_bias_dropout_residual
+from effplug.fused.norms import patch_layer_norm
+from effplug.fused.rotary import patch_rope
 
 log = logging.getLogger("effplug.fused")
 
-OPS = ("bias_dropout_residual", "softmax", "gelu", "rms_norm", "swiglu", "cross_entropy")
-NOT_YET = ("layer_norm", "rope")
+OPS = ("bias_dropout_residual", "softmax", "layer_norm", "gelu", "rms_norm", "swiglu", "rope", "cross_entropy")
 # what each family has of the built ops
-FAMILY_OPS = {"bert": ("bias_dropout_residual", "softmax", "gelu"),
-              "roberta": ("bias_dropout_residual", "softmax", "gelu"),
-              "gpt2": ("softmax", "gelu", "cross_entropy"),
-              **{f: ("softmax", "rms_norm", "swiglu", "cross_entropy") for f in ("llama", "qwen2", "qwen3", "mistral")}}
+FAMILY_OPS = {"bert": ("bias_dropout_residual", "softmax", "layer_norm", "gelu"),
+              "roberta": ("bias_dropout_residual", "softmax", "layer_norm", "gelu"),
+              "gpt2": ("softmax", "layer_norm", "gelu", "cross_entropy"),
+              **{f: ("softmax", "rms_norm", "swiglu", "rope", "cross_entropy")
+                 for f in ("llama", "qwen2", "qwen3", "mistral")}}
 
 
 def apply_fused_kernels(model: nn.Module, bias_dropout_residual: bool | None = None, softmax: bool | None = None,
-                        gelu: bool | None = None,
-                        rms_norm: bool | None = None, swiglu: bool | None = None, cross_entropy: bool | None = None, seed: int | None = None,
-                        label_smoothing: float = 0.0, z_loss: float = 0.0, **unsupported) -> nn.Module:
+                        layer_norm: bool | None = None, gelu: bool | None = None, rms_norm: bool | None = None,
+                        swiglu: bool | None = None, rope: bool | None = None, cross_entropy: bool | None = None,
+                        seed: int | None = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                        **unsupported) -> nn.Module:
     """Patch ``model``'s modules in place with effplug's fused ops; returns ``model``.
 
     Each op is ``None`` (patch where the model has it, the default), ``True`` (the model must have it, else
     raise) or ``False`` (leave it). ``seed`` drives the fused dropout; ``label_smoothing`` and ``z_loss`` the
-    fused loss. Raises when nothing in the model can be patched, naming the supported families, and when an op
-    that is not built yet is asked for.
+    fused loss. Raises when nothing in the model can be patched, naming the supported families.
     """
     from effplug.options import check_options
 
-    check_options("apply_fused_kernels", unsupported,
-                  [*OPS, *NOT_YET, "seed", "label_smoothing", "z_loss"])
-    asked = [k for k, v in unsupported.items() if v]
-    if asked:
-        raise NotImplementedError(f"apply_fused_kernels: {', '.join(asked)} are not built yet; built: "
-                                  f"{', '.join(OPS)} (docs/fused-kernels.md)")
+    check_options("apply_fused_kernels", unsupported, [*OPS, "seed", "label_smoothing", "z_loss"])
     patches = {"bias_dropout_residual": (bias_dropout_residual, lambda: patch_bias_dropout_residual(model, seed)),
                "softmax": (softmax, lambda: patch_softmax(model, seed)),
+               "layer_norm": (layer_norm, lambda: patch_layer_norm(model)),
                "gelu": (gelu, lambda: patch_gelu(model)),
                "rms_norm": (rms_norm, lambda: patch_rms_norm(model)),
                "swiglu": (swiglu, lambda: patch_swiglu(model)),
+               "rope": (rope, lambda: patch_rope(model)),
                "cross_entropy": (cross_entropy, lambda: patch_cross_entropy(model, label_smoothing, z_loss))}
     total = 0
     for op, (wanted, patch) in patches.items():

@@ -179,6 +179,51 @@ def _cross_entropy_rows():
                     "grad_scale": "fp32", "BLOCK_V": "constexpr"}, {"BLOCK_V": CE_BLOCK_V})
 
 
+def _layer_norm(dtype, backward):
+    from effplug.kernels.triton_kernels import norm_warps
+
+    ptr = _DTYPES[dtype]
+    if backward:
+        signature = {"grad_ptr": ptr, "x_ptr": ptr, "w_ptr": ptr, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+                     "dx_ptr": ptr, "n_rows": "i32", "hidden": "i32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
+        constexprs = {"ROWS": 1, "BLOCK_H": 4096}
+    else:
+        signature = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "mean_ptr": "*fp32",
+                     "rstd_ptr": "*fp32", "n_rows": "i32", "hidden": "i32", "eps": "fp32", "HAS_BIAS": "constexpr",
+                     "ROWS": "constexpr", "BLOCK_H": "constexpr"}
+        constexprs = {"HAS_BIAS": True, "ROWS": 1, "BLOCK_H": 4096}
+    kernel = "_layer_norm_backward_kernel" if backward else "_layer_norm_forward_kernel"
+    return Variant(kernel, f"{dtype} H=4096", signature, constexprs, norm_warps(4096))
+
+
+def _rope(dtype, backward):
+    ptr = _DTYPES[dtype]
+    block = 64  # head_dim 128
+    signature = {"x_ptr": ptr, "out_ptr": ptr, "cos_ptr": ptr, "sin_ptr": ptr, "n_rows": "i32", "heads": "i32",
+                 "seq": "i32", "half": "i32", **{f"s{t}_{d}": "i32" for t in "xoc" for d in "bhs"},
+                 "BACKWARD": "constexpr", "ROWS": "constexpr", "BLOCK_D": "constexpr"}
+    return Variant("_rope_kernel", f"{dtype} D=128{' backward' if backward else ''}", signature,
+                   {"BACKWARD": backward, "ROWS": 512 // block, "BLOCK_D": block})
+
+
+def _softmax(dtype, masked, dropout, backward):
+    from effplug.kernels.triton_kernels import norm_warps
+
+    ptr, block = _DTYPES[dtype], 1024  # keys up to 1024 in one row block
+    label = f"{dtype} K<={block}{' masked' if masked else ''}{' dropout' if dropout else ''}"
+    if backward:
+        return Variant("_softmax_dropout_backward_kernel", label,
+                       {"grad_ptr": ptr, "probs_ptr": ptr, "ds_ptr": ptr, "n_cols": "i32", "scale": "fp32",
+                        "seed": "i64", "p": "fp32", "inv_keep": "fp32", "DROPOUT": "constexpr", "BLOCK_K": "constexpr"},
+                       {"DROPOUT": dropout, "BLOCK_K": block}, norm_warps(block))
+    return Variant("_softmax_dropout_forward_kernel", label,
+                   {"s_ptr": ptr, "mask_ptr": ptr, "probs_ptr": ptr, "out_ptr": ptr, "n_cols": "i32", "heads": "i32",
+                    "queries": "i32", "mask_sb": "i32", "mask_sh": "i32", "mask_sq": "i32", "mask_sk": "i32",
+                    "scale": "fp32", "seed": "i64", "p": "fp32", "inv_keep": "fp32", "HAS_MASK": "constexpr",
+                    "DROPOUT": "constexpr", "BLOCK_K": "constexpr"},
+                   {"HAS_MASK": masked, "DROPOUT": dropout, "BLOCK_K": block}, norm_warps(block))
+
+
 def _spmm(vector, bits, split):
     from effplug.kernels.triton_kernels import SPARSE_BLOCK_K, SPARSE_BLOCK_N, SPARSE_TILE_M
 
@@ -216,8 +261,10 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_bias_dropout_residual(d, b) for d in dtypes for b in (False, True)]
         out += [_spmm(v, b, s) for v in (2, 4, 8) for b in (4, 8) for s in (False, True)]
         out += [_sddmm(v) for v in (2, 4, 8)]
-        out += [k(d, b) for k in (_rms_norm, _swiglu) for d in dtypes for b in (False, True)]
+        out += [k(d, b) for k in (_rms_norm, _layer_norm, _swiglu, _rope) for d in dtypes for b in (False, True)]
         out += [_gelu(d, t, g, b) for d in dtypes for t in (False, True) for g in (False, True) for b in (False, True)]
+        out += [_softmax(d, m, p, b) for d in dtypes for m in (False, True) for p in (False, True)
+                for b in (False, True) if not (b and m)]
         out += [_cross_entropy_rows()]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
@@ -230,7 +277,9 @@ def variants(full: bool = False) -> list[Variant]:
             _spmm(2, 8, False), _spmm(4, 4, True), _spmm(8, 8, True), _sddmm(4),
             _rms_norm("bf16", False), _rms_norm("fp32", True), _swiglu("fp16", False), _swiglu("bf16", True),
             _gelu("fp32", False, False, False), _gelu("bf16", True, True, True), _gelu("fp16", False, True, True),
-            _cross_entropy_rows()]
+            _softmax("fp32", True, False, False), _softmax("bf16", True, True, False), _softmax("fp16", False, True, True),
+            _softmax("fp32", False, False, True), _layer_norm("fp16", False), _layer_norm("bf16", True),
+            _rope("bf16", False), _rope("fp32", True), _cross_entropy_rows()]
 
 
 def _tool(name: str) -> str:

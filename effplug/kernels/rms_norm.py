@@ -49,8 +49,7 @@ def _backward_torch(grad2d, x2d, weight, rstd, offset):
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps: float, offset: float):
-        shape = x.shape
-        x2d = x.contiguous().view(-1, shape[-1])
+        x2d = x  # 2-D: the caller views it, so no view made here reaches autograd (in-place users need that)
         if dispatch.kernel_backend(x2d) == "triton":
             def run():
                 return dispatch.triton_kernels().rms_norm_forward(x2d, weight.contiguous(), eps, offset)
@@ -60,12 +59,12 @@ class RMSNormFunction(torch.autograd.Function):
         y, rstd = fused_op("rms_norm", "normalization", run, x2d, weight)
         ctx.save_for_backward(x2d, weight, rstd)
         ctx.offset = offset
-        return y.view(shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
         x2d, weight, rstd = ctx.saved_tensors
-        grad2d = grad.contiguous().view(x2d.shape)
+        grad2d = grad.contiguous()
         if dispatch.kernel_backend(grad2d) == "triton":
             def run():
                 return dispatch.triton_kernels().rms_norm_backward(grad2d, x2d, weight.contiguous(), rstd,
@@ -75,7 +74,7 @@ class RMSNormFunction(torch.autograd.Function):
                 return _backward_torch(grad2d, x2d, weight, rstd, ctx.offset)
         dx = fused_op("rms_norm_backward", "normalization", run, grad2d, x2d, weight, rstd)
         dw = (grad2d.float() * (x2d.float() * rstd[:, None])).sum(0).to(weight.dtype)
-        return dx.view(grad.shape), dw, None, None
+        return dx, dw, None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
@@ -83,7 +82,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: f
     dispatch.check_float_tensor(x)
     if weight.dim() != 1 or weight.numel() != x.shape[-1]:
         raise ValueError(f"weight must be 1-D over x's last dimension ({x.shape[-1]}); got {tuple(weight.shape)}")
-    return RMSNormFunction.apply(x, weight, float(eps), float(offset))
+    x2d = x.contiguous().view(-1, x.shape[-1])
+    return RMSNormFunction.apply(x2d, weight, float(eps), float(offset)).view(x.shape)
 
 
 class FusedRMSNorm(nn.Module):

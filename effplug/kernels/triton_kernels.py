@@ -537,6 +537,119 @@ def rms_norm_backward(grad2d, x2d, weight, rstd, offset):
     return dx
 
 
+# LayerNorm (effplug.kernels.layer_norm): the row's mean and rstd in float64, rounded to fp32 once.
+@triton.jit
+def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr, n_rows, hidden, eps,
+                               HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+    index = rows[:, None] * hidden + cols[None, :]
+    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    x64 = x.to(tl.float64)
+    n = tl.cast(hidden, tl.float64)
+    mean64 = tl.sum(x64, axis=1) / n
+    centered = tl.where(mask, x64 - mean64[:, None], 0.0)
+    var = tl.sum(centered * centered, axis=1) / n
+    mean = mean64.to(tl.float32)
+    rstd = (1.0 / tl.sqrt(var + tl.cast(eps, tl.float64))).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+    y = ((x - mean[:, None]) * rstd[:, None]) * w[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + index, _round_to_dtype(y, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + rows, mean, mask=rows < n_rows)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+
+
+@triton.jit
+def _layer_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, n_rows, hidden,
+                                ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+    index = rows[:, None] * hidden + cols[None, :]
+    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+    mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
+    rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    gw = g * w[None, :]
+    n = tl.cast(hidden, tl.float64)
+    c1 = (tl.sum(gw.to(tl.float64) * xhat.to(tl.float64), axis=1) / n).to(tl.float32)
+    c2 = (tl.sum(gw.to(tl.float64), axis=1) / n).to(tl.float32)
+    dx = rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])
+    tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+
+
+def layer_norm_forward(x2d, weight, bias, eps):
+    n_rows, hidden = x2d.shape
+    out = torch.empty_like(x2d)
+    mean = torch.empty(n_rows, dtype=torch.float32, device=x2d.device)
+    rstd = torch.empty_like(mean)
+    rows, block_h = _norm_rows(n_rows, hidden)
+    has_bias = bias is not None
+    _layer_norm_forward_kernel[(triton.cdiv(n_rows, rows),)](x2d, weight, bias if has_bias else weight, out, mean,
+                                                             rstd, n_rows, hidden, eps, HAS_BIAS=has_bias, ROWS=rows,
+                                                             BLOCK_H=block_h, num_warps=norm_warps(block_h))
+    return out, mean, rstd
+
+
+def layer_norm_backward(grad2d, x2d, weight, mean, rstd):
+    n_rows, hidden = x2d.shape
+    dx = torch.empty_like(x2d)
+    rows, block_h = _norm_rows(n_rows, hidden)
+    _layer_norm_backward_kernel[(triton.cdiv(n_rows, rows),)](grad2d, x2d, weight, mean, rstd, dx, n_rows, hidden,
+                                                              ROWS=rows, BLOCK_H=block_h,
+                                                              num_warps=norm_warps(block_h))
+    return dx
+
+
+# Rotary embedding (effplug.kernels.rope): rows (b, h, s) of x and out, each with its own strides (the last is
+# 1); cos and sin broadcast over heads through stride 0. fp32 products, rounded once to the dtype.
+@triton.jit
+def _rope_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, n_rows, heads, seq, half, sx_b, sx_h, sx_s, so_b, so_h, so_s,
+                 sc_b, sc_h, sc_s, BACKWARD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < half)
+    r = tl.cast(rows, tl.int64)
+    b = r // (heads * seq)
+    h = (r // seq) % heads
+    t = r % seq
+    x_base = (b * sx_b + h * sx_h + t * sx_s)[:, None] + cols[None, :]
+    o_base = (b * so_b + h * so_h + t * so_s)[:, None] + cols[None, :]
+    c_base = (b * sc_b + h * sc_h + t * sc_s)[:, None] + cols[None, :]
+    x1 = tl.load(x_ptr + x_base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + x_base + half, mask=mask, other=0.0).to(tl.float32)
+    c1 = tl.load(cos_ptr + c_base, mask=mask, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + c_base + half, mask=mask, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + c_base, mask=mask, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + c_base + half, mask=mask, other=0.0).to(tl.float32)
+    if BACKWARD:  # the transpose of the rotation
+        y1 = x1 * c1 + x2 * s2
+        y2 = x2 * c2 - x1 * s1
+    else:
+        y1 = x1 * c1 - x2 * s1
+        y2 = x2 * c2 + x1 * s2
+    tl.store(out_ptr + o_base, _round_to_dtype(y1, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + o_base + half, _round_to_dtype(y2, out_ptr.dtype.element_ty), mask=mask)
+
+
+def rope(x, out, cos, sin, backward):
+    """``x`` and ``out`` (B, H, S, D) with unit last stride, ``cos``/``sin`` broadcast to that shape."""
+    batch, heads, seq, dim = x.shape
+    n_rows, half = batch * heads * seq, dim // 2
+    block_d = triton.next_power_of_2(max(half, 1))
+    per_program = 8192 if triton_interpreting() else 512  # elements of each half per program
+    rows = max(1, min(triton.next_power_of_2(n_rows), per_program // block_d))
+    _rope_kernel[(triton.cdiv(n_rows, rows),)](x, out, cos, sin, n_rows, heads, seq, half, *x.stride()[:3],
+                                               *out.stride()[:3], *cos.stride()[:3], BACKWARD=backward, ROWS=rows,
+                                               BLOCK_D=block_d)
+    return out
+
+
 # SwiGLU (effplug.kernels.swiglu): elementwise, in float64, rounded once to fp32 then to the dtype.
 @triton.jit
 def _swiglu_forward_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):

@@ -1,0 +1,180 @@
+"""LayerNorm and the rotary embedding: each Triton kernel against its torch reference bit for bit over odd
+shapes, strides and dtypes; each contract against the unfused formula (HF's own function for RoPE); what
+autograd keeps; and the patch's reach (per instance, with warnings for what it leaves)."""
+
+import logging
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from effplug.kernels.layer_norm import FusedLayerNorm, layer_norm
+from effplug.kernels.rope import rotary_embedding
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_triton_matches_the_torch_reference_bit_for_bit(dtype, use_backend):
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(3, 37), (2, 5, 64), (1, 1), (4, 130)]:
+        for has_bias in (True, False):
+            x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype)
+            w = (torch.randn(shape[-1], generator=gen) * 0.1 + 1).to(dtype)
+            b = (torch.randn(shape[-1], generator=gen) * 0.1).to(dtype) if has_bias else None
+            results = []
+            for backend in ("torch", "triton"):
+                use_backend(backend)
+                leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if has_bias else ())]
+                out = layer_norm(leaves[0], leaves[1], leaves[2] if has_bias else None, 1e-5)
+                out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(dtype))
+                results.append([out.detach()] + [leaf.grad for leaf in leaves])
+            (y0, dx0, *dp0), (y1, dx1, *dp1) = results
+            assert torch.equal(_bits(y0), _bits(y1)) and torch.equal(_bits(dx0), _bits(dx1)), (shape, has_bias)
+            assert all(torch.equal(p, q) for p, q in zip(dp0, dp1, strict=True))  # torch on both paths
+
+
+def test_layer_norm_contract_and_gradients_match_torch_layer_norm():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 50, generator=gen, dtype=torch.float64) * 4 + 2
+    w = torch.randn(50, generator=gen, dtype=torch.float64)
+    b = torch.randn(50, generator=gen, dtype=torch.float64)
+    ours = [t.float().requires_grad_() for t in (x, w, b)]
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = layer_norm(*ours, 1e-5)
+    expected = F.layer_norm(ref[0], (50,), ref[1], ref[2], 1e-5)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.float())
+    expected.backward(grad)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    for a, e in zip(ours, ref, strict=True):
+        assert torch.allclose(a.grad.double(), e.grad, atol=1e-4)
+    module = FusedLayerNorm(50, bias=False)
+    assert module.bias is None
+    assert torch.allclose(module(x.float()), F.layer_norm(x.float(), (50,), eps=1e-5), atol=1e-5)
+    with pytest.raises(ValueError, match="bias must be 1-D over x's last dimension"):
+        layer_norm(x.float(), w.float(), b[:3].float())
+
+
+def _hf_rotate(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _hf_rope(q, k, cos, sin, unsqueeze_dim=1):
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + _hf_rotate(q) * sin, k * cos + _hf_rotate(k) * sin
+
+
+def _projected(batch, seq, heads, dim, gen, dtype):
+    """q as HF's attention makes it: a (B, H, S, D) transposed view of a projection's output."""
+    leaf = torch.randn(batch, seq, heads * dim, generator=gen).to(dtype).requires_grad_()
+    return leaf, lambda: (leaf * 1).view(batch, seq, heads, dim).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_triton_matches_the_torch_reference_bit_for_bit(dtype, use_backend):
+    gen = torch.Generator().manual_seed(2)
+    for batch, seq, heads, kv_heads, dim in [(2, 5, 3, 1, 8), (1, 1, 1, 1, 2), (3, 7, 4, 2, 18)]:
+        q_leaf, make_q = _projected(batch, seq, heads, dim, gen, dtype)
+        k_leaf = torch.randn(batch, kv_heads, seq, dim, generator=gen).to(dtype).requires_grad_()
+        cos = torch.randn(batch, seq, dim, generator=gen).to(dtype)
+        sin = torch.randn(batch, seq, dim, generator=gen).to(dtype)
+        for inplace in (True, False):
+            results = []
+            for backend in ("torch", "triton"):
+                use_backend(backend)
+                q_leaf.grad = k_leaf.grad = None
+                q, k = make_q(), k_leaf * 1
+                q_out, k_out = rotary_embedding(q, k, cos, sin, inplace=inplace)
+                assert (q_out.data_ptr() == q.data_ptr()) == inplace
+                (q_out.float() * 0.5 + k_out.float().sum()).sum().backward()
+                results.append([q_out.detach(), k_out.detach(), q_leaf.grad.clone(), k_leaf.grad.clone()])
+            assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*results, strict=True)), (dim, inplace)
+
+
+def test_rope_is_hf_bit_for_bit_in_fp32_and_moves_fewer_bytes():
+    from effplug.movement import data_movement
+    from effplug.profile import saved_bytes
+
+    gen = torch.Generator().manual_seed(3)
+    batch, seq, heads, dim = 2, 6, 4, 16
+    q_leaf, make_q = _projected(batch, seq, heads, dim, gen, torch.float32)
+    k_leaf = torch.randn(batch, 2, seq, dim, generator=gen).requires_grad_()
+    cos, sin = torch.randn(batch, seq, dim, generator=gen), torch.randn(batch, seq, dim, generator=gen)
+    grads = []
+    for rope in (_hf_rope, lambda *a: rotary_embedding(*a, inplace=True)):
+        q_leaf.grad = k_leaf.grad = None
+        q_out, k_out = rope(make_q(), k_leaf * 1, cos, sin)
+        weight = torch.linspace(-1, 1, q_out.numel()).view(q_out.shape)
+        ((q_out * weight).sum() + (k_out * k_out).sum()).backward()
+        grads.append([q_out.detach(), k_out.detach(), q_leaf.grad, k_leaf.grad])
+    for ours, hf in zip(grads[1], grads[0], strict=True):
+        assert torch.equal(ours, hf)
+    layout = rotary_embedding(q_leaf.detach().view(batch, seq, heads, dim), k_leaf.detach().transpose(1, 2), cos,
+                              sin, unsqueeze_dim=2)  # (B, S, H, D)
+    hf = _hf_rope(q_leaf.detach().view(batch, seq, heads, dim), k_leaf.detach().transpose(1, 2), cos, sin, 2)
+    assert all(torch.equal(a, b) for a, b in zip(layout, hf, strict=True))
+
+    def rotate(rope):
+        q, k = make_q(), k_leaf * 1  # made outside the meter: it sees the rotation alone
+        return lambda: rope(q, k, cos, sin)
+
+    fused_rope = lambda *a: rotary_embedding(*a, inplace=True)  # noqa: E731
+    # cos and sin are constants, so both forms keep only them; fusing saves passes over q and k
+    assert saved_bytes(rotate(fused_rope)).activation_bytes == saved_bytes(rotate(_hf_rope)).activation_bytes
+    assert saved_bytes(rotate(fused_rope)).activation_bytes == 2 * cos.numel() * 4
+    fused, unfused = data_movement(rotate(fused_rope)).total, data_movement(rotate(_hf_rope)).total
+    q_and_k = (q_leaf.numel() + k_leaf.numel()) * 4
+    assert fused.bytes == 2 * q_and_k + 2 * 2 * cos.numel() * 4  # read q, k (and cos, sin per call), write q, k
+    assert unfused.bytes > 3 * fused.bytes, (unfused.bytes, fused.bytes)
+    with pytest.raises(ValueError, match="detach them"):
+        rotary_embedding(make_q(), k_leaf, cos.requires_grad_(), sin)
+    with pytest.raises(ValueError, match="even last dimension"):
+        rotary_embedding(torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
+
+
+def test_rope_patch_is_per_instance_and_layer_norm_patch_reports_what_it_leaves(caplog, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama
+
+    from effplug.fused import apply_fused_kernels
+    from effplug.kernels.rope import RotaryEmbeddingFunction
+
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                      attn_implementation="sdpa")
+    torch.manual_seed(0)
+    plain = transformers.LlamaForCausalLM(config)
+    torch.manual_seed(0)
+    patched = apply_fused_kernels(transformers.LlamaForCausalLM(config), rope=True, softmax=False, rms_norm=False,
+                                  swiglu=False, cross_entropy=False)
+    assert getattr(modeling_llama.apply_rotary_pos_emb, "_effplug_dispatcher", False)
+    calls = []
+    fused_apply = RotaryEmbeddingFunction.apply
+    monkeypatch.setattr(RotaryEmbeddingFunction, "apply", lambda *a: calls.append(1) or fused_apply(*a))
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    losses, seen = [], []
+    for model in (plain, patched):
+        calls.clear()
+        loss = model(input_ids=ids, labels=ids).loss
+        seen.append(len(calls))
+        loss.backward()
+        losses.append(loss.item())
+    assert seen == [0, 2], seen  # the unpatched model still runs HF's function; the patched one q and k fused
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for a, b in zip(plain.parameters(), patched.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+    odd = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.LayerNorm((2, 4)),
+                              torch.nn.LayerNorm(8, elementwise_affine=False))
+    with caplog.at_level(logging.WARNING, logger="effplug.fused"):
+        apply_fused_kernels(odd, layer_norm=True)
+    left = [r.getMessage() for r in caplog.records if "layer_norm left" in r.getMessage()]
+    assert len(left) == 2 and "(2, 4)" in left[0] and "without weights" in left[1], left
+    x = torch.randn(3, 2, 8)
+    assert torch.allclose(odd[0](x), F.layer_norm(x, (8,), odd[0].weight, odd[0].bias), atol=1e-6)
