@@ -3,6 +3,7 @@ each op's torch reference against the eager unfused formula and its ``torch.comp
 
     python benchmarks/fused.py                      # about 3 minutes on 2 cores
     python benchmarks/fused.py --no-compile         # skip torch.compile (it needs a C++ compiler)
+    TRITON_INTERPRET=1 python benchmarks/fused.py --liger   # Liger-Kernel as a peer (benchmarks/fused_liger.py)
 
 Prints tables and writes docs/data/fused.json. On a GPU the Triton kernels run instead of the references; the
 GPU suite (benchmarks/gpu_suite.py) times them there.
@@ -17,8 +18,10 @@ import time
 import torch
 from torch.nn import functional as F
 
+from effplug.kernels.layer_norm import layer_norm
 from effplug.kernels.linear_cross_entropy import linear_cross_entropy
 from effplug.kernels.rms_norm import rms_norm
+from effplug.kernels.rope import rotary_embedding
 from effplug.kernels.swiglu import swiglu
 from effplug.profile import saved_bytes, write_report
 
@@ -34,8 +37,9 @@ def _median_ms(fn, repeats=7, warmup=2) -> float:
     return statistics.median(times)
 
 
-def _largest_vocab_tensor(fn, vocab: int, weight_numel: int) -> int:
-    """Bytes of the largest tensor with a vocabulary axis that ``fn`` creates, weight-shaped ones excluded."""
+def _largest_vocab_tensor(fn, vocab: int, weight_shape: tuple) -> int:
+    """Bytes of the largest tensor with a vocabulary axis that ``fn`` creates, weight-shaped ones (the head
+    and its gradient) excluded."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Largest(TorchDispatchMode):
@@ -44,7 +48,7 @@ def _largest_vocab_tensor(fn, vocab: int, weight_numel: int) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and vocab in t.shape and t.numel() != weight_numel:
+                if isinstance(t, torch.Tensor) and vocab in t.shape and tuple(t.shape) != weight_shape:
                     Largest.bytes = max(Largest.bytes, t.numel() * t.element_size())
             return out
 
@@ -92,7 +96,7 @@ def model_rows(vocab: int, seq: int, batch: int) -> list[dict]:
         losses[fused] = step().item()
         saved = saved_bytes(lambda model=model: model(input_ids=ids, labels=ids).loss).activation_bytes
         held = _gradients_held(model(input_ids=ids, labels=ids).loss)
-        largest = _largest_vocab_tensor(step, vocab, vocab * config.hidden_size)
+        largest = _largest_vocab_tensor(step, vocab, (vocab, config.hidden_size))
         rows.append({"model": f"llama h256 L2 V{vocab}", "patched": fused, "saved_activation_MB": saved / 2**20,
                      "loss_gradients_held_MB": held / 2**20,
                      "largest_logits_MB": largest / 2**20, "step_ms": _median_ms(step, repeats=5),
@@ -118,7 +122,24 @@ def op_rows(compile_: bool) -> list[dict]:
     def unfused_ce(h, head, target):
         return F.cross_entropy(h @ head.t(), target)
 
+    bias = torch.zeros(1024)
+    q, k = torch.randn(4, 16, 256, 64, generator=gen), torch.randn(4, 4, 256, 64, generator=gen)
+    angles = torch.arange(256.0)[:, None] * 10000.0 ** (-torch.arange(0, 64, 2) / 64)
+    cos, sin = (torch.cat([f(angles)] * 2, -1).expand(4, 256, 64).contiguous() for f in (torch.cos, torch.sin))
+
+    def rotate(t):
+        return torch.cat((-t[..., 32:], t[..., :32]), -1)
+
+    def hf_rope(q, k):
+        return torch.cat([(t * cos[:, None] + rotate(t) * sin[:, None]).flatten() for t in (q, k)])
+
+    def our_rope(q, k):
+        return torch.cat([t.flatten() for t in rotary_embedding(q * 1, k * 1, cos, sin, inplace=True)])
+
     cases = [("rms_norm [4096, 1024]", hf_rms, rms_norm, (x, w)),
+             ("layer_norm [4096, 1024] (eager is aten's fused kernel)", lambda x, w, b: F.layer_norm(x, (1024,), w, b),
+              layer_norm, (x, w, bias)),
+             ("rope q [4, 16, 256, 64], k [4, 4, 256, 64]", hf_rope, our_rope, (q, k)),
              ("swiglu [4096, 2752]", silu_mul, swiglu, (a, b)),
              ("linear + cross-entropy [2048, 256] x V32000", unfused_ce, linear_cross_entropy, (h, head, target))]
     rows = []
@@ -159,15 +180,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--out", default="docs/data/fused.json")
+    parser.add_argument("--liger", action="store_true",
+                        help="only the Liger-Kernel comparison, in the interpreter (writes docs/data/fused_liger.json)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.liger:
+        from fused_liger import liger_rows
+
+        rows = liger_rows()
+        print(_table(rows))
+        write_report(args.out or "docs/data/fused_liger.json", rows, argv=argv)
+        return {"liger": rows}
     torch.set_num_threads(torch.get_num_threads())
     models = model_rows(args.vocab, args.seq, args.batch)
     print(_table(models))
     ops = op_rows(not args.no_compile)
     print()
     print(_table(ops))
-    write_report(args.out, models + ops, argv=argv, threads=torch.get_num_threads())
+    write_report(args.out or "docs/data/fused.json", models + ops, argv=argv, threads=torch.get_num_threads())
     return {"models": models, "ops": ops}
 
 

@@ -130,17 +130,19 @@ def _dropout_backward(dtype):
 
 
 def _rms_norm(dtype, backward):
-    ptr = _DTYPES[dtype]
-    if backward:
-        signature = {"grad_ptr": ptr, "x_ptr": ptr, "w_ptr": ptr, "rstd_ptr": "*fp32", "dx_ptr": ptr, "n_rows": "i32",
-                     "hidden": "i32", "offset": "fp32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
-    else:
-        signature = {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "rstd_ptr": "*fp32", "n_rows": "i32",
-                     "hidden": "i32", "eps": "fp32", "offset": "fp32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
     from effplug.kernels.triton_kernels import norm_warps
 
-    kernel = "_rms_norm_backward_kernel" if backward else "_rms_norm_forward_kernel"
-    return Variant(kernel, f"{dtype} H=4096", signature, {"ROWS": 1, "BLOCK_H": 4096}, norm_warps(4096))
+    ptr = _DTYPES[dtype]
+    if backward:
+        signature = {"grad_ptr": ptr, "x_ptr": ptr, "w_ptr": ptr, "rstd_ptr": "*fp32", "dx_ptr": ptr, "dw_ptr": "*fp64",
+                     "n_rows": "i32", "hidden": "i32", "offset": "fp32", "ROWS": "constexpr",
+                     "ROWS_PER_PROGRAM": "constexpr", "BLOCK_H": "constexpr"}
+        return Variant("_rms_norm_backward_kernel", f"{dtype} H=4096", signature,
+                       {"ROWS": 1, "ROWS_PER_PROGRAM": 32, "BLOCK_H": 4096}, norm_warps(4096))
+    signature = {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "rstd_ptr": "*fp32", "n_rows": "i32",
+                 "hidden": "i32", "eps": "fp32", "offset": "fp32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
+    return Variant("_rms_norm_forward_kernel", f"{dtype} H=4096", signature, {"ROWS": 1, "BLOCK_H": 4096},
+                   norm_warps(4096))
 
 
 def _swiglu(dtype, backward):
@@ -185,8 +187,10 @@ def _layer_norm(dtype, backward):
     ptr = _DTYPES[dtype]
     if backward:
         signature = {"grad_ptr": ptr, "x_ptr": ptr, "w_ptr": ptr, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-                     "dx_ptr": ptr, "n_rows": "i32", "hidden": "i32", "ROWS": "constexpr", "BLOCK_H": "constexpr"}
-        constexprs = {"ROWS": 1, "BLOCK_H": 4096}
+                     "dx_ptr": ptr, "dw_ptr": "*fp64", "db_ptr": "*fp64", "n_rows": "i32", "hidden": "i32",
+                     "HAS_BIAS": "constexpr", "ROWS": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
+                     "BLOCK_H": "constexpr"}
+        constexprs = {"HAS_BIAS": True, "ROWS": 1, "ROWS_PER_PROGRAM": 32, "BLOCK_H": 4096}
     else:
         signature = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "mean_ptr": "*fp32",
                      "rstd_ptr": "*fp32", "n_rows": "i32", "hidden": "i32", "eps": "fp32", "HAS_BIAS": "constexpr",

@@ -11,7 +11,7 @@ once; everything elementwise is fp32 (the reasons are those of ``effplug.kernels
     x̂     = (x − mean) · rstd
     c1    = fp32(Σ g w x̂ / H),  c2 = fp32(Σ g w / H)                   (float64)
     dx    = rstd · ((g w − x̂ · c1) − c2)
-    dw    = Σ_rows g · x̂,  db = Σ_rows g                               (torch on both paths)
+    dw    = fp32(Σ_rows g · x̂),  db = fp32(Σ_rows g)                   (float64, in the same pass)
 
 Autograd keeps ``x`` and two fp32 scalars per row (mean and rstd), not the normalized tensor that torch's
 unfused ``F.layer_norm`` composition would.
@@ -45,15 +45,17 @@ def _normalized(x2d, mean, rstd):
     return (x2d.float() - mean[:, None]) * rstd[:, None]
 
 
-def _backward_torch(grad2d, x2d, weight, mean, rstd):
+def _backward_torch(grad2d, x2d, weight, mean, rstd, has_bias):
     g = grad2d.float()
     hidden = g.shape[1]
     xhat = _normalized(x2d, mean, rstd)
     gw = g * weight.float()[None, :]
-    gw64 = gw.double()
-    c1 = (torch.einsum("ij,ij->i", gw64, xhat.double()) / hidden).float()
+    gw64, g64, xhat64 = gw.double(), g.double(), xhat.double()
+    c1 = (torch.einsum("ij,ij->i", gw64, xhat64) / hidden).float()
     c2 = (gw64.sum(1) / hidden).float()
-    return (rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])).to(x2d.dtype)
+    dx = (rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])).to(x2d.dtype)
+    dw = torch.einsum("ij,ij->j", g64, xhat64)[None, :]  # one float64 "partial", as the kernel's are
+    return dx, dw, g64.sum(0)[None, :] if has_bias else None
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -79,14 +81,15 @@ class LayerNormFunction(torch.autograd.Function):
         grad2d = grad.contiguous()
         if dispatch.kernel_backend(grad2d) == "triton":
             def run():
-                return dispatch.triton_kernels().layer_norm_backward(grad2d, x2d, weight.contiguous(), mean, rstd)
+                return dispatch.triton_kernels().layer_norm_backward(grad2d, x2d, weight.contiguous(), mean, rstd,
+                                                                     ctx.has_bias)
         else:
             def run():
-                return _backward_torch(grad2d, x2d, weight, mean, rstd)
-        dx = fused_op("layer_norm_backward", "normalization", run, grad2d, x2d, weight, mean, rstd)
-        g = grad2d.float()
-        dw = (g * _normalized(x2d, mean, rstd)).sum(0).to(weight.dtype)
-        db = g.sum(0).to(weight.dtype) if ctx.has_bias else None
+                return _backward_torch(grad2d, x2d, weight, mean, rstd, ctx.has_bias)
+        dx, dw, db = fused_op("layer_norm_backward", "normalization", run, grad2d, x2d, weight, mean, rstd)
+        # the kernel's per-program float64 partials, summed in float64 and rounded once
+        dw = dw.sum(0).float().to(weight.dtype)
+        db = db.sum(0).float().to(weight.dtype) if ctx.has_bias else None
         return dx, dw, db, None
 
 

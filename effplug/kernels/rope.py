@@ -51,10 +51,19 @@ def _rotate(x, out, cos, sin, backward: bool):
 
 def _writable(x) -> bool:
     """Whether autograd allows writing into ``x``: not a leaf that requires grad, nor a view of one, nor a view
-    made inside another custom Function (its base then does not require grad while the view does)."""
+    that autograd marks as made inside a custom Function or returned as-is by one (module backward hooks do
+    that). The mark is read through torch's private ``_get_creation_meta``; without it, nothing is written
+    in place."""
     root = x if x._base is None else x._base
-    inside_function = x.requires_grad and not root.requires_grad
-    return x.stride(-1) == 1 and not (root.is_leaf and root.requires_grad) and not inside_function
+    if x.stride(-1) != 1 or (root.is_leaf and root.requires_grad):
+        return False
+    if x._base is None or not x.requires_grad:
+        return True
+    try:
+        meta = torch._C._autograd._get_creation_meta(x)
+    except (AttributeError, RuntimeError):
+        return False
+    return meta == torch._C._autograd.CreationMeta.DEFAULT
 
 
 def _unit_last_stride(t):

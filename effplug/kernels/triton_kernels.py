@@ -487,22 +487,26 @@ def _rms_norm_forward_kernel(x_ptr, w_ptr, out_ptr, rstd_ptr, n_rows, hidden, ep
 
 
 @triton.jit
-def _rms_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, n_rows, hidden, offset,
-                              ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+def _rms_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_ptr, n_rows, hidden, offset,
+                              ROWS: tl.constexpr, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_H: tl.constexpr):
     cols = tl.arange(0, BLOCK_H)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
-    index = rows[:, None] * hidden + cols[None, :]
-    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32) + tl.cast(offset, tl.float32)
-    rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
-    gw = g * w[None, :]
-    rstd64 = rstd.to(tl.float64)
-    dot = tl.sum(gw.to(tl.float64) * x.to(tl.float64), axis=1)
-    coeff = (dot / tl.cast(hidden, tl.float64) * (rstd64 * rstd64 * rstd64)).to(tl.float32)
-    dx = rstd[:, None] * gw - x * coeff[:, None]
-    tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float64)
+    for start in range(0, ROWS_PER_PROGRAM, ROWS):
+        rows = tl.program_id(0) * ROWS_PER_PROGRAM + start + tl.arange(0, ROWS)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+        index = tl.cast(rows, tl.int64)[:, None] * hidden + cols[None, :]
+        x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
+        gw = g * w[None, :]
+        rstd64 = rstd.to(tl.float64)
+        dot = tl.sum(gw.to(tl.float64) * x.to(tl.float64), axis=1)
+        coeff = (dot / tl.cast(hidden, tl.float64) * (rstd64 * rstd64 * rstd64)).to(tl.float32)
+        dx = rstd[:, None] * gw - x * coeff[:, None]
+        tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+        dw += tl.sum(g.to(tl.float64) * (x * rstd[:, None]).to(tl.float64), axis=0)  # exact products
+    tl.store(dw_ptr + tl.program_id(0) * hidden + cols, dw, mask=cols < hidden)
 
 
 def _norm_rows(n_rows: int, hidden: int) -> tuple[int, int]:
@@ -528,13 +532,16 @@ def rms_norm_forward(x2d, weight, eps, offset):
 
 
 def rms_norm_backward(grad2d, x2d, weight, rstd, offset):
+    """dx, and the float64 partials of dw, one row per program (the caller sums them)."""
     n_rows, hidden = x2d.shape
     dx = torch.empty_like(x2d)
-    rows, block_h = _norm_rows(n_rows, hidden)
-    _rms_norm_backward_kernel[(triton.cdiv(n_rows, rows),)](grad2d, x2d, weight, rstd, dx, n_rows, hidden, offset,
-                                                            ROWS=rows, BLOCK_H=block_h,
-                                                            num_warps=norm_warps(block_h))
-    return dx
+    rows, per_program, programs = norm_backward_grid(n_rows, hidden)
+    dw = torch.empty(programs, hidden, dtype=torch.float64, device=x2d.device)
+    block_h = triton.next_power_of_2(hidden)
+    _rms_norm_backward_kernel[(programs,)](grad2d, x2d, weight, rstd, dx, dw, n_rows, hidden, offset, ROWS=rows,
+                                           ROWS_PER_PROGRAM=per_program, BLOCK_H=block_h,
+                                           num_warps=norm_warps(block_h))
+    return dx, dw
 
 
 # LayerNorm (effplug.kernels.layer_norm): the row's mean and rstd in float64, rounded to fp32 once.
@@ -563,24 +570,45 @@ def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr,
 
 
 @triton.jit
-def _layer_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, n_rows, hidden,
-                                ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+def _layer_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, n_rows, hidden,
+                                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, ROWS_PER_PROGRAM: tl.constexpr,
+                                BLOCK_H: tl.constexpr):
     cols = tl.arange(0, BLOCK_H)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
-    index = rows[:, None] * hidden + cols[None, :]
-    x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
-    mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
-    rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
-    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-    gw = g * w[None, :]
     n = tl.cast(hidden, tl.float64)
-    c1 = (tl.sum(gw.to(tl.float64) * xhat.to(tl.float64), axis=1) / n).to(tl.float32)
-    c2 = (tl.sum(gw.to(tl.float64), axis=1) / n).to(tl.float32)
-    dx = rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])
-    tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float64)
+    db = tl.zeros([BLOCK_H], dtype=tl.float64)
+    for start in range(0, ROWS_PER_PROGRAM, ROWS):
+        rows = tl.program_id(0) * ROWS_PER_PROGRAM + start + tl.arange(0, ROWS)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
+        index = tl.cast(rows, tl.int64)[:, None] * hidden + cols[None, :]
+        x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        gw = g * w[None, :]
+        c1 = (tl.sum(gw.to(tl.float64) * xhat.to(tl.float64), axis=1) / n).to(tl.float32)
+        c2 = (tl.sum(gw.to(tl.float64), axis=1) / n).to(tl.float32)
+        dx = rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])
+        tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+        g64 = g.to(tl.float64)
+        dw += tl.sum(g64 * xhat.to(tl.float64), axis=0)  # fp32 x fp32 is exact in float64
+        if HAS_BIAS:
+            db += tl.sum(g64, axis=0)
+    partial = tl.program_id(0) * hidden + cols
+    tl.store(dw_ptr + partial, dw, mask=cols < hidden)
+    if HAS_BIAS:
+        tl.store(db_ptr + partial, db, mask=cols < hidden)
+
+
+def norm_backward_grid(n_rows: int, hidden: int) -> tuple[int, int, int]:
+    """(row tile, rows per program, programs) for the norms' backward, whose programs each write one float64
+    partial of the weight gradient: a few hundred programs at most, so the partials stay small."""
+    rows, block_h = _norm_rows(n_rows, hidden)
+    per_program = max(rows, triton.next_power_of_2(-(-n_rows // 256)))
+    per_program = -(-per_program // rows) * rows
+    return rows, per_program, triton.cdiv(n_rows, per_program)
 
 
 def layer_norm_forward(x2d, weight, bias, eps):
@@ -596,14 +624,18 @@ def layer_norm_forward(x2d, weight, bias, eps):
     return out, mean, rstd
 
 
-def layer_norm_backward(grad2d, x2d, weight, mean, rstd):
+def layer_norm_backward(grad2d, x2d, weight, mean, rstd, has_bias):
+    """dx, and the float64 partials of dw and db, one row per program (the caller sums them)."""
     n_rows, hidden = x2d.shape
     dx = torch.empty_like(x2d)
-    rows, block_h = _norm_rows(n_rows, hidden)
-    _layer_norm_backward_kernel[(triton.cdiv(n_rows, rows),)](grad2d, x2d, weight, mean, rstd, dx, n_rows, hidden,
-                                                              ROWS=rows, BLOCK_H=block_h,
-                                                              num_warps=norm_warps(block_h))
-    return dx
+    rows, per_program, programs = norm_backward_grid(n_rows, hidden)
+    dw = torch.empty(programs, hidden, dtype=torch.float64, device=x2d.device)
+    db = torch.empty_like(dw) if has_bias else dw
+    block_h = triton.next_power_of_2(hidden)
+    _layer_norm_backward_kernel[(programs,)](grad2d, x2d, weight, mean, rstd, dx, dw, db, n_rows, hidden,
+                                             HAS_BIAS=has_bias, ROWS=rows, ROWS_PER_PROGRAM=per_program,
+                                             BLOCK_H=block_h, num_warps=norm_warps(block_h))
+    return dx, dw, db if has_bias else None
 
 
 # Rotary embedding (effplug.kernels.rope): rows (b, h, s) of x and out, each with its own strides (the last is
