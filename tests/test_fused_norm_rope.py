@@ -184,3 +184,21 @@ def test_rope_patch_is_per_instance_and_layer_norm_patch_reports_what_it_leaves(
     assert len(left) == 2 and "(2, 4)" in left[0] and "without weights" in left[1], left
     x = torch.randn(3, 2, 8)
     assert torch.allclose(odd[0](x), F.layer_norm(x, (8,), odd[0].weight, odd[0].bias), atol=1e-6)
+
+
+def test_rope_in_place_steps_aside_where_autograd_forbids_writing():
+    """A module backward hook returns its output as-is, which autograd forbids writing through (the data-movement
+    meter adds such hooks): the rotation is then written to new tensors, with the same values and gradients."""
+    gen = torch.Generator().manual_seed(4)
+    proj = torch.nn.Linear(16, 16)
+    proj.register_full_backward_hook(lambda *_: None)
+    x = torch.randn(2, 5, 16, generator=gen, requires_grad=True)
+    cos, sin = torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 8, generator=gen)
+    results = []
+    for rope in (_hf_rope, lambda *a: rotary_embedding(*a, inplace=True)):
+        x.grad = None
+        q = proj(x).view(2, 5, 2, 8).transpose(1, 2)
+        q_out, k_out = rope(q, q.detach().clone(), cos, sin)
+        (q_out * torch.linspace(-1, 1, q_out.numel()).view(q_out.shape)).sum().backward()
+        results.append((q_out.detach(), x.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

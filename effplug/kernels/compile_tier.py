@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 # Memory-bound kernels should stay at or under this many registers (no spills anywhere).
 REGISTER_BUDGET = 128
+# The spills we know of and accept, with the most bytes allowed and why; any other spill fails make test.
+KNOWN_SPILLS = {("_layer_norm_backward_kernel", "sm_90"): (
+    16, "H=4096 at 32 warps (a 64-register cap): the two float64 weight-gradient accumulators, which keep dw "
+        "and db in the same pass, need ~66; H <= 2048 does not spill")}
 _DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
 
@@ -182,7 +186,7 @@ def _cross_entropy_rows():
 
 
 def _layer_norm(dtype, backward):
-    from effplug.kernels.triton_kernels import norm_warps
+    from effplug.kernels.triton_kernels import layer_norm_backward_warps, norm_warps
 
     ptr = _DTYPES[dtype]
     if backward:
@@ -197,7 +201,8 @@ def _layer_norm(dtype, backward):
                      "ROWS": "constexpr", "BLOCK_H": "constexpr"}
         constexprs = {"HAS_BIAS": True, "ROWS": 1, "BLOCK_H": 4096}
     kernel = "_layer_norm_backward_kernel" if backward else "_layer_norm_forward_kernel"
-    return Variant(kernel, f"{dtype} H=4096", signature, constexprs, norm_warps(4096))
+    return Variant(kernel, f"{dtype} H=4096", signature, constexprs,
+                   layer_norm_backward_warps(4096) if backward else norm_warps(4096))
 
 
 def _rope(dtype, backward):
@@ -341,7 +346,10 @@ def format_table(results: list[CompileResult]) -> str:
         if r.error:
             lines.append(f"| {r.variant.kernel} | {r.variant.label} | {r.target} | - | - | - | - | {r.error} |")
             continue
-        flag = "spills" if r.spill_bytes else ("over budget" if r.registers > REGISTER_BUDGET else "")
+        known = KNOWN_SPILLS.get((r.variant.kernel, r.target))
+        flag = "over budget" if r.registers > REGISTER_BUDGET else ""
+        if r.spill_bytes:
+            flag = "known spill (KNOWN_SPILLS)" if known and r.spill_bytes <= known[0] else "spills"
         lines.append(f"| {r.variant.kernel} | {r.variant.label} | {r.target} | {r.registers} | {r.spill_bytes} | "
                      f"{r.shared_bytes} | {r.instructions} | {flag} |")
     return "\n".join(lines)

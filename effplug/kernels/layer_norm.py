@@ -9,9 +9,12 @@ once; everything elementwise is fp32 (the reasons are those of ``effplug.kernels
     rstd  = fp32(1 / sqrt(Σ (x − mean₆₄)² / H + eps))                  (float64, two passes)
     y     = ((x − mean) · rstd) · w + b                                rounded to nearest in x.dtype
     x̂     = (x − mean) · rstd
-    c1    = fp32(Σ g w x̂ / H),  c2 = fp32(Σ g w / H)                   (float64)
+    c1    = fp32(Σ fp32(g w · x̂) / H),  c2 = fp32(Σ g w / H)           (fp32 products, float64 sums)
     dx    = rstd · ((g w − x̂ · c1) − c2)
-    dw    = fp32(Σ_rows g · x̂),  db = fp32(Σ_rows g)                   (float64, in the same pass)
+    dw    = fp32(Σ_rows fp32(g · x̂)),  db = fp32(Σ_rows g)             (the same, in the same pass)
+
+The products are rounded to fp32 before the float64 sums (not exact float64 products) because the backward
+kernel's registers are full: this form keeps it from spilling (docs/kernels.md).
 
 Autograd keeps ``x`` and two fp32 scalars per row (mean and rstd), not the normalized tensor that torch's
 unfused ``F.layer_norm`` composition would.
@@ -50,12 +53,11 @@ def _backward_torch(grad2d, x2d, weight, mean, rstd, has_bias):
     hidden = g.shape[1]
     xhat = _normalized(x2d, mean, rstd)
     gw = g * weight.float()[None, :]
-    gw64, g64, xhat64 = gw.double(), g.double(), xhat.double()
-    c1 = (torch.einsum("ij,ij->i", gw64, xhat64) / hidden).float()
-    c2 = (gw64.sum(1) / hidden).float()
+    c1 = ((gw * xhat).double().sum(1) / hidden).float()
+    c2 = (gw.double().sum(1) / hidden).float()
     dx = (rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])).to(x2d.dtype)
-    dw = torch.einsum("ij,ij->j", g64, xhat64)[None, :]  # one float64 "partial", as the kernel's are
-    return dx, dw, g64.sum(0)[None, :] if has_bias else None
+    dw = (g * xhat).double().sum(0)[None, :]  # one float64 "partial", as the kernel's are
+    return dx, dw, g.double().sum(0)[None, :] if has_bias else None
 
 
 class LayerNormFunction(torch.autograd.Function):

@@ -576,30 +576,36 @@ def _layer_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_p
     cols = tl.arange(0, BLOCK_H)
     w = tl.load(w_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
     n = tl.cast(hidden, tl.float64)
-    dw = tl.zeros([BLOCK_H], dtype=tl.float64)
-    db = tl.zeros([BLOCK_H], dtype=tl.float64)
+    dw = tl.zeros([ROWS, BLOCK_H], dtype=tl.float64)  # reduced over rows once, after the loop
+    db = tl.zeros([ROWS, BLOCK_H], dtype=tl.float64)
     for start in range(0, ROWS_PER_PROGRAM, ROWS):
-        rows = tl.program_id(0) * ROWS_PER_PROGRAM + start + tl.arange(0, ROWS)
+        first = tl.program_id(0) * ROWS_PER_PROGRAM + start
+        rows = first + tl.arange(0, ROWS)
         mask = (rows[:, None] < n_rows) & (cols[None, :] < hidden)
-        index = tl.cast(rows, tl.int64)[:, None] * hidden + cols[None, :]
-        x = tl.load(x_ptr + index, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(grad_ptr + index, mask=mask, other=0.0).to(tl.float32)
+        base = tl.cast(first, tl.int64) * hidden  # a 64-bit tile base and 32-bit offsets: fewer live registers
+        local = tl.arange(0, ROWS)[:, None] * hidden + cols[None, :]
+        x = tl.load(x_ptr + base + local, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + base + local, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        xhat = (x - mean[:, None]) * rstd[:, None]  # padding has g = 0, so it adds nothing below
         gw = g * w[None, :]
-        c1 = (tl.sum(gw.to(tl.float64) * xhat.to(tl.float64), axis=1) / n).to(tl.float32)
+        c1 = (tl.sum((gw * xhat).to(tl.float64), axis=1) / n).to(tl.float32)
         c2 = (tl.sum(gw.to(tl.float64), axis=1) / n).to(tl.float32)
         dx = rstd[:, None] * ((gw - xhat * c1[:, None]) - c2[:, None])
-        tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
-        g64 = g.to(tl.float64)
-        dw += tl.sum(g64 * xhat.to(tl.float64), axis=0)  # fp32 x fp32 is exact in float64
+        tl.store(dx_ptr + base + local, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
+        dw += (g * xhat).to(tl.float64)
         if HAS_BIAS:
-            db += tl.sum(g64, axis=0)
+            db += g.to(tl.float64)
     partial = tl.program_id(0) * hidden + cols
-    tl.store(dw_ptr + partial, dw, mask=cols < hidden)
+    tl.store(dw_ptr + partial, tl.sum(dw, axis=0), mask=cols < hidden)
     if HAS_BIAS:
-        tl.store(db_ptr + partial, db, mask=cols < hidden)
+        tl.store(db_ptr + partial, tl.sum(db, axis=0), mask=cols < hidden)
+
+
+def layer_norm_backward_warps(block_h: int) -> int:
+    """4 elements of a row per thread: the two float64 weight-gradient accumulators need the registers."""
+    return max(4, min(32, block_h // 128))
 
 
 def norm_backward_grid(n_rows: int, hidden: int) -> tuple[int, int, int]:
@@ -634,7 +640,7 @@ def layer_norm_backward(grad2d, x2d, weight, mean, rstd, has_bias):
     block_h = triton.next_power_of_2(hidden)
     _layer_norm_backward_kernel[(programs,)](grad2d, x2d, weight, mean, rstd, dx, dw, db, n_rows, hidden,
                                              HAS_BIAS=has_bias, ROWS=rows, ROWS_PER_PROGRAM=per_program,
-                                             BLOCK_H=block_h, num_warps=norm_warps(block_h))
+                                             BLOCK_H=block_h, num_warps=layer_norm_backward_warps(block_h))
     return dx, dw, db if has_bias else None
 
 
