@@ -9,7 +9,7 @@ fp32 once; everything elementwise is fp32::
     y     = (x · rstd) · (offset + w)                                  rounded to nearest in x.dtype
     coeff = fp32(Σ g(offset + w) x / H · rstd³)                        (float64)
     dx    = rstd · g(offset + w) − x · coeff
-    dw    = fp32(Σ_rows g · (x · rstd))                                (float64, in the same pass)
+    dw    = fp32(Σ_rows fp32(g · (x · rstd)))               (fp32 products, float64 sums, in the same pass)
 
 Why float64: torch's CPU ``sqrt`` is not correctly rounded in fp32 (it disagrees with numpy's on 16% of
 inputs), and the Triton and torch row sums add in different orders. In float64 both differences sit ~2^-29
@@ -43,7 +43,7 @@ def _backward_torch(grad2d, x2d, weight, rstd, offset):
     gw = g * (weight.float() + offset)[None, :]
     rstd64 = rstd.double()
     coeff = (torch.einsum("ij,ij->i", gw.double(), x.double()) / hidden * (rstd64 * rstd64 * rstd64)).float()
-    dw = torch.einsum("ij,ij->j", g.double(), (x * rstd[:, None]).double())[None, :]  # one float64 "partial"
+    dw = (g * (x * rstd[:, None])).double().sum(0)[None, :]  # one float64 "partial", as the kernel's are
     return (rstd[:, None] * gw - x * coeff[:, None]).to(x2d.dtype), dw
 
 

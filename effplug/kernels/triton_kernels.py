@@ -505,7 +505,7 @@ def _rms_norm_backward_kernel(grad_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_ptr, 
         coeff = (dot / tl.cast(hidden, tl.float64) * (rstd64 * rstd64 * rstd64)).to(tl.float32)
         dx = rstd[:, None] * gw - x * coeff[:, None]
         tl.store(dx_ptr + index, _round_to_dtype(dx, dx_ptr.dtype.element_ty), mask=mask)
-        dw += tl.sum(g.to(tl.float64) * (x * rstd[:, None]).to(tl.float64), axis=0)  # exact products
+        dw += tl.sum((g * (x * rstd[:, None])).to(tl.float64), axis=0)  # fp32 products, float64 sums
     tl.store(dw_ptr + tl.program_id(0) * hidden + cols, dw, mask=cols < hidden)
 
 
