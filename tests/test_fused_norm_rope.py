@@ -202,3 +202,41 @@ def test_rope_in_place_steps_aside_where_autograd_forbids_writing():
         (q_out * torch.linspace(-1, 1, q_out.numel()).view(q_out.shape)).sum().backward()
         results.append((q_out.detach(), x.grad.clone()))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_lightning_door_fuses_the_layer_norms_of_the_lightning_demos_transformer(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.demos import Transformer
+
+    from effplug.callbacks import FusedKernels
+
+    class LM(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = Transformer(vocab_size=32, ninp=32, nhead=2, nhid=64, nlayers=2, dropout=0.0)
+            self.losses = []
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.nll_loss(self.model(x, y).view(-1, 32), y.view(-1))
+            self.losses.append(loss.item())
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    data = torch.randint(0, 32, (12, 2, 10), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for callbacks in ([], [FusedKernels(layer_norm=True)]):
+        torch.manual_seed(0)
+        module = LM()
+        trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                             callbacks=callbacks)
+        trainer.fit(module, torch.utils.data.DataLoader([(d[0], d[1]) for d in data], batch_size=4))
+        runs.append(module)
+    plain, fused = runs
+    assert sum(hasattr(m, "_effplug_layer_norm") for m in fused.modules()) == 12  # 2 x (2 + 3) + 2 final norms
+    assert plain.losses == pytest.approx(fused.losses, abs=1e-5)
+    for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
