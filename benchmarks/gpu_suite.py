@@ -6,9 +6,11 @@
 3. step-time overhead of ActNN 4-bit on a GPT-2 small-sized model (12 x 768, sequence 1024; goal <= 15%);
 4. peak memory of that step, baseline against compressed;
 5. sparse SpMM (``effplug.kernels.spmm``, Triton on CUDA) against dense fp16 matmul and torch's Triton BSR
-   kernel at 50/75/90/95% vector sparsity (docs/sparse.md).
+   kernel at 50/75/90/95% vector sparsity (docs/sparse.md);
+6. the fused transformer ops (docs/fused-kernels.md) in bf16, forward + backward: effplug's Triton kernels
+   against the eager formula and, when installed, Liger-Kernel, with each one's error against fp32 eager.
 
-    python benchmarks/gpu_suite.py                 # on a GPU: runs all four, appends the tables to docs/benchmarks.md
+    python benchmarks/gpu_suite.py                 # on a GPU: runs all six steps, appends the tables to docs/benchmarks.md
     python benchmarks/gpu_suite.py --cpu-check     # anywhere: the same code on tiny sizes (a check, not a measurement)
 
 Without a GPU and without ``--cpu-check`` it refuses with exit status 2 and says what to do. Prints Markdown
@@ -148,6 +150,102 @@ def sparse_spmm(device: torch.device, sizes: dict) -> list[dict]:
     return rows
 
 
+def _fused_cases(device: torch.device, sizes: dict):
+    """(name, eager formula, effplug op, inputs) at a Llama-7B-like row width; tiny on a CPU check."""
+    from torch.nn import functional as F
+
+    from effplug.kernels.layer_norm import layer_norm
+    from effplug.kernels.linear_cross_entropy import linear_cross_entropy
+    from effplug.kernels.rms_norm import rms_norm
+    from effplug.kernels.rope import rotary_embedding
+    from effplug.kernels.softmax import scaled_masked_softmax
+    from effplug.kernels.swiglu import swiglu
+
+    big = sizes is FULL
+    rows, hidden, inner, vocab = (8192, 4096, 11008, 32000) if big else (64, 32, 48, 100)
+    heads, seq, dim = (32, 1024, 128) if big else (2, 16, 8)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device, dtype)
+
+    x, w, b = randn(rows, hidden), randn(hidden, scale=0.1) + 1, randn(hidden, scale=0.1)
+    gate, up = randn(rows, inner), randn(rows, inner)
+    q, k = randn(1, heads, seq, dim), randn(1, heads // 4 or 1, seq, dim)
+    angles = torch.arange(float(seq))[:, None] * 10000.0 ** (-torch.arange(0, dim, 2) / dim)
+    cos, sin = (torch.cat([f(angles)] * 2, -1)[None].to(device, dtype) for f in (torch.cos, torch.sin))
+    scores = randn(1, heads, seq, seq)
+    h, head, target = randn(rows // 2, hidden), randn(vocab, hidden, scale=0.02), \
+        torch.randint(0, vocab, (rows // 2,), generator=gen).to(device)
+
+    def rotate(t):
+        return torch.cat((-t[..., dim // 2:], t[..., :dim // 2]), -1)
+
+    return [("rms_norm", lambda x, w: w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)),
+             lambda x, w: rms_norm(x, w, 1e-6), (x, w)),
+            ("layer_norm", lambda x, w, b: F.layer_norm(x, (hidden,), w, b), layer_norm, (x, w, b)),
+            ("swiglu", lambda a, b: F.silu(a) * b, swiglu, (gate, up)),
+            ("rope", lambda q, k: torch.cat([(t * cos[:, None] + rotate(t) * sin[:, None]).flatten() for t in (q, k)]),
+             lambda q, k: torch.cat([t.flatten() for t in rotary_embedding(q * 1, k * 1, cos, sin, inplace=True)]),
+             (q, k)),
+            ("softmax", lambda s: F.softmax(s, -1), lambda s: scaled_masked_softmax(s, 1.0), (scores,)),
+            ("linear + cross-entropy", lambda h, w, t: F.cross_entropy((h @ w.t()).float(), t),
+             linear_cross_entropy, (h, head, target))], (cos, sin)
+
+
+def _liger_ops(device: torch.device, cos, sin) -> dict:
+    """Liger-Kernel's versions of the same ops, on a GPU and when it is installed (a peer, never a requirement:
+    ``pip install --no-deps liger-kernel==0.8.5``)."""
+    if device.type != "cuda":
+        return {}
+    try:
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.rope import LigerRopeFunction
+        from liger_kernel.ops.softmax import LigerSoftmaxFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except ImportError:
+        return {}
+
+    def first(out):  # some Liger functions return (loss, extras...)
+        return out[0] if isinstance(out, tuple) else out
+
+    return {"rms_norm": lambda x, w: LigerRMSNormFunction.apply(x, w, 1e-6, 0.0, "llama", False),
+            "layer_norm": lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, 1e-5),
+            "swiglu": LigerSiLUMulFunction.apply,
+            "rope": lambda q, k: torch.cat([t.flatten() for t in LigerRopeFunction.apply(q * 1, k * 1, cos, sin)]),
+            "softmax": LigerSoftmaxFunction.apply,
+            "linear + cross-entropy": lambda h, w, t: first(LigerFusedLinearCrossEntropyFunction.apply(h, w, t))}
+
+
+def fused_ops(device: torch.device, sizes: dict) -> list[dict]:
+    """Forward + backward time of each fused op against its eager formula (and Liger's, where it is installed
+    on a GPU), and each one's largest error against the eager formula in fp32."""
+    rows = []
+    cases, (cos, sin) = _fused_cases(device, sizes)
+    liger = _liger_ops(device, cos, sin)
+    for name, eager, ours, inputs in cases:
+        peers = [("eager", eager), ("effplug", ours)] + ([("liger", liger[name])] if name in liger else [])
+        def train(fn, inputs=inputs):  # a non-uniform upstream gradient: softmax's sum has none
+            leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+            out = fn(*leaves)
+            upstream = torch.linspace(-1, 1, out.numel(), device=out.device).view(out.shape)
+            (out.float() * upstream).sum().backward()
+            return [out.detach().float()] + [leaf.grad.float() for leaf in leaves if leaf.grad is not None]
+
+        reference = train(eager, [t.float() if t.is_floating_point() else t for t in inputs])
+        row = {"step": "fused ops", "op": name, "dtype": str(inputs[0].dtype).removeprefix("torch.")}
+        for label, fn in peers:
+            got = train(fn)
+            row[f"{label}_error"] = max(float((g - r).abs().max()) for g, r in zip(got, reference, strict=True))
+            row[f"{label}_ms"] = 1e3 * time_steps(lambda fn=fn: train(fn), steps=sizes["steps"], warmup=2,
+                                                  device=device).median_s
+        rows.append(row)
+    return rows
+
+
 def tables(device_name: str, results: list[dict]) -> str:
     lines = [f"GPU suite on {device_name}: `python benchmarks/gpu_suite.py`", ""]
     for r in results:
@@ -172,6 +270,13 @@ def tables(device_name: str, results: list[dict]) -> str:
             bsr = f"{r['bsr_ms']:.3f}" if r["bsr_ms"] is not None else r.get("bsr_error", "n/a (CPU)")
             lines.append(f"| {r['size']} | {r['sparsity']:.0%} | {r['dense_ms']:.3f} | {r['effplug_int8_ms']:.3f} | "
                          f"{bsr} |")
+    lines += ["", "| fused op (fwd + bwd) | dtype | eager ms | effplug ms | Liger ms | eager error | effplug error | "
+              "Liger error |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["step"] == "fused ops":
+            liger = (f"{r['liger_ms']:.3f}", f"{r['liger_error']:.2e}") if "liger_ms" in r else ("n/a", "n/a")
+            lines.append(f"| {r['op']} | {r['dtype']} | {r['eager_ms']:.3f} | {r['effplug_ms']:.3f} | {liger[0]} | "
+                         f"{r['eager_error']:.2e} | {r['effplug_error']:.2e} | {liger[1]} |")
     return "\n".join(lines)
 
 
@@ -194,6 +299,7 @@ def main(argv=None) -> int:
     results += kernel_bandwidth(device, sizes)
     results += step_overhead_and_peak(device, sizes)
     results += sparse_spmm(device, sizes)
+    results += fused_ops(device, sizes)
     text = tables(device_name, results)
     print(text)
     print(f"\n{time.perf_counter() - started:.0f} s wall", file=sys.stderr)

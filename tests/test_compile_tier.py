@@ -73,4 +73,8 @@ def test_gpu_suite_refuses_without_a_gpu_and_its_parts_run_on_cpu():
     assert all(r["gbs"] > 0 and r["copy_gbs"] > 0 for r in bandwidth)
     steps = suite.step_overhead_and_peak(cpu, suite.CHECK)
     assert [r["config"] for r in steps] == ["baseline", "actnn 4-bit"] and steps[1]["saved_ratio"] > 2
-    assert "| quantize_pack 4-bit SR |" in suite.tables("CPU", bandwidth + steps)
+    fused = suite.fused_ops(cpu, suite.CHECK)
+    assert [r["op"] for r in fused] == ["rms_norm", "layer_norm", "swiglu", "rope", "softmax", "linear + cross-entropy"]
+    assert all(r["effplug_error"] < 1e-4 and r["effplug_ms"] > 0 for r in fused), fused
+    text = suite.tables("CPU", bandwidth + steps + fused)
+    assert "| quantize_pack 4-bit SR |" in text and "| rope | float32 |" in text
