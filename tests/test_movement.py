@@ -53,7 +53,7 @@ def test_effplug_profile_prints_the_report(capsys):
 
 def test_a_fused_op_counts_once_as_its_kernel_moves_bytes():
     """RMSNorm's CPU reference runs a chain of aten ops; the meter counts the one kernel: x and w read, y and
-    rstd written (the weight gradient stays torch, counted op by op)."""
+    rstd written."""
     from effplug.kernels.rms_norm import rms_norm
     from effplug.movement import data_movement
 

@@ -26,6 +26,7 @@ from effplug.codecs import SeedStream
 from effplug.codecs.affine import AffineCodec
 from effplug.compress.method import CompressionMethod
 from effplug.kernels.affine import AffineCodes
+from effplug.kernels.channel_stats import channel_min_max
 
 MesaPayload = AffineCodes  # codes plus the per-channel low (the widened shift) and step
 
@@ -48,8 +49,7 @@ class MesaMethod(CompressionMethod):
 
     def _update_range(self, key: str, x: torch.Tensor, axis: int) -> tuple[torch.Tensor, ...]:
         """The running ``(shift, clip)`` after this batch (eq. 4-5), and this batch's ``(min, max)``."""
-        others = tuple(d for d in range(x.ndim) if d != axis)  # reduce in place: no fp32 copy of x
-        lo, hi = x.amin(dim=others).float(), x.amax(dim=others).float()
+        lo, hi = channel_min_max(x, axis)  # one read of x, no fp32 copy
         shift, clip = self.shift.get(key), self.clip.get(key)
         if shift is not None and shift.device != lo.device:  # resumed from a CPU checkpoint
             shift, clip = shift.to(lo.device), clip.to(lo.device)

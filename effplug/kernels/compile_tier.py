@@ -215,6 +215,24 @@ def _rope(dtype, backward):
                    {"BACKWARD": backward, "ROWS": 512 // block, "BLOCK_D": block})
 
 
+def _channel_stats(kernel, dtype="fp32"):
+    from effplug.kernels.triton_kernels import STATS_BLOCK
+
+    ptr = _DTYPES[dtype]
+    if kernel == "rows":
+        return Variant("_min_max_rows_kernel", f"{dtype} channels last",
+                       {"x_ptr": ptr, "lo_ptr": "*fp32", "hi_ptr": "*fp32", "nan_ptr": "*i32", "n_rows": "i32",
+                        "channels": "i32", "ROWS": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
+                        "BLOCK_C": "constexpr"}, {"ROWS": STATS_BLOCK // 256, "ROWS_PER_PROGRAM": 32, "BLOCK_C": 256})
+    if kernel == "inner":
+        return Variant("_min_max_inner_kernel", f"{dtype} inner runs",
+                       {"x_ptr": ptr, "lo_ptr": "*fp32", "hi_ptr": "*fp32", "nan_ptr": "*i32", "inner": "i32",
+                        "BLOCK": "constexpr"}, {"BLOCK": STATS_BLOCK})
+    return Variant("_octav_tail_kernel", "fp32 |x| rows",
+                   {"m_ptr": "*fp32", "clip_ptr": "*fp32", "tail_ptr": "*fp64", "count_ptr": "*i32", "n": "i32",
+                    "BLOCK": "constexpr"}, {"BLOCK": STATS_BLOCK})
+
+
 def _softmax(dtype, masked, dropout, backward):
     from effplug.kernels.triton_kernels import norm_warps
 
@@ -274,6 +292,7 @@ def variants(full: bool = False) -> list[Variant]:
         out += [_gelu(d, t, g, b) for d in dtypes for t in (False, True) for g in (False, True) for b in (False, True)]
         out += [_softmax(d, m, p, b) for d in dtypes for m in (False, True) for p in (False, True)
                 for b in (False, True) if not (b and m)]
+        out += [_channel_stats(k, d) for k in ("rows", "inner") for d in dtypes] + [_channel_stats("octav")]
         out += [_cross_entropy_rows()]
         return out
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
@@ -288,7 +307,8 @@ def variants(full: bool = False) -> list[Variant]:
             _gelu("fp32", False, False, False), _gelu("bf16", True, True, True), _gelu("fp16", False, True, True),
             _softmax("fp32", True, False, False), _softmax("bf16", True, True, False), _softmax("fp16", False, True, True),
             _softmax("fp32", False, False, True), _layer_norm("fp16", False), _layer_norm("bf16", True),
-            _rope("bf16", False), _rope("fp32", True), _cross_entropy_rows()]
+            _rope("bf16", False), _rope("fp32", True), _channel_stats("rows", "bf16"), _channel_stats("inner", "fp16"),
+            _channel_stats("octav"), _cross_entropy_rows()]
 
 
 def _tool(name: str) -> str:

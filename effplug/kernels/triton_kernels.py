@@ -932,3 +932,89 @@ def softmax_dropout_backward(grad, probs, scale, seed, p, grad_dtype):
     _softmax_dropout_backward_kernel[(rows,)](grad, probs, ds, n_cols, scale, seed, p, 1.0 / (1.0 - p),
                                               DROPOUT=p > 0, BLOCK_K=block, num_warps=norm_warps(block))
     return ds
+
+
+# Channel statistics (effplug.kernels.channel_stats): per-channel min/max in one read, and OCTAV's tail sum and
+# count. Each program writes a partial; torch combines them (min/max exactly, the float64 sums rounded once).
+STATS_BLOCK = 1024
+
+
+@triton.jit
+def _min_max_rows_kernel(x_ptr, lo_ptr, hi_ptr, nan_ptr, n_rows, channels, ROWS: tl.constexpr,
+                         ROWS_PER_PROGRAM: tl.constexpr, BLOCK_C: tl.constexpr):
+    """x as [rows, channels] (the channel is the last dim): partial min/max per block of rows."""
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    lo = tl.full([BLOCK_C], float("inf"), tl.float32)
+    hi = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    nans = tl.zeros([BLOCK_C], dtype=tl.int32)
+    for start in range(0, ROWS_PER_PROGRAM, ROWS):
+        rows = tl.program_id(0) * ROWS_PER_PROGRAM + start + tl.arange(0, ROWS)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < channels)
+        x = tl.load(x_ptr + tl.cast(rows, tl.int64)[:, None] * channels + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        nan = mask & (x != x)
+        lo = tl.minimum(lo, tl.min(tl.where(mask & ~nan, x, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(mask & ~nan, x, float("-inf")), axis=0))
+        nans += tl.sum(nan.to(tl.int32), axis=0)
+    out = tl.program_id(0) * channels + cols
+    tl.store(lo_ptr + out, lo, mask=cols < channels)
+    tl.store(hi_ptr + out, hi, mask=cols < channels)
+    tl.store(nan_ptr + out, nans, mask=cols < channels)
+
+
+@triton.jit
+def _min_max_inner_kernel(x_ptr, lo_ptr, hi_ptr, nan_ptr, inner, BLOCK: tl.constexpr):
+    """x as [outer·channels, inner]: partial min/max of a chunk of one (outer, channel) run."""
+    run = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < inner
+    x = tl.load(x_ptr + tl.cast(run, tl.int64) * inner + offs, mask=mask, other=0.0).to(tl.float32)
+    nan = mask & (x != x)
+    out = run * tl.num_programs(1) + tl.program_id(1)
+    tl.store(lo_ptr + out, tl.min(tl.where(mask & ~nan, x, float("inf")), axis=0))
+    tl.store(hi_ptr + out, tl.max(tl.where(mask & ~nan, x, float("-inf")), axis=0))
+    tl.store(nan_ptr + out, tl.sum(nan.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _octav_tail_kernel(m_ptr, clip_ptr, tail_ptr, count_ptr, n, BLOCK: tl.constexpr):
+    """|x| rows [R, n]: for a chunk of row r, Σ|x|·1{|x| > clip_r} (float64) and #{|x| > clip_r}."""
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    m = tl.load(m_ptr + tl.cast(row, tl.int64) * n + offs, mask=mask, other=0.0)
+    outside = mask & (m > tl.load(clip_ptr + row))
+    out = row * tl.num_programs(1) + tl.program_id(1)
+    tl.store(tail_ptr + out, tl.sum(tl.where(outside, m, 0.0).to(tl.float64), axis=0))
+    tl.store(count_ptr + out, tl.sum(outside.to(tl.int32), axis=0))
+
+
+def min_max_partials(x, outer, channels, inner):
+    """Partial (lo, hi, nan count) with the channel on dim 1 of the result: [parts, channels] each."""
+    if inner == 1:
+        block_c = min(triton.next_power_of_2(channels), 256)
+        rows = max(1, min(triton.next_power_of_2(outer), STATS_BLOCK // block_c * (8 if triton_interpreting() else 1)))
+        per_program = max(rows, triton.next_power_of_2(-(-outer // 256)))  # at most ~256 partial rows
+        grid = (triton.cdiv(outer, per_program), triton.cdiv(channels, block_c))
+        lo = torch.empty(grid[0], channels, dtype=torch.float32, device=x.device)
+        hi, nan = torch.empty_like(lo), torch.empty(grid[0], channels, dtype=torch.int32, device=x.device)
+        _min_max_rows_kernel[grid](x, lo, hi, nan, outer, channels, ROWS=rows, ROWS_PER_PROGRAM=per_program,
+                                   BLOCK_C=block_c)
+        return lo, hi, nan
+    block = min(triton.next_power_of_2(inner), STATS_BLOCK * (8 if triton_interpreting() else 1))
+    chunks = triton.cdiv(inner, block)
+    lo = torch.empty(outer * channels * chunks, dtype=torch.float32, device=x.device)
+    hi, nan = torch.empty_like(lo), torch.empty(lo.shape, dtype=torch.int32, device=x.device)
+    _min_max_inner_kernel[(outer * channels, chunks)](x, lo, hi, nan, inner, BLOCK=block)
+    shape = (outer, channels, chunks)
+    return (t.view(shape).transpose(0, 1).reshape(channels, -1).t() for t in (lo, hi, nan))
+
+
+def octav_tail(magnitude, clip):
+    rows, n = magnitude.shape
+    block = min(triton.next_power_of_2(n), STATS_BLOCK * (8 if triton_interpreting() else 1))
+    chunks = triton.cdiv(n, block)
+    tail = torch.empty(rows, chunks, dtype=torch.float64, device=magnitude.device)
+    count = torch.empty(rows, chunks, dtype=torch.int32, device=magnitude.device)
+    _octav_tail_kernel[(rows, chunks)](magnitude, clip, tail, count, n, BLOCK=block)
+    return tail, count

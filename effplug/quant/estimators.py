@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from effplug.kernels.channel_stats import channel_min_max, octav_tail
+
 OCTAV_ITERATIONS = 30  # the recursion converges in 7-13 steps from E|x| (research note, sec. 4.2)
 PERCENTILE_SAMPLE = 1 << 16  # kthvalue on a fixed random sample: torch.quantile is slow on large tensors
 MSE_GRID_POINTS = 100
@@ -35,7 +37,8 @@ def octav_clip(x: torch.Tensor, bits: int, per_channel_dim: int | None = None, *
 
         s_{n+1} = E[|x| 1{|x| > s_n}] / (4^-B/3 * E[1{|x| <= s_n}] + E[1{|x| > s_n}])
 
-    recomputed every iteration from ``s_0 = E|x|`` (or ``init``, a warm start). ``noise_coefficient``
+    recomputed every iteration from ``s_0 = E|x|`` (or ``init``, a warm start), in one pass over ``|x|`` per
+    iteration (``effplug.kernels.channel_stats.octav_tail``; its tail sum adds in float64). ``noise_coefficient``
     replaces ``4^-B/3`` for other grids: ``1 / (12 qmax^2)`` for integer codes in ``[-qmax, qmax]``.
     Returns a scalar tensor, or one value per channel along ``per_channel_dim``.
     """
@@ -48,13 +51,13 @@ def octav_clip(x: torch.Tensor, bits: int, per_channel_dim: int | None = None, *
     magnitude = _per_channel(x, per_channel_dim).abs()
     clip = magnitude.mean(dim=1) if init is None else init.detach().float().reshape(-1).expand(magnitude.shape[0]).clone()
     clip = clip.clamp_min(torch.finfo(torch.float32).tiny)
+    peak = magnitude.amax(dim=1)  # a row with nothing outside its clip takes its max (optimal-ish)
     for _ in range(iterations):
-        outside = magnitude > clip[:, None]
-        tail_sum = torch.where(outside, magnitude, 0.0).sum(dim=1)
-        count_out = outside.sum(dim=1).float()
+        tail_sum, count_out = octav_tail(magnitude, clip)  # one pass over |x| per Newton step
+        count_out = count_out.float()
         count_in = magnitude.shape[1] - count_out
         new = tail_sum / (coefficient * count_in + count_out).clamp_min(1e-12)
-        new = torch.where(count_out > 0, new, magnitude.amax(dim=1))  # nothing outside: the max is optimal-ish
+        new = torch.where(count_out > 0, new, peak)
         done = (new - clip).abs() <= tol * clip
         clip = new.clamp_min(torch.finfo(torch.float32).tiny)
         if bool(done.all()):
@@ -62,15 +65,23 @@ def octav_clip(x: torch.Tensor, bits: int, per_channel_dim: int | None = None, *
     return _shape_like(clip, per_channel_dim)
 
 
+def _min_max(x: torch.Tensor, channel_dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tensor or per channel, in one read of ``x`` (effplug.kernels.channel_stats), without an fp32 copy."""
+    x = x.detach()
+    if channel_dim is None:
+        return channel_min_max(x.reshape(1, -1), 0)
+    return channel_min_max(x, channel_dim)
+
+
 def absmax_clip(x: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
-    return _shape_like(_per_channel(x, channel_dim).abs().amax(dim=1), channel_dim)
+    lo, hi = _min_max(x, channel_dim)
+    return _shape_like(torch.maximum(-lo, hi), channel_dim)
 
 
 def minmax_range(x: torch.Tensor, channel_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(min, max)`` per tensor or per channel, widened to include 0 so zero stays exact."""
-    rows = _per_channel(x, channel_dim)
-    lo, hi = rows.amin(dim=1).clamp_max(0.0), rows.amax(dim=1).clamp_min(0.0)
-    return _shape_like(lo, channel_dim), _shape_like(hi, channel_dim)
+    lo, hi = _min_max(x, channel_dim)
+    return _shape_like(lo.clamp_max(0.0), channel_dim), _shape_like(hi.clamp_min(0.0), channel_dim)
 
 
 def percentile_clip(x: torch.Tensor, percentile: float = 99.99, channel_dim: int | None = None) -> torch.Tensor:
