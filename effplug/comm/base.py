@@ -98,15 +98,16 @@ class GradientCompressor:
         agree = bool(packed) and self.agrees_on_nonfinite
         if agree:
             # One rank's inf/NaN (an fp16 overflow) must send every rank down the same path, or the collectives
-            # differ and the job hangs. A one-element flag rides in the exact all-reduce, so it costs no extra call.
-            local_bad = not bool(torch.isfinite(flat).all())
-            if local_bad:
-                self._warn_nonfinite(comm.rank)
-            dense = torch.cat([dense, flat.new_full((1,), float(local_bad))])
+            # differ and the job hangs. A one-element flag rides in the exact all-reduce, so it costs no extra call;
+            # it stays on the device (no host sync here), and is read only when the reduced flag says to.
+            local_bad = (~torch.isfinite(flat)).any().to(flat.dtype).reshape(1)
+            dense = torch.cat([dense, local_bad])
         reduced = comm.all_reduce_sum(dense) if dense.numel() else dense
         if agree:
             reduced, flags = reduced[:-1], reduced[-1:]
             if bool(flags[0] != 0):  # some rank overflowed: average exactly (as DDP would) so every rank sees it
+                if bool(local_bad[0]):
+                    self._warn_nonfinite(comm.rank)
                 exact, packed = segments, []
                 reduced = comm.all_reduce_sum(flat.div(comm.world_size))
         if exact:  # like DDP's default hook: divide, then sum
