@@ -240,3 +240,41 @@ def test_lightning_door_fuses_the_layer_norms_of_the_lightning_demos_transformer
     assert plain.losses == pytest.approx(fused.losses, abs=1e-5)
     for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_patch_on_t5_and_vit_matches_the_unpatched_models(caplog):
+    """Beyond the six families: ViT (LayerNorm, GELU, softmax) and T5, whose attention adds a learned position
+    bias that must keep its gradient. A keyword with math the fused attention lacks runs the family's own."""
+    transformers = pytest.importorskip("transformers")
+    from effplug.fused.attention import fused_eager_attention
+    from effplug.hf import apply_fused_kernels
+
+    t5 = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+                               attn_implementation="eager", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0)
+    vit = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3,
+                                 attn_implementation="eager", hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)
+    ids = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cases = [(transformers.T5ForConditionalGeneration, t5, dict(input_ids=ids, labels=ids)),
+             (transformers.ViTForImageClassification, vit, dict(pixel_values=pixels, labels=torch.tensor([0, 2])))]
+    for model_class, config, batch in cases:
+        models = []
+        for patch in (False, True):
+            torch.manual_seed(0)
+            model = model_class(config)
+            if patch:
+                apply_fused_kernels(model)
+                assert model.config._attn_implementation == "effplug_fused_eager"
+            model(**batch).loss.backward()
+            models.append(model)
+        plain, fused = models
+        for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
+            assert (a.grad is None) == (b.grad is None)
+            assert a.grad is None or torch.allclose(a.grad, b.grad, atol=1e-6), model_class.__name__
+    attention = next(m for m in fused.modules() if type(m).__name__ == "ViTAttention")
+    q = torch.randn(1, 2, 4, 16)
+    with caplog.at_level(logging.WARNING, logger="effplug.fused"):
+        out, _ = fused_eager_attention(attention, q, q, q, None, scaling=0.25, softcap=30.0)
+    assert "HF passes softcap" in caplog.text and out.shape == (1, 4, 2, 16)
