@@ -81,3 +81,11 @@ def test_one_read_of_the_tensor_and_the_observers_and_mesa_use_it():
     mesa = MesaMethod(CompressionConfig(method="mesa", bits=8))
     shift, clip_range, lo, hi = mesa._update_range("0", x, 1)
     assert torch.equal(lo, x.amin((0, 2))) and torch.equal(hi, x.amax((0, 2)))
+    # a NaN batch is kept exact and leaves the running range as it was (it used to poison it)
+    bad = x.clone()
+    bad[0, 3, 0] = float("nan")
+    assert mesa.encode(bad, 0) is None and "inf/NaN" in mesa.decline_reason
+    assert torch.equal(mesa.shift["0"], shift) and torch.equal(mesa.clip["0"], clip_range)
+    assert mesa.encode(x, 0) is not None and bool(mesa.shift["0"].isfinite().all())
+    with pytest.raises(ValueError, match="non-empty"):
+        channel_min_max(torch.zeros(0, 3), 1)

@@ -140,6 +140,10 @@ def test_rope_is_hf_bit_for_bit_in_fp32_and_moves_fewer_bytes():
     assert unfused.bytes > 3 * fused.bytes, (unfused.bytes, fused.bytes)
     with pytest.raises(ValueError, match="detach them"):
         rotary_embedding(make_q(), k_leaf, cos.requires_grad_(), sin)
+    with pytest.raises(ValueError, match="unsqueeze_dim must be 1"):
+        rotary_embedding(make_q(), k_leaf, cos, sin, unsqueeze_dim=3)
+    with pytest.raises(ValueError, match=r"cos and sin must both be \(B, S, 16\)"):
+        rotary_embedding(make_q(), k_leaf, cos[..., :8], sin[..., :8])
     with pytest.raises(ValueError, match="even last dimension"):
         rotary_embedding(torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
 

@@ -48,8 +48,11 @@ class MesaMethod(CompressionMethod):
         self.clip: dict[str, torch.Tensor] = {}
 
     def _update_range(self, key: str, x: torch.Tensor, axis: int) -> tuple[torch.Tensor, ...]:
-        """The running ``(shift, clip)`` after this batch (eq. 4-5), and this batch's ``(min, max)``."""
+        """The running ``(shift, clip)`` after this batch (eq. 4-5), and this batch's ``(min, max)``; None, with
+        the state untouched, when the batch holds inf/NaN."""
         lo, hi = channel_min_max(x, axis)  # one read of x, no fp32 copy
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            return None  # inf/NaN: the running range must not take it in (one host sync per tensor)
         shift, clip = self.shift.get(key), self.clip.get(key)
         if shift is not None and shift.device != lo.device:  # resumed from a CPU checkpoint
             shift, clip = shift.to(lo.device), clip.to(lo.device)
@@ -69,7 +72,11 @@ class MesaMethod(CompressionMethod):
             # saturate; Mesa's own LayerNorm keeps them exact too.
             self.decline_reason = "mesa keeps per-row statistics (a channel axis of size 1) exact"
             return None
-        shift, clip, lo, hi = self._update_range(str(slot), x, axis)
+        ranges = self._update_range(str(slot), x, axis)
+        if ranges is None:
+            self.decline_reason = "mesa keeps a tensor holding inf/NaN exact, and its running range unchanged"
+            return None
+        shift, clip, lo, hi = ranges
         low = torch.minimum(shift, lo)  # the running range, widened to cover this batch: nothing saturates
         span = torch.maximum(shift + clip, hi) - low
         step = torch.where(span > 0, span / (2**self.bits - 1), torch.ones_like(span))
