@@ -194,6 +194,7 @@ def write_json(rows: list, path: str, argv: list) -> None:
 
 
 # Each family's rows, in table order (imported here, after the registries exist).
-FAMILY_ROWS = ("effplug.compress.demo_rows", "effplug.quant.demo_rows", "effplug.comm.demo_rows")
+FAMILY_ROWS = ("effplug.compress.demo_rows", "effplug.quant.demo_rows", "effplug.comm.demo_rows",
+               "effplug.fused.demo_rows")
 for _module in FAMILY_ROWS:
     importlib.import_module(_module)

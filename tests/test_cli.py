@@ -69,6 +69,8 @@ def test_demo_prints_its_table_and_takes_registered_rows(capsys, tmp_path):
     baseline = {r["task"]: r for r in rows if r["config"] == "fp32 baseline"}
     # the engine's accounting reaches the table
     assert compressed["digits-resnet"]["saved_mb"] < baseline["digits-resnet"]["saved_mb"] / 3
+    fused = next(r for r in rows if r["config"] == "fused LayerNorm + GELU")
+    assert fused["task"] == "char-gpt2" and fused["saved_mb"] < baseline["char-gpt2"]["saved_mb"] * 0.9
     # 2-process rows: the spawned rank's meter comes back, and their step times compare with dense DDP
     comm = {r["config"]: r for r in rows if r.get("devices") == 2}
     assert comm["DDP dense, 2 procs"]["comm_ratio"] == 1.0 and comm["DDP dense, 2 procs"]["step_ratio"] == 1.0
