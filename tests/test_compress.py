@@ -355,7 +355,8 @@ def test_comet_adapts_per_tensor_bounds_in_training(digits_batch):
     torch.manual_seed(0)
     model = DigitsResNet()
     loss_fn = lambda: F.cross_entropy(model(x), y)
-    engine = ActivationCompressor(model, method="comet", error_bound=0.05, grad_tolerance=0.01, recalibrate_every=1)
+    engine = ActivationCompressor(model, method="comet", error_bound=0.05, grad_tolerance=0.01, recalibrate_every=1,
+                                  probes_per_step=None)
     for _ in range(3):
         _grads_with(engine, model, loss_fn)
     assert engine.method.calibrations == 3
@@ -387,7 +388,7 @@ def test_gact_calibrates_and_its_state_survives_a_checkpoint(digits_batch):
     torch.manual_seed(0)
     model = DigitsResNet()
     loss_fn = lambda: F.cross_entropy(model(x), y)
-    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=2)
+    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=2, probes_per_step=None)
     _grads_with(engine, model, loss_fn)  # calibration forward
     assert engine.method.calibrations == 1
     assert engine.method.average_bits() <= 2.0
@@ -395,7 +396,7 @@ def test_gact_calibrates_and_its_state_survives_a_checkpoint(digits_batch):
     _grads_with(engine, model, loss_fn)  # compressed with the allocation
     assert engine.last_report.ratio > 6
     state = _roundtrip(engine.state_dict())
-    resumed = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=2)
+    resumed = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=2, probes_per_step=None)
     resumed.load_state_dict(state)
     assert torch.equal(resumed.method.allocation, engine.method.allocation)
     assert resumed.forward_count == 2
@@ -544,7 +545,7 @@ def test_gact_allocation_is_indexed_by_slot_when_some_slots_are_lossless():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Dropout(0.3), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 4))
     x = torch.randn(64, 64)
-    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=100)
+    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=100, probes_per_step=None)
     _grads_with(engine, model, lambda: model(x).square().mean())
     probed = engine.method.numels > 0
     assert probed.sum() == 4 and not probed.all()  # the dropout mask's slot was stored losslessly

@@ -4,12 +4,11 @@ payload for rectified (ReLU-like) outputs. Each is checked, so it is never lossy
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from effplug.kernels.pack import pack_codes, unpack_codes
+from effplug.kernels.bitmask import pack_mask, unpack_mask
 from effplug.sizes import tensor_nbytes
 
 
@@ -23,14 +22,14 @@ class BoolPayload:
         return self.data.numel()
 
 
-def pack_bool(t: torch.Tensor) -> BoolPayload:
-    flat = t.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
-    return BoolPayload(pack_codes(flat, 1), t.shape)
+def pack_bool(t: torch.Tensor, positive: bool = False) -> BoolPayload:
+    """``t != 0`` at 1 bit per element (``t > 0`` with ``positive``: a rectified tensor's sign pattern), in one
+    read of ``t``."""
+    return BoolPayload(pack_mask(t, positive), t.shape)
 
 
 def unpack_bool(p: BoolPayload) -> torch.Tensor:
-    return unpack_codes(p.data, 1)[: math.prod(p.shape)].view(p.shape).to(torch.bool)
+    return unpack_mask(p.data, p.shape)
 
 
 @dataclass
@@ -91,9 +90,18 @@ class TwoLevelPayload:
 
 
 def two_level(t: torch.Tensor) -> TwoLevelPayload | None:
-    """Exact 1-bit encoding when every nonzero element equals the maximum (checked, so never lossy)."""
-    top = t.max()
-    nonzero = t != 0
-    if not bool(top > 0) or not bool((t[nonzero] == top).all()):
+    """Exact 1-bit encoding when every nonzero element equals the maximum (checked in the same pass that packs
+    the mask, so never lossy)."""
+    data, top = pack_mask(t, two_level=True)
+    if top is None:
         return None
-    return TwoLevelPayload(pack_bool(nonzero), top.clone(), t.dtype)
+    return TwoLevelPayload(BoolPayload(data, t.shape), top, t.dtype)
+
+
+def decode_two_level(p: TwoLevelPayload) -> torch.Tensor:
+    return unpack_mask(p.mask.data, p.mask.shape, value=p.value)
+
+
+def decode_rectified(mask: BoolPayload, inner: torch.Tensor) -> torch.Tensor:
+    """``mask ? max(inner, tiny) : 0``: decoded positives stay positive, exact zeros stay zero."""
+    return unpack_mask(mask.data, mask.shape, rectify=inner)

@@ -7,6 +7,7 @@ import torch
 
 from effplug.codecs.base import KeyedSeeds
 from effplug.kernels import pack as _pack
+from effplug.kernels.lowpass import lowpass_residual_dequantize, lowpass_residual_quantize
 from effplug.kernels.pack import QuantizedTensor
 
 
@@ -34,6 +35,20 @@ class UniformCodec:
     def decode(payload: QuantizedTensor) -> torch.Tensor:
         """The payload carries its bits and groups: no codec state is needed."""
         return _pack.unpack_dequantize(payload)
+
+    def encode_residual(self, tensor: torch.Tensor, lowpass: torch.Tensor, window: tuple[int, int],
+                        key: str | None = None, *, seed: int | None = None,
+                        allow_nonfinite: bool = False) -> QuantizedTensor:
+        """``encode(tensor - Upsample(lowpass))`` for a map ``[B, C, H, W]`` in one pass (DIVISION's HFC)."""
+        if self.stochastic and seed is None:
+            seed = self.seeds.draw(key)
+        return lowpass_residual_quantize(tensor, lowpass, window, self.bits, self.group_size, self.stochastic,
+                                         seed if self.stochastic else None, self.scale_dtype,
+                                         validate=not allow_nonfinite)
+
+    @staticmethod
+    def decode_residual(payload: QuantizedTensor, lowpass: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        return lowpass_residual_dequantize(payload, lowpass, window)
 
     def nbytes(self, payload: QuantizedTensor) -> int:
         return payload.nbytes

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from effplug.kernels.grad_error import squared_error
+
 
 @dataclass
 class Measurement:
@@ -27,18 +29,16 @@ def measure_gradient_effects(loss: torch.Tensor, params: list, recorded: list, s
     re-encoded by the method (``set_probe(slot)`` tells the unpack hook which): the other tensors decode
     identically in both, so the difference is that tensor's alone."""
     reference = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    ref_sq = sum(float(g.float().pow(2).sum()) for g in reference if g is not None)
+    reference_norms = [squared_error(g, g)[1] for g in reference if g is not None]
+    ref_sq = float(torch.stack(reference_norms).sum()) if reference_norms else 0.0
     measurements = []
     slots = {s.slot: s for s in recorded}
     try:
         for slot, saved in sorted(slots.items()):
             set_probe(slot)
             probed = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            errors = [
-                (float((a.float() - b.float()).pow(2).sum()), float(b.float().pow(2).sum()))
-                for a, b in zip(probed, reference, strict=True)
-                if a is not None
-            ]
+            sums = [squared_error(a, b) for a, b in zip(probed, reference, strict=True) if a is not None]
+            errors = torch.stack(sums).tolist() if sums else []  # one host sync per probe, not two per parameter
             err = sum(e for e, _ in errors)
             rel = sum(e / r for e, r in errors if r > 0)
             measurements.append(Measurement(slot, math.prod(saved.shape), err, ref_sq, rel))

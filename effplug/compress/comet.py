@@ -8,8 +8,9 @@ is linear-scaling quantization with bin width ``2 * eb`` (Di & Cappello 2016; cu
 
 with ``z_g`` the minimum of each group of ``group_size`` elements. The integer codes are stored at the
 smallest width in {1, 2, 4, 8, 16} bits that holds the tensor's largest code (a fixed-width stand-in for
-SZ's Huffman stage; the docs page says why). After encoding, the decoded tensor is checked against the bound;
-a tensor that would break it (fp rounding at tiny bounds, or codes wider than 16 bits) is kept exact.
+SZ's Huffman stage; the docs page says why). One fused pass (``kernels.error_bounded``) gives each group's
+minimum, largest code and largest decode error; a tensor that would break the bound (fp rounding at tiny
+bounds, codes wider than 16 bits, inf/NaN) is kept exact; a second pass writes the codes.
 
 Adaptive bound (after COMET Sec. 4): tensor ``l`` uses ``eb_l = eb * 2**-k_l``. At each calibration its
 relative gradient error ``||g_l - g|| / ||g||`` (only tensor ``l`` compressed) is measured; ``k_l`` rises
@@ -25,10 +26,17 @@ from dataclasses import dataclass
 import torch
 
 from effplug.compress.method import CompressionMethod
-from effplug.kernels.pack import pack_codes, unpack_codes
+from effplug.kernels.channel_stats import channel_min_max
+from effplug.kernels.error_bounded import (
+    WIDTHS,
+    code_width,
+    error_bounded_decode,
+    error_bounded_pack,
+    error_bounded_stats,
+)
 from effplug.sizes import tensor_nbytes
 
-WIDTHS = (1, 2, 4, 8, 16)
+__all__ = ["WIDTHS", "CometMethod", "CometPayload"]
 MAX_TIGHTENING = 16
 
 
@@ -51,6 +59,7 @@ class CometPayload:
 class CometMethod(CompressionMethod):
     name = "comet"
     needs_calibration = True
+    adapts_per_tensor = True  # each tensor's bound moves on its own measurement
 
     def __init__(self, config):
         super().__init__(config)
@@ -61,44 +70,26 @@ class CometMethod(CompressionMethod):
     def absolute_bound(self, x: torch.Tensor, slot: int) -> float:
         eb = self.config.error_bound
         if self.config.error_mode == "rel":
-            eb *= float(x.max() - x.min())
+            lo, hi = channel_min_max(x.reshape(1, -1), 0)  # one read; a host sync, as the bound is a scalar
+            eb *= float(hi - lo)
         return eb * 2.0 ** -self.tightening.get(str(slot), 0)
 
     def encode(self, x: torch.Tensor, slot: int):
         eb = self.absolute_bound(x, slot)
         g = self.config.group_size
-        flat = x.reshape(-1).float()
-        n = flat.numel()
-        groups = -(-n // g)
-        padded = torch.nn.functional.pad(flat, (0, groups * g - n), value=float(flat[-1]) if n else 0.0)  # the last value keeps pad codes in range
-        grouped = padded.view(groups, g)
-        zero = grouped.amin(dim=1)
         step = 2.0 * eb if eb > 0 else 1.0  # eb == 0 only for a constant tensor in "rel" mode: every code is 0
-        q = torch.floor((grouped - zero[:, None]) / step + 0.5)
-        top = int(q.max()) if n else 0
-        width = next((w for w in WIDTHS if top < 2**w), None)
-        if width is None:
-            return None
-        payload = CometPayload(self._pack(q.view(-1), width), zero, step, width, g, x.shape, x.dtype, eb)
-        if n and float((self.decode(payload).float().reshape(-1) - flat).abs().max()) > eb:
+        zero, top, err = error_bounded_stats(x, step, g)  # one read: the width and the bound check
+        top, worst = torch.stack([top.amax(), err.amax()]).tolist()  # one host sync for both
+        width = code_width(top)
+        if width is None or not worst <= eb:  # codes wider than 16 bits, fp rounding at a tiny bound, inf/NaN
             self.fallbacks += 1
+            self.decline_reason = "comet keeps a tensor exact when its codes would break the error bound"
             return None
-        return payload
-
-    @staticmethod
-    def _pack(q: torch.Tensor, width: int) -> torch.Tensor:
-        if width == 16:
-            return (q - 32768).to(torch.int16)
-        return pack_codes(q, width)  # group_size >= 32 keeps the count a multiple of 8 // width
+        data = error_bounded_pack(x, zero, step, g, width)  # group_size >= 32: whole bytes per group
+        return CometPayload(data, zero, step, width, g, x.shape, x.dtype, eb)
 
     def decode(self, p: CometPayload) -> torch.Tensor:
-        if p.width == 16:
-            q = p.data.to(torch.float32) + 32768
-        else:
-            q = unpack_codes(p.data, p.width).float()
-        x = p.zero[:, None] + q.view(-1, p.group_size) * p.step
-        n = math.prod(p.shape)
-        return x.reshape(-1)[:n].view(p.shape).to(p.dtype)
+        return error_bounded_decode(p.data, p.zero, p.step, p.group_size, p.width, p.shape, p.dtype)
 
     def calibrate(self, measurements) -> None:
         tol = self.config.grad_tolerance

@@ -31,6 +31,9 @@ class CompressionConfig:
         (that is where losses are computed) and compresses their sub-modules; ``"model"`` compresses
         everything saved inside the model's forward.
     recalibrate_every: forwards between GACT sensitivity / COMET bound recalibrations.
+    probes_per_step: saved tensors measured per calibration step (one extra backward each, plus one for the
+        reference). A calibration round spreads over as many steps as it needs, so each costs about 3x a plain
+        step at the default 1; ``None`` measures every tensor in one step (GACT's own schedule).
     sensitivity: GACT's objective. ``"absolute"`` is the paper's total gradient variance ``||g_l - g||**2``;
         ``"relative"`` sums each parameter tensor's relative error, which is what adaptive optimizers
         (Adam scales every parameter's update) are sensitive to.
@@ -54,6 +57,7 @@ class CompressionConfig:
     scope: str = "auto"
     seed: int | None = None
     recalibrate_every: int = 200
+    probes_per_step: int | None = 1
     sensitivity: str = "absolute"
     error_bound: float = 1e-2
     error_mode: str = "rel"
@@ -87,6 +91,10 @@ class CompressionConfig:
             _fail("sensitivity", "'relative' or 'absolute'", self.sensitivity)
         if not isinstance(self.recalibrate_every, int) or self.recalibrate_every < 1:
             _fail("recalibrate_every", "a positive integer", self.recalibrate_every)
+        if self.probes_per_step is not None and (
+                isinstance(self.probes_per_step, bool) or not isinstance(self.probes_per_step, int)
+                or self.probes_per_step < 1):
+            _fail("probes_per_step", "a positive integer, or None for every tensor in one step", self.probes_per_step)
         if not self.error_bound > 0:
             _fail("error_bound", "a positive float", self.error_bound)
         if self.error_mode not in ERROR_MODES:

@@ -8,7 +8,8 @@ For a map ``x`` of shape ``[B, C, H, W]`` (eq. 3-5 of the paper):
 
 with ``k = min(lowpass_block, H)`` (and likewise for ``W``). 3-D tensors ``[B, N, C]`` are low-passed along
 ``N`` only (treated as ``[B, 1, N, C]`` with a ``k x 1`` window). Other tensors go to ActNN. The residual is
-taken against the bf16-rounded LFC that is stored, so the LFC's rounding error is carried by the HFC.
+taken against the bf16-rounded LFC that is stored, so the LFC's rounding error is carried by the HFC. The
+subtraction runs inside the quantizer's pass and the addition inside the decoder's (``kernels/lowpass.py``).
 """
 
 from __future__ import annotations
@@ -42,32 +43,28 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.ndim == 3 else x
 
 
-def _upsample(lfc: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    kh, kw = window
-    up = lfc.float().repeat_interleave(kh, dim=2)[:, :, : size[0]]
-    return up.repeat_interleave(kw, dim=3)[:, :, :, : size[1]]
-
-
 class DivisionMethod(ActNNMethod):
     name = "division"
 
     def encode(self, x: torch.Tensor, slot: int):
         if x.ndim not in (3, 4):
             return super().encode(x, slot)
-        m = _as_map(x).float()
+        m = _as_map(x)
         h, w = m.shape[-2:]
         block = self.config.lowpass_block
         window = (min(block, h), min(block, w) if x.ndim == 4 else 1)
-        lfc = F.avg_pool2d(m, window, stride=window, ceil_mode=True).to(torch.bfloat16)
-        hfc = m - _upsample(lfc, window, (h, w))
-        return DivisionPayload(lfc, self.quantize(hfc, self.bits_for(slot)), window, tuple(m.shape), x.shape, x.dtype)
+        lfc = F.avg_pool2d(m.float(), window, stride=window, ceil_mode=True).to(torch.bfloat16)
+        stochastic = self.config.stochastic
+        seed = self.seeds.draw() if stochastic else None
+        # the residual is formed inside the quantizer's pass (kernels/lowpass.py): never written out
+        hfc = self.codec(self.bits_for(slot), stochastic).encode_residual(
+            m, lfc, window, seed=seed, allow_nonfinite=x.device.type != "cpu")
+        return DivisionPayload(lfc, hfc, window, tuple(m.shape), x.shape, x.dtype)
 
     def decode(self, p) -> torch.Tensor:
         if not isinstance(p, DivisionPayload):
             return super().decode(p)
-        h, w = p.map_shape[-2:]
-        x = _upsample(p.lfc, p.window, (h, w)) + UniformCodec.decode(p.hfc).view(p.map_shape)
-        return x.reshape(p.shape).to(p.dtype)
+        return UniformCodec.decode_residual(p.hfc, p.lfc, p.window).reshape(p.shape)
 
 
 def division_nbytes(shape, bits: int, group_size: int, block: int) -> int:

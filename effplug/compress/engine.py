@@ -41,6 +41,8 @@ from effplug.codecs.lossless import (  # noqa: F401  (re-exported)
     NarrowIntPayload,
     RectifiedPayload,
     TwoLevelPayload,
+    decode_rectified,
+    decode_two_level,
     narrow_int,
     pack_bool,
     two_level,
@@ -91,6 +93,26 @@ def _begins_a_forward(module, args, kwargs) -> bool:
     return torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1
 
 
+_ROUND_FLOATS = ("sq_error", "ref_sq_norm", "rel_sq_error")
+
+
+def _round_state(measurements: list[Measurement] | None, next_slot: int) -> dict | None:
+    """A calibration round in progress as plain tensors and ints (None: no round)."""
+    if measurements is None:
+        return None
+    return {"next_slot": next_slot,
+            "slots": torch.tensor([m.slot for m in measurements], dtype=torch.int64),
+            "numels": torch.tensor([m.numel for m in measurements], dtype=torch.int64),
+            **{f: torch.tensor([getattr(m, f) for m in measurements], dtype=torch.float64) for f in _ROUND_FLOATS}}
+
+
+def _load_round(state: dict | None) -> tuple[list[Measurement] | None, int]:
+    if state is None:
+        return None, 0
+    columns = [state["slots"].tolist(), state["numels"].tolist(), *(state[f].tolist() for f in _ROUND_FLOATS)]
+    return [Measurement(*row) for row in zip(*columns, strict=True)], int(state["next_slot"])
+
+
 class ActivationCompressor:
     """Compress what ``model``'s forward saves for backward. Use ``attach()``/``detach()`` or ``with``."""
 
@@ -118,6 +140,8 @@ class ActivationCompressor:
         self._input_bytes = 0
         self._recording = False
         self._recorded: list[SavedActivation] = []
+        self._round: list[Measurement] | None = None  # a calibration round spread over steps: its measurements
+        self._round_next = 0  # the first slot the next calibration step probes
         self._probe_slot = -1
         self._reported: set = set()
         self._rectified: dict[int, bool] = {}
@@ -171,11 +195,11 @@ class ActivationCompressor:
                 level=logging.WARNING,
             )
         self._recorded = []
-        self._recording = (
-            self.method.needs_calibration
-            and self.calibration_enabled
-            and self.forward_count % self.config.recalibrate_every == 0
-        )
+        starts_round = self.forward_count % self.config.recalibrate_every == 0
+        self._recording = self.method.needs_calibration and self.calibration_enabled and (
+            starts_round or self._round is not None)
+        if self._recording and self._round is None:
+            self._round, self._round_next = [], 0
         self.forward_count += 1
         self._param_ptrs = {_storage_ptr(p) for p in self.model.parameters()}
         self._param_ptrs |= {_storage_ptr(b) for b in self.model.buffers()}
@@ -307,8 +331,9 @@ class ActivationCompressor:
                 saved.payload, saved.order = mask, order
                 self._report.add(layer, tensor_nbytes(t), mask.nbytes, compressed=True)
                 return saved
+        probed = self._recording and self._probes_slot(slot)
         try:
-            payload = self._reference_encode(dense, slot) if self._recording else self._encode(dense, slot)
+            payload = self._reference_encode(dense, slot) if probed else self._encode(dense, slot)
         except ValueError:  # non-finite values: the quantizer refuses rather than corrupt them
             payload = None
         if payload is None:
@@ -318,7 +343,7 @@ class ActivationCompressor:
         saved = SavedActivation(t, slot)
         saved.payload, saved.order = payload, order
         self._report.add(layer, tensor_nbytes(t), payload.nbytes, compressed=True)
-        if self._recording:
+        if probed:
             self._recorded.append(saved)
         return saved
 
@@ -328,7 +353,7 @@ class ActivationCompressor:
         reference = UniformCodec(REFERENCE_BITS, self.config.group_size, stochastic=False, scale_dtype=torch.bfloat16)
         payload = reference.encode(dense, allow_nonfinite=dense.device.type != "cpu")
         if self._is_rectified(slot, dense):
-            payload = RectifiedPayload(pack_bool(dense > 0), payload)
+            payload = RectifiedPayload(pack_bool(dense, positive=True), payload)
         return payload
 
     def _is_rectified(self, slot: int, dense: torch.Tensor) -> bool:
@@ -340,7 +365,7 @@ class ActivationCompressor:
     def _encode(self, dense: torch.Tensor, slot: int, probe: bool = False):
         payload = self.method.probe(dense, slot) if probe else self.method.encode(dense, slot)
         if payload is not None and self._is_rectified(slot, dense):
-            payload = RectifiedPayload(pack_bool(dense > 0), payload)
+            payload = RectifiedPayload(pack_bool(dense, positive=True), payload)
         return payload
 
     def _decode_inner(self, payload) -> torch.Tensor:
@@ -352,8 +377,7 @@ class ActivationCompressor:
         if not isinstance(payload, RectifiedPayload):
             return self._decode_inner(payload)
         inner = self._decode_inner(payload.inner)
-        mask = unpack_bool(payload.mask).view(inner.shape)
-        return torch.where(mask, inner.clamp_min(torch.finfo(dtype).tiny), torch.zeros((), dtype=inner.dtype))
+        return decode_rectified(payload.mask, inner).view(inner.shape)
 
     def _restore(self, saved: SavedActivation, dense: torch.Tensor) -> torch.Tensor:
         if saved.order is None:
@@ -381,7 +405,7 @@ class ActivationCompressor:
     def _decode_dense(self, saved: SavedActivation) -> torch.Tensor:
         if isinstance(saved.payload, TwoLevelPayload):
             p = saved.payload
-            out = torch.where(unpack_bool(p.mask), p.value, torch.zeros((), dtype=p.dtype))
+            out = decode_two_level(p)
         else:
             out = self._decode(saved.payload, saved.dtype)
         if saved.order is not None:
@@ -393,23 +417,37 @@ class ActivationCompressor:
     def _set_probe(self, slot: int) -> None:
         self._probe_slot = slot
 
+    def _probes_slot(self, slot: int) -> bool:
+        k = self.config.probes_per_step
+        return k is None or self._round_next <= slot < self._round_next + k
+
     @property
     def calibration_pending(self) -> bool:
-        return self._recording and bool(self._recorded)
+        return self._recording
 
     def calibrate(self, loss: torch.Tensor) -> bool:
-        """Measure each saved tensor's effect on the gradient of ``loss`` (before ``loss.backward()``).
+        """Measure saved tensors' effect on the gradient of ``loss`` (before ``loss.backward()``).
 
-        A calibration forward holds every tensor at 8 bits (nearest). This runs one backward with those
-        references and one per tensor with only that tensor re-encoded by the method, on the retained graph
-        (no extra forward); the other tensors decode identically in both, so the difference is that tensor's
-        alone. Returns False when this forward was not a calibration one.
+        On a calibration forward the next ``probes_per_step`` saved tensors are held at 8 bits (nearest) and
+        the others go through the method as usual. This runs one backward with those references and one per
+        probed tensor with only that tensor re-encoded by the method, on the retained graph (no extra forward);
+        the other tensors decode identically in both, so the difference is that tensor's alone. When every
+        tensor of the forward has been measured, the method adapts to the round. Returns False when this
+        forward was not a calibration one.
         """
-        if not self.calibration_pending:
+        if not self._recording:
             return False
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        measurements = measure_gradient_effects(loss, params, self._recorded, self._set_probe)
-        self.method.calibrate(measurements)
+        if self._recorded:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self._round.extend(measure_gradient_effects(loss, params, self._recorded, self._set_probe))
+        k = self.config.probes_per_step
+        self._round_next += k or self._slot
+        complete = self._round_next >= self._slot  # every slot of this forward measured
+        if self._round and (complete or self.method.adapts_per_tensor):
+            self.method.calibrate(self._round)
+            self._round = [] if not complete else None
+        elif complete:
+            self._round = None
         self._recorded = []
         self._recording = False
         return True
@@ -421,6 +459,7 @@ class ActivationCompressor:
             "config": self.config.to_dict(),
             "forward_count": self.forward_count,
             "method": self.method.state_dict(),
+            "calibration_round": _round_state(self._round, self._round_next),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -429,6 +468,7 @@ class ActivationCompressor:
                             {k: getattr(self.config, k) for k in keys})
         self.forward_count = int(state["forward_count"])
         self.method.load_state_dict(state["method"])
+        self._round, self._round_next = _load_round(state.get("calibration_round"))
 
     def step_saved_bytes(self, step) -> tuple[int, int]:
         """Saved-for-backward bytes of ``step()`` (a forward and its loss) without and with compression.

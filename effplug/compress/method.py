@@ -13,6 +13,7 @@ import torch
 class CompressionMethod:
     name = ""
     needs_calibration = False  # True: the engine measures each tensor's gradient effect and calls calibrate()
+    adapts_per_tensor = False  # True: calibrate() takes any subset of tensors (COMET); False: a whole round (GACT)
     decline_reason = ""
 
     def __init__(self, config):

@@ -274,6 +274,87 @@ def _sddmm(vector):
                    {"V": vector, "TILE_M": SPARSE_TILE_M, "BLOCK_K": SPARSE_BLOCK_K, "BLOCK_NNZ": SPARSE_BLOCK_N})
 
 
+def _error_bounded(kernel, dtype="fp32", width=4):
+    from effplug.kernels.triton_kernels import GROUP_KERNEL_BLOCK
+
+    common = {"n": "i32", "n_groups": "i32", "step": "fp32", "GROUP": "constexpr", "ROWS": "constexpr"}
+    constexprs = {"GROUP": 128, "ROWS": GROUP_KERNEL_BLOCK // 128}
+    codes = "*i16" if width == 16 else "*u8"
+    if kernel == "stats":
+        return Variant("_error_bounded_stats_kernel", f"{dtype}",
+                       {"x_ptr": _DTYPES[dtype], "zero_ptr": "*fp32", "top_ptr": "*fp32", "err_ptr": "*fp32", **common},
+                       constexprs)
+    if kernel == "pack":
+        return Variant("_error_bounded_pack_kernel", f"{dtype} {width}-bit",
+                       {"x_ptr": _DTYPES[dtype], "zero_ptr": "*fp32", "out_ptr": codes, **common, "WIDTH": "constexpr"},
+                       {**constexprs, "WIDTH": width})
+    return Variant("_error_bounded_decode_kernel", f"{dtype} {width}-bit",
+                   {"data_ptr": codes, "zero_ptr": "*fp32", "out_ptr": _DTYPES[dtype], **common, "WIDTH": "constexpr"},
+                   {**constexprs, "WIDTH": width})
+
+
+def _lowpass(dtype, bits, stochastic, backward=False):
+    from effplug.kernels.triton_kernels import GROUP_KERNEL_BLOCK
+
+    geometry = {k: "i32" for k in ("n", "n_groups", "h", "w", "kh", "kw", "hl", "wl")}
+    constexprs = {"BITS": bits, "GROUP": 128, "ROWS": GROUP_KERNEL_BLOCK // 128}
+    if backward:
+        constexprs["ROWS"] //= 2  # what the launcher passes
+        return Variant("_lowpass_residual_dequantize_kernel", f"{dtype} {bits}-bit",
+                       {"data_ptr": "*u8", "scale_ptr": "*bf16", "zero_ptr": "*bf16", "lfc_ptr": "*bf16",
+                        "out_ptr": _DTYPES[dtype], **geometry, "BITS": "constexpr", "GROUP": "constexpr",
+                        "ROWS": "constexpr"}, constexprs)
+    import triton.language as tl
+
+    geometry = {"n": "i32", "n_groups": "i32", "seed": "i64", **{k: "i32" for k in ("h", "w", "kh", "kw", "hl", "wl")}}
+    return Variant("_lowpass_residual_quantize_kernel", f"{dtype} {bits}-bit {'SR' if stochastic else 'RN'}",
+                   {"x_ptr": _DTYPES[dtype], "lfc_ptr": "*bf16", "data_ptr": "*u8", "scale_ptr": "*bf16",
+                    "zero_ptr": "*bf16", **geometry, "BITS": "constexpr", "GROUP": "constexpr", "ROWS": "constexpr",
+                    "STOCHASTIC": "constexpr", "SCALE_DTYPE": "constexpr"},
+                   {**constexprs, "STOCHASTIC": stochastic, "SCALE_DTYPE": tl.bfloat16})
+
+
+def _mask(kernel, dtype="fp32", flag=False):
+    from effplug.kernels.triton_kernels import MASK_BLOCK
+
+    ptr = {"u8": "*u8", **_DTYPES}[dtype]
+    if kernel == "pack":
+        return Variant("_pack_mask_kernel", f"{dtype}{' two-level' if flag else ''}",
+                       {"x_ptr": ptr, "data_ptr": "*u8", "top_ptr": "*fp32", "low_ptr": "*fp32", "nan_ptr": "*i32",
+                        "n": "i32", "POSITIVE": "constexpr", "STATS": "constexpr", "BLOCK": "constexpr"},
+                       {"POSITIVE": not flag, "STATS": flag, "BLOCK": MASK_BLOCK})
+    mode = {"u8": 0}.get(dtype, 2 if flag else 1)
+    return Variant("_unpack_mask_kernel", f"{dtype} mode {mode}",
+                   {"data_ptr": "*u8", "src_ptr": ptr, "out_ptr": ptr, "n": "i32", "floor": "fp32",
+                    "MODE": "constexpr", "BLOCK": "constexpr"}, {"MODE": mode, "BLOCK": MASK_BLOCK})
+
+
+def _squared_error(dtype):
+    from effplug.kernels.triton_kernels import STATS_BLOCK
+
+    return Variant("_squared_error_kernel", dtype,
+                   {"a_ptr": _DTYPES[dtype], "b_ptr": _DTYPES[dtype], "err_ptr": "*fp64", "ref_ptr": "*fp64",
+                    "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": STATS_BLOCK})
+
+
+def _method_kernels(full: bool) -> list[Variant]:
+    """COMET's, DIVISION's, the lossless masks' and the calibration probes' kernels."""
+    if not full:
+        return [_error_bounded("stats", "bf16"), _error_bounded("pack", "fp32", 2), _error_bounded("pack", "fp16", 16),
+                _error_bounded("decode", "bf16", 16), _error_bounded("decode", "fp32", 8),
+                _lowpass("fp32", 2, True), _lowpass("bf16", 4, False), _lowpass("fp16", 8, False, backward=True),
+                _mask("pack", "u8"), _mask("pack", "bf16", True), _mask("unpack", "u8"), _mask("unpack", "fp16"),
+                _mask("unpack", "fp32", True), _squared_error("bf16")]
+    dtypes = list(_DTYPES)
+    out = [_error_bounded("stats", d) for d in dtypes]
+    out += [_error_bounded(k, d, w) for k in ("pack", "decode") for d in dtypes for w in (1, 2, 4, 8, 16)]
+    out += [_lowpass(d, b, s) for d in dtypes for b in (1, 2, 4, 8) for s in (False, True)]
+    out += [_lowpass(d, b, False, backward=True) for d in dtypes for b in (1, 2, 4, 8)]
+    out += [_mask("pack", d, f) for d in ("u8", *dtypes) for f in (False, True) if not (d == "u8" and f)]
+    out += [_mask("unpack", "u8")] + [_mask("unpack", d, f) for d in dtypes for f in (False, True)]
+    return out + [_squared_error(d) for d in dtypes]
+
+
 def variants(full: bool = False) -> list[Variant]:
     """The kernel variants the dispatch can launch. By default each value of each axis (dtype, bits,
     stochastic, scale dtype, output) once, a covering set for ``make test``; ``full`` the whole product."""
@@ -294,7 +375,7 @@ def variants(full: bool = False) -> list[Variant]:
                 for b in (False, True) if not (b and m)]
         out += [_channel_stats(k, d) for k in ("rows", "inner") for d in dtypes] + [_channel_stats("octav")]
         out += [_cross_entropy_rows()]
-        return out
+        return out + _method_kernels(True)
     return [_quantize_pack("fp32", 1, False, "fp16"), _quantize_pack("fp16", 2, True, "bf16"),
             _quantize_pack("bf16", 4, True, "fp16"), _quantize_pack("fp32", 8, True, "bf16"),
             _unpack("fp32", 1), _unpack("fp16", 2), _unpack("bf16", 4), _unpack("fp32", 8),
@@ -308,7 +389,7 @@ def variants(full: bool = False) -> list[Variant]:
             _softmax("fp32", True, False, False), _softmax("bf16", True, True, False), _softmax("fp16", False, True, True),
             _softmax("fp32", False, False, True), _layer_norm("fp16", False), _layer_norm("bf16", True),
             _rope("bf16", False), _rope("fp32", True), _channel_stats("rows", "bf16"), _channel_stats("inner", "fp16"),
-            _channel_stats("octav"), _cross_entropy_rows()]
+            _channel_stats("octav"), _cross_entropy_rows(), *_method_kernels(False)]
 
 
 def _tool(name: str) -> str:

@@ -225,12 +225,18 @@ def quantize_pack(
         )
     else:
         data, scale, zero = _quantize_pack_torch(flat, bits, group_size, stochastic, seed, scale_dtype)
-    if validate and not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
+    if validate:
+        check_finite_groups(scale, zero)
+    return QuantizedTensor(data, scale, zero, bits, group_size, x.shape, x.dtype)
+
+
+def check_finite_groups(scale: torch.Tensor, zero: torch.Tensor) -> None:
+    """Raise unless every group's scale and zero are finite (a host sync)."""
+    if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
         raise ValueError(
             "cannot quantize: the input holds inf/NaN or a group range exceeds "
-            f"{scale_dtype} (max {torch.finfo(scale_dtype).max:g}); clean the input or pass scale_dtype=torch.bfloat16"
+            f"{scale.dtype} (max {torch.finfo(scale.dtype).max:g}); clean the input or pass scale_dtype=torch.bfloat16"
         )
-    return QuantizedTensor(data, scale, zero, bits, group_size, x.shape, x.dtype)
 
 
 def unpack_dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:

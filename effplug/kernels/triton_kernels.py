@@ -51,17 +51,10 @@ def _round_directed(v, DTYPE: tl.constexpr, UP: tl.constexpr):
 
 
 @triton.jit
-def _quantize_pack_kernel(
-    x_ptr, data_ptr, scale_ptr, zero_ptr, n, n_groups, seed,
-    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
-    STOCHASTIC: tl.constexpr, SCALE_DTYPE: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, GROUP)
-    offs = rows[:, None] * GROUP + cols[None, :]
-    valid = offs < n
-    x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+def _quantize_rows(x, valid, pid, rows, data_ptr, scale_ptr, zero_ptr, n_groups, seed,
+                   BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+                   STOCHASTIC: tl.constexpr, SCALE_DTYPE: tl.constexpr):
+    """Quantize and pack ``ROWS`` groups of fp32 ``x`` (``valid`` marks real elements) and store them."""
     lo = tl.min(tl.where(valid, x, float("inf")), axis=1)
     hi = tl.max(tl.where(valid, x, float("-inf")), axis=1)
     zero = _round_directed(lo, SCALE_DTYPE, False)
@@ -85,6 +78,27 @@ def _quantize_pack_kernel(
     row_ok = rows < n_groups
     tl.store(scale_ptr + rows, scale, mask=row_ok)
     tl.store(zero_ptr + rows, zero, mask=row_ok)
+
+
+@triton.jit
+def _load_group_rows(x_ptr, n, pid, GROUP: tl.constexpr, ROWS: tl.constexpr):
+    """Program ``pid``'s ``ROWS`` groups: their indices, element offsets, validity and fp32 values."""
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    valid = offs < n
+    return rows, offs, valid, tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _quantize_pack_kernel(
+    x_ptr, data_ptr, scale_ptr, zero_ptr, n, n_groups, seed,
+    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+    STOCHASTIC: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows, offs, valid, x = _load_group_rows(x_ptr, n, pid, GROUP, ROWS)
+    _quantize_rows(x, valid, pid, rows, data_ptr, scale_ptr, zero_ptr, n_groups, seed,
+                   BITS, GROUP, ROWS, STOCHASTIC, SCALE_DTYPE)
 
 
 POW2_BLOCK = 2048  # elements per program of the natural-compression / LUQ kernel on a GPU
@@ -120,18 +134,23 @@ def _unpack_dequantize_kernel(
     data_ptr, scale_ptr, zero_ptr, out_ptr, n, n_groups,
     BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    offs, x = _dequantize_group_rows(data_ptr, scale_ptr, zero_ptr, n_groups, tl.program_id(0), BITS, GROUP, ROWS)
+    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=offs < n)
+
+
+@triton.jit
+def _dequantize_group_rows(data_ptr, scale_ptr, zero_ptr, n_groups, pid, BITS: tl.constexpr, GROUP: tl.constexpr,
+                           ROWS: tl.constexpr):
+    """Program ``pid``'s ``ROWS`` groups decoded to fp32 ``q * scale + zero``, with their element offsets."""
     rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, GROUP)
-    offs = rows[:, None] * GROUP + cols[None, :]
+    offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     row_ok = rows < n_groups
     PER: tl.constexpr = 8 // BITS
     byte = tl.load(data_ptr + offs // PER, mask=row_ok[:, None], other=0).to(tl.int32)
     q = (byte >> ((offs % PER) * BITS)) & ((1 << BITS) - 1)
     s = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     z = tl.load(zero_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    x = q.to(tl.float32) * s[:, None] + z[:, None]
-    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=offs < n)
+    return offs, q.to(tl.float32) * s[:, None] + z[:, None]
 
 
 def unpack_dequantize(qt, out_dtype):
@@ -1018,3 +1037,247 @@ def octav_tail(magnitude, clip):
     count = torch.empty(rows, chunks, dtype=torch.int32, device=magnitude.device)
     _octav_tail_kernel[(rows, chunks)](magnitude, clip, tail, count, n, BLOCK=block)
     return tail, count
+
+
+# -- COMET's error-bounded codes (kernels/error_bounded.py) -------------------------------------------
+
+
+@triton.jit
+def _bounded_codes(x_ptr, zero, n, step, rows, GROUP: tl.constexpr):
+    """fp32 x of the group rows (positions past ``n`` repeat the last value, so pad codes stay in range) and
+    their linear-scaling codes ``floor((x - zero) / step + 0.5)``; ``zero`` per row."""
+    offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    x = tl.load(x_ptr + tl.minimum(offs, n - 1)).to(tl.float32)
+    return offs, x, tl.floor((x - zero[:, None]) / step + 0.5)
+
+
+@triton.jit
+def _error_bounded_stats_kernel(x_ptr, zero_ptr, top_ptr, err_ptr, n, n_groups, step,
+                                GROUP: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    x = tl.load(x_ptr + tl.minimum(offs, n - 1)).to(tl.float32)  # as _bounded_codes loads it
+    zero = tl.min(x, axis=1)
+    q = tl.floor((x - zero[:, None]) / step + 0.5)
+    x_hat = _round_to_dtype(zero[:, None] + q * step, x_ptr.dtype.element_ty).to(tl.float32)  # what decode gives
+    err = tl.abs(x_hat - x)
+    bad = (err != err) | (tl.abs(x) == float("inf"))  # NaN compares unequal; the maximum must not skip it
+    err = tl.max(tl.where(bad, float("inf"), err), axis=1)
+    row_ok = rows < n_groups
+    tl.store(zero_ptr + rows, zero, mask=row_ok)
+    tl.store(top_ptr + rows, tl.max(q, axis=1), mask=row_ok)
+    tl.store(err_ptr + rows, err, mask=row_ok)
+
+
+@triton.jit
+def _error_bounded_pack_kernel(x_ptr, zero_ptr, out_ptr, n, n_groups, step,
+                               WIDTH: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_groups
+    zero = tl.load(zero_ptr + rows, mask=row_ok, other=0.0)
+    offs, x, q = _bounded_codes(x_ptr, zero, n, step, rows, GROUP)
+    if WIDTH == 16:
+        tl.store(out_ptr + offs, (q - 32768.0).to(tl.int16), mask=row_ok[:, None])
+    else:
+        PER: tl.constexpr = 8 // WIDTH
+        q = tl.reshape(q.to(tl.int32), (ROWS * GROUP // PER, PER))
+        packed = tl.sum(q << (tl.arange(0, PER) * WIDTH)[None, :], axis=1)
+        byte_offs = pid * (ROWS * GROUP // PER) + tl.arange(0, ROWS * GROUP // PER)
+        tl.store(out_ptr + byte_offs, packed.to(tl.uint8), mask=byte_offs < n_groups * (GROUP // PER))
+
+
+@triton.jit
+def _error_bounded_decode_kernel(data_ptr, zero_ptr, out_ptr, n, n_groups, step,
+                                 WIDTH: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    row_ok = rows < n_groups
+    if WIDTH == 16:
+        q = tl.load(data_ptr + offs, mask=row_ok[:, None], other=0).to(tl.float32) + 32768.0
+    else:
+        PER: tl.constexpr = 8 // WIDTH
+        byte = tl.load(data_ptr + offs // PER, mask=row_ok[:, None], other=0).to(tl.int32)
+        q = ((byte >> ((offs % PER) * WIDTH)) & ((1 << WIDTH) - 1)).to(tl.float32)
+    zero = tl.load(zero_ptr + rows, mask=row_ok, other=0.0)
+    tl.store(out_ptr + offs, _round_to_dtype(zero[:, None] + q * step, out_ptr.dtype.element_ty), mask=offs < n)
+
+
+def _bounded_grid(n_groups, group_size):
+    rows = _rows_per_program(n_groups, group_size)
+    return rows, (triton.cdiv(n_groups, rows),)
+
+
+def error_bounded_stats(flat, step, group_size):
+    n = flat.numel()
+    n_groups = -(-n // group_size)
+    zero = torch.empty(n_groups, dtype=torch.float32, device=flat.device)
+    top, err = torch.empty_like(zero), torch.empty_like(zero)
+    rows, grid = _bounded_grid(n_groups, group_size)
+    _error_bounded_stats_kernel[grid](flat, zero, top, err, n, n_groups, step, GROUP=group_size, ROWS=rows)
+    return zero, top, err
+
+
+def error_bounded_pack(flat, zero, step, group_size, width):
+    n_groups = zero.numel()
+    codes = n_groups * group_size
+    out = (torch.empty(codes, dtype=torch.int16, device=flat.device) if width == 16
+           else torch.empty(codes * width // 8, dtype=torch.uint8, device=flat.device))
+    rows, grid = _bounded_grid(n_groups, group_size)
+    _error_bounded_pack_kernel[grid](flat, zero, out, flat.numel(), n_groups, step, WIDTH=width, GROUP=group_size,
+                                     ROWS=rows)
+    return out
+
+
+def error_bounded_decode(data, zero, step, group_size, width, n, dtype):
+    n_groups = zero.numel()
+    out = torch.empty(n, dtype=dtype, device=data.device)
+    rows, grid = _bounded_grid(n_groups, group_size)
+    _error_bounded_decode_kernel[grid](data, zero, out, n, n_groups, step, WIDTH=width, GROUP=group_size, ROWS=rows)
+    return out
+
+
+# -- DIVISION's low-pass residual (kernels/lowpass.py) ------------------------------------------------
+
+
+@triton.jit
+def _lowpass_at(lfc_ptr, offs, mask, h, w, kh, kw, hl, wl):
+    """The low-pass value upsampled to map position ``offs`` of a [B, C, h, w] map (block ``kh x kw``)."""
+    col = offs % w
+    row = (offs // w) % h
+    plane = offs // (h * w)
+    return tl.load(lfc_ptr + plane * (hl * wl) + (row // kh) * wl + col // kw, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _lowpass_residual_quantize_kernel(
+    x_ptr, lfc_ptr, data_ptr, scale_ptr, zero_ptr, n, n_groups, seed, h, w, kh, kw, hl, wl,
+    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+    STOCHASTIC: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows, offs, valid, x = _load_group_rows(x_ptr, n, pid, GROUP, ROWS)
+    x = x - _lowpass_at(lfc_ptr, offs, valid, h, w, kh, kw, hl, wl)  # the prologue: the high-frequency part
+    _quantize_rows(x, valid, pid, rows, data_ptr, scale_ptr, zero_ptr, n_groups, seed,
+                   BITS, GROUP, ROWS, STOCHASTIC, SCALE_DTYPE)
+
+
+@triton.jit
+def _lowpass_residual_dequantize_kernel(
+    data_ptr, scale_ptr, zero_ptr, lfc_ptr, out_ptr, n, n_groups, h, w, kh, kw, hl, wl,
+    BITS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+):
+    offs, x = _dequantize_group_rows(data_ptr, scale_ptr, zero_ptr, n_groups, tl.program_id(0), BITS, GROUP, ROWS)
+    valid = offs < n
+    x = x + _lowpass_at(lfc_ptr, offs, valid, h, w, kh, kw, hl, wl)
+    tl.store(out_ptr + offs, _round_to_dtype(x, out_ptr.dtype.element_ty), mask=valid)
+
+
+def lowpass_residual_quantize(x_map, lfc, window, bits, group_size, stochastic, seed, scale_dtype):
+    n = x_map.numel()
+    n_groups = -(-n // group_size)
+    data = torch.empty(n_groups * group_size * bits // 8, dtype=torch.uint8, device=x_map.device)
+    scale = torch.empty(n_groups, dtype=scale_dtype, device=x_map.device)
+    zero = torch.empty(n_groups, dtype=scale_dtype, device=x_map.device)
+    rows = _rows_per_program(n_groups, group_size)
+    h, w = x_map.shape[-2:]
+    _lowpass_residual_quantize_kernel[(triton.cdiv(n_groups, rows),)](
+        x_map, lfc, data, scale, zero, n, n_groups, seed, h, w, *window, *lfc.shape[-2:],
+        BITS=bits, GROUP=group_size, ROWS=rows, STOCHASTIC=stochastic, SCALE_DTYPE=_TL_DTYPE[scale_dtype],
+    )
+    return data, scale, zero
+
+
+def lowpass_residual_dequantize(qt, lfc, window, map_shape, out_dtype):
+    n_groups = qt.scale.numel()
+    out = torch.empty(map_shape, dtype=out_dtype, device=qt.device)
+    # half the group kernels' block: the index arithmetic of the upsampling needs registers (compile_tier)
+    rows = max(1, _rows_per_program(n_groups, qt.group_size) // (1 if triton_interpreting() else 2))
+    _lowpass_residual_dequantize_kernel[(triton.cdiv(n_groups, rows),)](
+        qt.data, qt.scale, qt.zero, lfc, out, out.numel(), n_groups, *map_shape[-2:], *window, *lfc.shape[-2:],
+        BITS=qt.bits, GROUP=qt.group_size, ROWS=rows,
+    )
+    return out
+
+
+# -- 1-bit masks of the lossless payloads (kernels/bitmask.py) -----------------------------------------
+
+MASK_BLOCK = 4096  # elements (512 bytes) per program
+
+
+@triton.jit
+def _pack_mask_kernel(x_ptr, data_ptr, top_ptr, low_ptr, nan_ptr, n, POSITIVE: tl.constexpr, STATS: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    x = tl.load(x_ptr + offs, mask=valid, other=0)
+    bit = (x > 0) if POSITIVE else (x != 0)
+    bits = tl.reshape(bit.to(tl.int32), (BLOCK // 8, 8))
+    packed = tl.sum(bits << tl.arange(0, 8)[None, :], axis=1)
+    byte_offs = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
+    tl.store(data_ptr + byte_offs, packed.to(tl.uint8), mask=byte_offs < (n + 7) // 8)
+    if STATS:  # the two-level test: the maximum, the smallest nonzero value, and whether a NaN is there
+        v = x.to(tl.float32)
+        tl.store(top_ptr + pid, tl.max(tl.where(valid, v, float("-inf")), axis=0))
+        tl.store(low_ptr + pid, tl.min(tl.where(valid & (v != 0), v, float("inf")), axis=0))
+        tl.store(nan_ptr + pid, tl.sum((valid & (v != v)).to(tl.int32), axis=0))
+
+
+@triton.jit
+def _unpack_mask_kernel(data_ptr, src_ptr, out_ptr, n, floor, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """MODE 0: the bits as bools; 1: ``bit ? src[0] : 0``; 2: ``bit ? max(src, floor) : 0`` (a rectified
+    payload: decoded positives stay positive)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    bit = ((tl.load(data_ptr + offs // 8, mask=valid, other=0).to(tl.int32) >> (offs % 8)) & 1) != 0
+    if MODE == 0:
+        tl.store(out_ptr + offs, bit.to(tl.uint8), mask=valid)
+    else:
+        if MODE == 1:
+            v = tl.load(src_ptr + offs * 0, mask=valid, other=0.0).to(tl.float32)
+        else:
+            v = tl.load(src_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+            v = tl.where(v < floor, floor, v)  # a NaN stays NaN, as clamp_min keeps it
+        tl.store(out_ptr + offs, tl.where(bit, v, 0.0).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+def pack_mask(x, positive, stats):
+    n = x.numel()
+    block = interpreter_block(n, gpu_block=MASK_BLOCK)
+    grid = (triton.cdiv(n, block),)
+    data = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device)
+    top = torch.empty(grid[0] if stats else 1, dtype=torch.float32, device=x.device)
+    low, nan = torch.empty_like(top), torch.empty(top.shape, dtype=torch.int32, device=x.device)
+    _pack_mask_kernel[grid](x, data, top, low, nan, n, POSITIVE=positive, STATS=stats, BLOCK=block)
+    return data, top, low, nan
+
+
+def unpack_mask(data, src, out, n, floor, mode):
+    block = interpreter_block(n, gpu_block=MASK_BLOCK)
+    _unpack_mask_kernel[(triton.cdiv(n, block),)](data, src, out, n, floor, MODE=mode, BLOCK=block)
+    return out
+
+
+# -- calibration's gradient error (kernels/grad_error.py) ----------------------------------------------
+
+
+@triton.jit
+def _squared_error_kernel(a_ptr, b_ptr, err_ptr, ref_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    d = (tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32) - b).to(tl.float64)
+    b = b.to(tl.float64)
+    tl.store(err_ptr + tl.program_id(0), tl.sum(d * d, axis=0))  # squares of fp32 values are exact in fp64
+    tl.store(ref_ptr + tl.program_id(0), tl.sum(b * b, axis=0))
+
+
+def squared_error(a, b):
+    n = b.numel()
+    block = interpreter_block(n, gpu_block=STATS_BLOCK)
+    parts = triton.cdiv(n, block)
+    err = torch.empty(parts, dtype=torch.float64, device=b.device)
+    ref = torch.empty_like(err)
+    _squared_error_kernel[(parts,)](a, b, err, ref, n, BLOCK=block)
+    return err, ref
