@@ -33,7 +33,7 @@ def test_lightning_callback_trains_checkpoints_and_resumes(tmp_path):
 
     pl.seed_everything(0, verbose=False)
     module, loader = _digits_module_and_loader()
-    callback = ActivationCompression(method="gact", bits=2, recalibrate_every=3)
+    callback = ActivationCompression(method="gact", bits=2, recalibrate_every=3, probes_per_step=None)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=4)
     _trainer(tmp_path, 4, [callback, ckpt], accumulate_grad_batches=2, precision="bf16-mixed").fit(module, loader)
     assert callback.engine is None  # detached at teardown
@@ -42,7 +42,7 @@ def test_lightning_callback_trains_checkpoints_and_resumes(tmp_path):
     assert saved["forward_count"] == 8
     assert saved["method"]["allocation"].float().mean() <= 8
 
-    resumed_cb = ActivationCompression(method="gact", bits=2, recalibrate_every=3)
+    resumed_cb = ActivationCompression(method="gact", bits=2, recalibrate_every=3, probes_per_step=None)
     module2, _ = _digits_module_and_loader()
     seen = {}
 
@@ -59,14 +59,14 @@ def test_lightning_callback_trains_checkpoints_and_resumes(tmp_path):
 
     # other settings find the old state and refuse, naming both
     with pytest.raises(ValueError, match=r"trained with bits=2.*this run has bits=4"):
-        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=4, recalibrate_every=3)]).fit(
+        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=4, recalibrate_every=3, probes_per_step=None)]).fit(
             _digits_module_and_loader()[0], loader, ckpt_path=str(tmp_path / "last.ckpt"))
     # flipped bytes in the engine's state are caught on load
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     checkpoint["callbacks"][callback.state_key]["method"]["allocation"][0] += 1
     torch.save(checkpoint, tmp_path / "flipped.ckpt")
     with pytest.raises(ValueError, match="fails its checksum"):
-        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=2, recalibrate_every=3)]).fit(
+        _trainer(tmp_path, 6, [ActivationCompression(method="gact", bits=2, recalibrate_every=3, probes_per_step=None)]).fit(
             _digits_module_and_loader()[0], loader, ckpt_path=str(tmp_path / "flipped.ckpt"))
 
 
@@ -123,7 +123,7 @@ def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
     model = tiny_gpt2(vocab_size=vocab, n_positions=32)
     args = _hf_args(tmp_path / "eff", max_steps=3, gradient_accumulation_steps=2)
     trainer = EffTrainer(model=model, args=args, train_dataset=rows,
-                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4, "probes_per_step": None})
     trainer.train()
     engine = trainer.activation_callback.engine
     assert engine.method.calibrations == 2  # forwards 0 and 4 of 6
@@ -133,7 +133,7 @@ def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
     model = tiny_gpt2(vocab_size=vocab, n_positions=32)
     args = _hf_args(tmp_path / "eff", max_steps=4, gradient_accumulation_steps=2)
     resumed = EffTrainer(model=model, args=args, train_dataset=rows,
-                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+                         activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4, "probes_per_step": None})
     resumed.train(resume_from_checkpoint=str(tmp_path / "eff" / "checkpoint-3"))
     assert resumed.activation_callback.engine.forward_count == 8  # 6 restored + 2 new
     # ... also from a copy outside output_dir: read from the folder being resumed
@@ -143,7 +143,7 @@ def test_hf_callback_and_eff_trainer(tmp_path, caplog, capsys):
     model = tiny_gpt2(vocab_size=vocab, n_positions=32)
     args = _hf_args(tmp_path / "elsewhere", max_steps=4, gradient_accumulation_steps=2)
     moved = EffTrainer(model=model, args=args, train_dataset=rows,
-                       activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4})
+                       activation_compression={"method": "gact", "bits": 2, "recalibrate_every": 4, "probes_per_step": None})
     moved.train(resume_from_checkpoint=str(tmp_path / "copied" / "step3"))
     assert moved.activation_callback.engine.forward_count == 8
 
