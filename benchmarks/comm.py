@@ -14,6 +14,10 @@ on 1, 10 and 100 Gbit/s links, where ``t_step`` is the measured median step time
 gloo, so it already includes the encode/decode work and a little local communication), and the link speed
 below which the compressor's projected step beats dense: 8 * (dense_bytes - sent_bytes) / (t_step - t_dense).
 Prints a Markdown table and writes JSON; ``--table-from results.json`` reprints the table of a saved run.
+
+``--hook-time`` measures the hook instead, on a 3.2M-parameter GPT-2 (n_embd 256, 4 layers) at 2 ranks: the DDP
+step, and per step the hook's own time split into encode + decode and collectives, for each compressor with its
+buckets averaged on the worker thread (``overlap``, the default) and in the hook (``in hook``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,63 @@ def train_one(task: str, name: str, seed: int, steps: int, rank: int) -> dict:
             "step_s": timer.median_s, "collective_s_per_step": meter.collective_s / max(meter.steps, 1)}
 
 
+HOOK_TIME_COMPRESSORS = ("dense all-reduce", "top-k 1% + EF", "natural", "cgx 4-bit")
+
+
+def hook_time_one(name: str, overlap: bool, steps: int, rank: int) -> dict:
+    """Median DDP step and the hook's per-step time on a 3.2M-parameter GPT-2; see ``--hook-time``."""
+    from effplug import data, models
+
+    corpus = data.stdlib_text(max_chars=200_000)
+    train_x, train_y = corpus.windows("train", 64, 2048, seed=0)
+    torch.manual_seed(0)
+    model = models.tiny_gpt2(vocab_size=corpus.vocab_size, n_positions=64, n_embd=256, n_layer=4, n_head=4)
+    compressor = COMPRESSORS[name](0)
+    compressor.overlaps_backward = overlap
+    spent = {"s": 0.0}
+    average = compressor.average
+
+    def timed_average(*args, **kwargs):
+        start = time.perf_counter()
+        out = average(*args, **kwargs)
+        spent["s"] += time.perf_counter() - start
+        return out
+
+    compressor.average = timed_average
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    register(ddp, compressor)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(rank)
+    times = []
+    for step in range(steps):
+        idx = torch.randint(0, len(train_x), (8,), generator=gen)
+        if step == 3:  # the first steps warm up (and DDP rebuilds its buckets)
+            spent["s"], compressor.meter.collective_s, compressor.meter.steps = 0.0, 0.0, 0
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = ddp(input_ids=train_x[idx]).logits
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), train_y[idx].reshape(-1)).backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    measured = steps - 3
+    hook_s, collective_s = spent["s"] / measured, compressor.meter.collective_s / measured
+    return {"compressor": name, "overlap": overlap, "parameters": sum(p.numel() for p in model.parameters()),
+            "step_ms": statistics.median(times[3:]) * 1e3, "hook_ms": hook_s * 1e3,
+            "collective_ms": collective_s * 1e3, "encode_decode_ms": (hook_s - collective_s) * 1e3,
+            "bytes_per_step": compressor.meter.bytes_per_step}
+
+
+def print_hook_table(rows: list) -> None:
+    dense = {r["overlap"]: r["step_ms"] for r in rows if r["compressor"] == "dense all-reduce"}
+    print("| compressor | buckets averaged | DDP step ms | vs dense | hook ms per step | encode + decode ms "
+          "| collectives ms | bytes/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['compressor']} | {'on the worker (overlap)' if r['overlap'] else 'in the hook'} | "
+              f"{r['step_ms']:.0f} | {r['step_ms'] / dense[r['overlap']]:.2f}x | {r['hook_ms']:.0f} | "
+              f"{r['encode_decode_ms']:.0f} | {r['collective_ms']:.0f} | {r['bytes_per_step']:,.0f} |")
+
+
 def rank_main(work: Path) -> None:
     """One rank (launched by ``launch_ranks``): run the jobs in ``work/jobs.json``; rank 0 writes the rows."""
     import torch.distributed as dist
@@ -82,6 +143,8 @@ def rank_main(work: Path) -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = []
+    for name, overlap in spec.get("hook_jobs", []):
+        rows.append({**hook_time_one(name, overlap, spec["hook_steps"], rank), "world_size": world})
     for task, name, seed in spec["jobs"]:
         row = train_one(task, name, seed, spec["steps"][task], rank)
         rows.append({**row, "world_size": world})
@@ -94,14 +157,14 @@ def rank_main(work: Path) -> None:
     dist.destroy_process_group()
 
 
-def run_world(world: int, jobs: list, steps: dict) -> list:
+def run_world(world: int, jobs: list, steps: dict, **extra) -> list:
     import tempfile
 
     from effplug.launch import launch_ranks
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        (work / "jobs.json").write_text(json.dumps({"jobs": jobs, "steps": steps}))
+        (work / "jobs.json").write_text(json.dumps({"jobs": jobs, "steps": steps, **extra}))
         logs = launch_ranks([__file__, "--rank-of", str(work)], world=world, timeout=7200)
         print(logs[0], end="", file=sys.stderr)
         return json.loads((work / "rows.json").read_text())
@@ -168,10 +231,18 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default="bench_out/comm.json")
     parser.add_argument("--table-from", metavar="JSON", help="print the table from a saved run's rows; no training")
+    parser.add_argument("--hook-time", action="store_true", help="time the hook on a 3.2M-parameter GPT-2 instead")
     parser.add_argument("--rank-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rank_of:
         return rank_main(Path(args.rank_of))
+    if args.hook_time:
+        hook_jobs = [(name, overlap) for name in HOOK_TIME_COMPRESSORS for overlap in (True, False)]
+        rows = run_world(2, [], {}, hook_jobs=hook_jobs, hook_steps=args.steps or 23)
+        print_hook_table(rows)
+        tasks.write_report(args.json.replace("comm.json", "comm_hook.json"), rows, {"gpt2-3.2M": args.steps or 23},
+                           "cpu", worlds=[2])
+        return
     if args.table_from:
         print_table(summarize(json.loads(Path(args.table_from).read_text())["rows"]))
         return

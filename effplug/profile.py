@@ -195,6 +195,7 @@ class CommMeter:
         self.dense_bytes = 0.0
         self.collective_s = 0.0
         self.calls: dict[str, int] = {}
+        self.trace: list[tuple[str, int]] | None = None  # set to [] to log every (collective, bytes) in order
 
     def record(self, op: str, nbytes: int, world_size: int = 2) -> None:
         """``op``: a collective by name, or "send" (a point-to-point message of ``nbytes``)."""
@@ -202,6 +203,8 @@ class CommMeter:
                    "send": lambda n, _w: n}[op]
         self.sent_bytes += formula(nbytes, world_size)
         self.calls[op] = self.calls.get(op, 0) + 1
+        if self.trace is not None:
+            self.trace.append((op, nbytes))
 
     def record_dense(self, nbytes: int, world_size: int) -> None:
         self.dense_bytes += ring_allreduce_bytes(nbytes, world_size)

@@ -281,6 +281,33 @@ def _comm_worker(rank, world):
             _train(fresh, rank, 2, first=3)
             same = all(torch.equal(a, b) for a, b in zip(fresh.parameters(), continued, strict=True))
             out[f"resume_{restore}" if name == "topk" else f"resume_{name}_{restore}"] = same
+    # overlap: each bucket is averaged on the compressor's worker thread (the hook returns at once), with the
+    # same result as averaging in the hook, and every rank issues the same collectives in the same order
+    import threading
+
+    for name, make in {"topk": lambda: TopKCompressor(ratio=0.02), "cgx": lambda: CGXCompressor(bits=4, seed=0),
+                       "natural": lambda: NaturalCompressor(seed=0),
+                       "dither": lambda: NaturalDitheringCompressor(seed=0)}.items():
+        runs = []
+        for overlap in (True, False):
+            comp = make()
+            comp.overlaps_backward = overlap
+            comp.meter.trace = []
+            threads = set()
+            average = comp.average
+            comp.average = lambda *a, average=average, threads=threads, **k: (
+                threads.add(threading.current_thread().name), average(*a, **k))[1]
+            model, comp = _ddp(comp)
+            _train(model, rank, 3)
+            runs.append(([p.detach().clone() for p in model.parameters()], threads, comp.meter.trace))
+        (params, threads, trace), (sync_params, sync_threads, _) = runs
+        codes = torch.tensor([[{"all_reduce": 0, "all_gather": 1, "all_to_all": 2}[op], n] for op, n in trace])
+        gathered = [torch.empty_like(codes) for _ in range(world)]
+        dist.all_gather(gathered, codes)
+        out[f"overlap_{name}"] = {
+            "same_as_in_hook": all(torch.equal(a, b) for a, b in zip(params, sync_params, strict=True)),
+            "on_worker": threads == {f"effplug-{comp.name}"}, "in_hook": sync_threads == {"MainThread"},
+            "same_order_on_ranks": all(torch.equal(g, gathered[0]) for g in gathered), "collectives": len(trace)}
     # PowerSGD: state round trip through plain tensors after compression started
     model, comp = _ddp(PowerSGDCompressor(rank=1, start_iter=2))
     _train(model, rank, 4)
@@ -300,6 +327,14 @@ def ddp_results():
     from effplug.launch import spawn_ranks
 
     return spawn_ranks(_comm_worker, 2)
+
+
+@pytest.mark.parametrize("name", ["topk", "cgx", "natural", "dither"])
+def test_buckets_average_off_the_training_thread_in_one_order_on_every_rank(ddp_results, name):
+    for rank_out in ddp_results.values():
+        got = rank_out[f"overlap_{name}"]
+        assert got["same_as_in_hook"] and got["on_worker"] and got["in_hook"], got
+        assert got["same_order_on_ranks"] and got["collectives"] >= 3, got
 
 
 def test_lossless_settings_reproduce_dense_allreduce(ddp_results):

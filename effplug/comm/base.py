@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from effplug.comm.collectives import MeteredCollectives
 from effplug.logs import log_once
@@ -38,6 +39,9 @@ class GradientCompressor:
     # Lossy compressors take another code path for inf/NaN, so ranks must agree on it first; the dense base
     # averages exactly on either path and sends no flag.
     agrees_on_nonfinite = False
+    # Average each DDP bucket on a worker thread and return its future at once, so compression overlaps the
+    # rest of backward (``comm/overlap.py``); False: in the hook, on the training thread.
+    overlaps_backward = True
 
     def __init__(self, min_compress_size: int = 0, compress_1d: bool = True):
         if isinstance(min_compress_size, bool) or not isinstance(min_compress_size, int) or min_compress_size < 0:
@@ -48,6 +52,7 @@ class GradientCompressor:
         self.param_names: dict[int, str] = {}
         self.uncompressed: dict[str, int] = {}  # name -> numel of tensors sent exactly
         self._reported: set = set()  # what this compressor said once
+        self._worker = None  # a BucketWorker once bound to a group of two or more ranks
 
     # -- wiring -------------------------------------------------------------------------------------------
 
@@ -55,6 +60,14 @@ class GradientCompressor:
         """Name the parameters (state is keyed by name, so it survives DDP's bucket rebuild and resume)."""
         self.param_names = {id(p): name for name, p in module.named_parameters()}
         self.process_group = process_group
+        if self.overlaps_backward and dist.is_available() and dist.is_initialized() and dist.get_world_size(
+                process_group) > 1:
+            from effplug.comm.overlap import BucketWorker
+
+            # every rank binds, so every rank creates the group, in the same order
+            ranks = dist.get_process_group_ranks(process_group or dist.group.WORLD)
+            self.process_group = dist.new_group(ranks=ranks)
+            self._worker = BucketWorker(f"effplug-{self.name}")
         return self
 
     def should_compress(self, param: torch.Tensor) -> bool:
@@ -76,7 +89,10 @@ class GradientCompressor:
         segments = self.segments(bucket.parameters())
         if sum(s.numel for s in segments) != flat.numel():  # a layout we do not know: one stream per bucket
             segments = [Segment(f"bucket{bucket.index()}", 0, flat.numel(), True)]
-        out = self.average(flat, segments, end_step=bucket.is_last())
+        end_step = bucket.is_last()
+        if self._worker is not None:
+            return self._worker.submit(lambda: self.average(flat, segments, end_step=end_step), flat.device)
+        out = self.average(flat, segments, end_step=end_step)
         future = torch.futures.Future(devices=[flat.device]) if flat.is_cuda else torch.futures.Future()
         future.set_result(out)
         return future

@@ -22,6 +22,7 @@ class PowerSGDCompressor(GradientCompressor):
     """
 
     name = "powersgd"
+    overlaps_backward = False  # torch's hook returns its own chained futures already
 
     def __init__(self, rank: int = 2, start_iter: int = 10, min_compression_rate: float = 2.0,
                  error_feedback: bool = True, warm_start: bool = True, seed: int = 0):

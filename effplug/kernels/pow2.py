@@ -46,18 +46,33 @@ def _pow2_magnitude_torch(t: torch.Tensor, seed: int, lo_exp: int) -> torch.Tens
 def _pow2_magnitude_from_words(t: torch.Tensor, r: torch.Tensor, lo_exp) -> torch.Tensor:
     """``lo_exp``: an int, or an int32 tensor broadcast against ``t`` (one base exponent per stream)."""
     bits = t.view(torch.int32)
-    exponent = ((bits >> 23) & 0xFF) - 127
-    mantissa = (bits & 0x7FFFFF).to(torch.int64)
-    # 2**128 overflows fp32 to inf: values in the top binade [2**127, max] round down to 2**127 (biased there only)
-    round_up = (((r >> 9) < mantissa) & (exponent < 127)).to(torch.int32)
-    in_range = (((exponent + round_up) + 127) << 23).view(torch.float32)
+    field = bits >> 23  # t >= 0 (an absolute value, NaN included): the sign bit is clear
+    r24 = (r >> 8).to(torch.int32)
+    # up with probability mantissa / 2**23; 2**128 overflows fp32 to inf, so the top binade [2**127, max] rounds
+    # down to 2**127 (biased there only)
+    round_up = (r24 >> 1) < (bits & 0x7FFFFF)
+    round_up &= field < 254
+    magnitude = ((field + round_up) << 23).view(torch.float32)
     lo = torch.as_tensor(lo_exp, dtype=torch.int32, device=t.device)
     lowest = ((lo + 127) << 23).view(torch.float32)
+    small = t < lowest  # stochastic underflow: 2**lo with probability t / 2**lo, else 0
+    if t.is_cuda or t.dim() != 1:
+        magnitude = torch.where(field == 255, t, magnitude)  # inf and NaN pass through
+        return torch.where(small, _underflow(t, r24, lo, lowest), magnitude)
+    special = (field == 255).nonzero().squeeze(1)  # on CPU only the few special elements are indexed
+    if special.numel():
+        magnitude[special] = t[special]
+    where = small.nonzero().squeeze(1)
+    if where.numel():
+        lo_small = lo[where] if lo.dim() else lo
+        magnitude[where] = _underflow(t[where], r24[where], lo_small, ((lo_small + 127) << 23).view(torch.float32))
+    return magnitude
+
+
+def _underflow(t, r24, lo, lowest):
+    u = r24.float().mul_(1.0 / 16777216.0)
     p = t * ((127 - lo) << 23).view(torch.float32)  # t * 2**-lo_exp, exactly
-    u = (r >> 8).to(torch.float32) * (1.0 / 16777216.0)
-    underflow = torch.where(u < p, lowest, torch.zeros_like(t))
-    mag = torch.where(t >= lowest, in_range, underflow)
-    return torch.where(torch.isfinite(t), mag, t)
+    return torch.where(u < p, lowest, 0.0)
 
 
 def _codes_from_magnitude(mag: torch.Tensor, negative: torch.Tensor, lo_exp: int) -> torch.Tensor:
@@ -77,13 +92,13 @@ def _pow2_sr(x: torch.Tensor, seed: int, alpha: float, lo_exp: int, emit_codes: 
     alpha_t = torch.tensor(alpha, dtype=torch.float32, device=x.device)
     for start in range(0, flat.numel(), CHUNK_ELEMENTS):  # in parts: temporaries stay small and in cache
         xf = flat[start:start + CHUNK_ELEMENTS].float()
-        t = xf.abs() / alpha_t
+        t = xf.abs() if alpha == 1.0 else xf.abs().div_(alpha_t)  # dividing by 1 is exact: skip it
         words = random_words(seed, t.numel(), t.device, start=start)
         mag = _pow2_magnitude_from_words(t, words, lo_exp)
         if emit_codes:
             out[start:start + t.numel()] = _codes_from_magnitude(mag, xf < 0, lo_exp)
         else:
-            value = mag * alpha_t
+            value = mag if alpha == 1.0 else mag * alpha_t
             out[start:start + t.numel()] = torch.where(xf < 0, -value, value)
     return out.view(x.shape)
 
@@ -94,6 +109,12 @@ def pow2_round(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
     if x.numel() == 0:
         return torch.empty_like(x)
     return _pow2_sr(x, resolve_seed(seed), 1.0, MIN_EXP, emit_codes=False)
+
+
+def _peak(x: torch.Tensor) -> torch.Tensor:
+    """fp32 ``max|x|`` in one pass and without an ``|x|`` temporary (NaN when ``x`` holds one)."""
+    lo, hi = torch.aminmax(x.detach())
+    return torch.maximum(-lo, hi).float()
 
 
 def _exponent_of(value: float) -> int:
@@ -110,7 +131,7 @@ def pow2_encode(x: torch.Tensor, seed: int | None = None) -> Pow2Codes:
     dispatch.check_float_tensor(x)
     if x.numel() == 0:
         return Pow2Codes(torch.empty(x.shape, dtype=torch.uint8, device=x.device), MIN_EXP, x.dtype)
-    peak = x.detach().abs().max().float().item()
+    peak = float(_peak(x))
     if peak != peak or peak == float("inf"):
         raise ValueError("cannot pow2-encode a tensor holding inf or NaN; clean or clip the input first")
     lo_exp = MIN_EXP if peak == 0 else max(MIN_EXP, _exponent_of(peak) + 1 - (CODE_EXP_LEVELS - 1))
@@ -141,7 +162,7 @@ def pow2_encode_many(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2
     flat = [t.detach().reshape(-1).float() for t in tensors]
     lo_exps = []
     for t in flat:
-        peak = t.abs().max().item() if t.numel() else 0.0
+        peak = float(_peak(t)) if t.numel() else 0.0
         if peak != peak or peak == float("inf"):
             raise ValueError("cannot pow2-encode a tensor holding inf or NaN; clean or clip the input first")
         lo_exps.append(MIN_EXP if peak == 0 else max(MIN_EXP, _exponent_of(peak) + 1 - (CODE_EXP_LEVELS - 1)))
@@ -181,7 +202,7 @@ def log_quantize(x: torch.Tensor, bits: int = 4, seed: int | None = None) -> tor
         raise ValueError(f"bits={bits!r} is not supported for log_quantize; use an int from 2 to 8")
     if x.numel() == 0:
         return torch.empty_like(x)
-    peak = x.detach().abs().max().float()
+    peak = _peak(x)
     if not torch.isfinite(peak):
         raise ValueError("cannot log-quantize a tensor holding inf or NaN")
     if peak.item() == 0:
