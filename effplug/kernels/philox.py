@@ -153,7 +153,11 @@ def random_words_streams(seeds: list[int], lengths: list[int], device: torch.dev
     starts = torch.repeat_interleave(torch.tensor([0, *counters[:-1]], device=device).cumsum(0),
                                      torch.tensor(counters, device=device))
     local = torch.arange(keys.numel(), device=device) - starts
-    words = torch.stack(philox4x32(keys, local), dim=1).view(-1)
+    words = torch.empty(keys.numel(), 4, dtype=torch.int64, device=device)
+    for begin in range(0, keys.numel(), _CHUNK):  # in parts: the round buffers stay in cache
+        stop = begin + _CHUNK
+        torch.stack(philox4x32(keys[begin:stop], local[begin:stop]), dim=1, out=words[begin:stop])
+    words = words.view(-1)
     if all(n % 4 == 0 for n in lengths):
         return words
     keep = torch.cat([torch.arange(4 * c, device=device) < n for c, n in zip(counters, lengths, strict=True)])

@@ -159,6 +159,23 @@ def pow2_encode_many(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2
     """
     if dispatch.kernel_backend(tensors[0]) == "triton" or len(tensors) == 1:
         return [pow2_encode(t, seed=s) for t, s in zip(tensors, seeds, strict=True)]
+    # big tensors on their own (chunked, one seed: no per-element seed or base exponent to build), small
+    # ones together in one pass
+    big = [t.numel() >= MANY_ALONE_ELEMENTS for t in tensors]
+    out = dict(zip([i for i, b in enumerate(big) if not b],
+                   _pow2_encode_together([t for t, b in zip(tensors, big, strict=True) if not b],
+                                         [s for s, b in zip(seeds, big, strict=True) if not b]) if not all(big) else [],
+                   strict=True))
+    out.update({i: pow2_encode(tensors[i], seed=seeds[i]) for i, b in enumerate(big) if b})
+    return [out[i] for i in range(len(tensors))]
+
+
+MANY_ALONE_ELEMENTS = 1 << 15  # pow2_encode_many encodes a tensor this big alone
+
+
+def _pow2_encode_together(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2Codes]:
+    if len(tensors) == 1:
+        return [pow2_encode(tensors[0], seed=seeds[0])]
     flat = [t.detach().reshape(-1).float() for t in tensors]
     lo_exps = []
     for t in flat:
@@ -172,21 +189,22 @@ def pow2_encode_many(tensors: list[torch.Tensor], seeds: list[int]) -> list[Pow2
     words = random_words_streams([resolve_seed(s) for s in seeds], lengths, device)
     lo = torch.repeat_interleave(torch.tensor(lo_exps, dtype=torch.int32, device=device),
                                  torch.tensor(lengths, device=device))
-    codes = _codes_from_magnitude(_pow2_magnitude_from_words(values.abs(), words, lo), values < 0, lo)
+    codes = torch.empty(values.numel(), dtype=torch.uint8, device=device)
+    for start in range(0, values.numel(), CHUNK_ELEMENTS):  # in parts: temporaries stay small and in cache
+        part, part_lo = values[start:start + CHUNK_ELEMENTS], lo[start:start + CHUNK_ELEMENTS]
+        magnitude = _pow2_magnitude_from_words(part.abs(), words[start:start + CHUNK_ELEMENTS], part_lo)
+        codes[start:start + part.numel()] = _codes_from_magnitude(magnitude, part < 0, part_lo)
     return [Pow2Codes(c.view(t.shape), e, t.dtype) for c, e, t in zip(codes.split(lengths), lo_exps, tensors,
                                                                         strict=True)]
 
 
 def pow2_decode(payload: Pow2Codes) -> torch.Tensor:
-    """Codes back to ``±2**e`` values in the original dtype (an elementwise torch op on every backend)."""
+    """Codes back to ``±2**e`` values in the original dtype (an elementwise torch op on every backend). The fp32
+    bit pattern is built directly: exponent field ``level - 1 + lo_exp + 127``, the code's sign bit on top."""
     codes = payload.codes.to(torch.int32)
     level = codes & 0x7F
-    magnitude = torch.where(
-        level > 0,
-        torch.ldexp(torch.ones_like(level, dtype=torch.float32), level - 1 + payload.lo_exp),
-        torch.zeros_like(level, dtype=torch.float32),
-    )
-    return torch.where(codes >= 128, -magnitude, magnitude).to(payload.dtype)
+    magnitude = ((level + (payload.lo_exp + 126)) << 23) * (level > 0)  # level 0 is zero
+    return (magnitude | ((codes >> 7) << 31)).view(torch.float32).to(payload.dtype)
 
 
 def log_quantize(x: torch.Tensor, bits: int = 4, seed: int | None = None) -> torch.Tensor:
