@@ -3,6 +3,14 @@
     python benchmarks/kernels_vs_clone.py               # one thread, 16M fp32 elements
     python benchmarks/kernels_vs_clone.py --elements 1M
 
+Peers, when installed, are timed on the same job in the same run (benchmark-only, never effplug requirements):
+
+    pip install --no-deps bitsandbytes==0.50.2 torchao==0.18.0
+
+bitsandbytes: ``quantize_4bit`` / ``dequantize_4bit`` (FP4, absmax per block of 128, nearest). torchao:
+``choose_qparams_affine`` + ``quantize_affine`` / ``dequantize_affine`` (asymmetric uint8 codes 0..15 per group
+of 128, unpacked: one byte per code). Neither offers stochastic rounding or power-of-two rounding.
+
 Each op is timed as one warm-up call and then the mean of three, next to ``x.clone()`` in the same process.
 Transient memory is the peak resident memory a fresh process gains from one 4-bit encode (output included;
 Linux only), so each row runs in its own subprocess. Prints a Markdown table and writes JSON.
@@ -42,8 +50,50 @@ def ratios(n: int) -> list[dict]:
            "4-bit unpack": lambda: unpack_dequantize(packed),
            "pow2_round": lambda: pow2_round(x, seed=1),
            "log_quantize 4-bit": lambda: log_quantize(x, 4, seed=1)}
-    clone = _mean_seconds(lambda: x.clone())
-    return [{"op": name, "elements": n, "ratio_to_clone": _mean_seconds(fn) / clone} for name, fn in ops.items()]
+    peers = _peer_ops(x)
+    rows = []
+    for name, fn in ops.items():
+        clone = _mean_seconds(lambda: x.clone())  # next to every op: the ratios share the machine's state
+        row = {"op": name, "elements": n, "ratio_to_clone": _mean_seconds(fn) / clone}
+        for peer, peer_ops in peers.items():
+            if name in peer_ops:
+                row[f"{peer}_ratio_to_clone"] = _mean_seconds(peer_ops[name]) / clone
+        rows.append(row)
+    return rows
+
+
+def _peer_ops(x: torch.Tensor) -> dict:
+    """The same jobs in bitsandbytes and torchao, where installed: {peer: {op: fn}}."""
+    peers = {}
+    try:
+        import bitsandbytes.functional as bnb
+
+        packed, state = bnb.quantize_4bit(x, blocksize=128)
+        peers["bitsandbytes"] = {"4-bit pack, nearest": lambda: bnb.quantize_4bit(x, blocksize=128),
+                                 "4-bit unpack": lambda: bnb.dequantize_4bit(packed, state)}
+    except ImportError:
+        pass
+    try:
+        from torchao.quantization.quant_primitives import (
+            MappingType,
+            choose_qparams_affine,
+            dequantize_affine,
+        )
+        from torchao.quantization.quant_primitives import quantize_affine as ao_quantize
+
+        block, args = (128,), dict(quant_min=0, quant_max=15)
+
+        def ao_pack():
+            scale, zero = choose_qparams_affine(x, MappingType.ASYMMETRIC, block, torch.uint8, **args)
+            return ao_quantize(x, block, scale, zero, torch.uint8, **args)
+
+        scale, zero = choose_qparams_affine(x, MappingType.ASYMMETRIC, block, torch.uint8, **args)
+        codes = ao_quantize(x, block, scale, zero, torch.uint8, **args)
+        peers["torchao"] = {"4-bit pack, nearest": ao_pack,
+                            "4-bit unpack": lambda: dequantize_affine(codes, block, scale, zero, torch.uint8, **args)}
+    except ImportError:
+        pass
+    return peers
 
 
 def transient_mb(n: int, stochastic: bool) -> float:
@@ -79,10 +129,13 @@ def main(argv=None) -> None:
         rows.append({"op": f"transient MB, 4-bit {'stochastic' if stochastic else 'nearest'} encode",
                      "elements": n, "transient_mb": transient_mb(n, stochastic), "input_mb": n * 4 / 2**20})
     print(f"CPU, 1 thread, {n:,} fp32 elements\n")
-    print("| op | ratio to clone / transient MB |\n|---|---|")
+    peers = [p for p in ("bitsandbytes", "torchao") if any(f"{p}_ratio_to_clone" in r for r in rows)]
+    print("| op | effplug: ratio to clone / transient MB |" + "".join(f" {p} |" for p in peers))
+    print("|---|---|" + "---|" * len(peers))
     for r in rows:
         value = f"{r['ratio_to_clone']:.1f}x" if "ratio_to_clone" in r else f"{r['transient_mb']:.0f} MB (input {r['input_mb']:.0f} MB)"
-        print(f"| {r['op']} | {value} |")
+        cells = "".join(f" {r[f'{p}_ratio_to_clone']:.1f}x |" if f"{p}_ratio_to_clone" in r else " – |" for p in peers)
+        print(f"| {r['op']} | {value} |{cells}")
     write_report(args.json, rows, device="cpu (1 thread)")
 
 

@@ -110,7 +110,7 @@ def round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 # Elements per pass of the torch reference: its temporaries (fp32 copies, Philox words) stay a few MB
 # instead of several times the input, and in cache.
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 16
 
 
 def _quantize_pack_torch(flat: torch.Tensor, bits, group_size, stochastic, seed, scale_dtype):
@@ -167,8 +167,11 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     The code count must be a multiple of ``8 // bits``; callers pad.
     """
     per_byte = 8 // bits
-    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * bits
-    return (codes.to(torch.int32).view(-1, per_byte) << shifts).sum(dim=1).to(torch.uint8)
+    columns = codes.to(torch.uint8).view(-1, per_byte)
+    packed = columns[:, 0].clone()
+    for j in range(1, per_byte):  # uint8 shifts and ors: no int32 copy, no reduction
+        packed |= columns[:, j] << (j * bits)
+    return packed
 
 
 def unpack_codes(data: torch.Tensor, bits: int) -> torch.Tensor:
