@@ -8,7 +8,9 @@
 5. sparse SpMM (``effplug.kernels.spmm``, Triton on CUDA) against dense fp16 matmul and torch's Triton BSR
    kernel at 50/75/90/95% vector sparsity (docs/sparse.md);
 6. the fused transformer ops (docs/fused-kernels.md) in bf16, forward + backward: effplug's Triton kernels
-   against the eager formula and, when installed, Liger-Kernel, with each one's error against fp32 eager.
+   against the eager formula and, when installed, Liger-Kernel, with each one's error against fp32 eager;
+7. host syncs per compressed step, per method (``torch.cuda.set_sync_debug_mode``), and per DDP-free gradient
+   average of each compressor (one process).
 
     python benchmarks/gpu_suite.py                 # on a GPU: runs all six steps, appends the tables to docs/benchmarks.md
     python benchmarks/gpu_suite.py --cpu-check     # anywhere: the same code on tiny sizes (a check, not a measurement)
@@ -41,7 +43,8 @@ CHECK = {"elements": 2**16, "layers": 2, "width": 64, "heads": 2, "sequence": 32
 def run_gpu_tests(check: bool) -> dict:
     """The kernel tests with real launches (no interpreter), and the compile tier."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    tests = ["tests/test_kernels.py", "tests/test_compile_tier.py"] if not check else ["tests/test_compile_tier.py"]
+    tests = (["tests/test_kernels.py", "tests/test_compile_tier.py", "tests/test_gpu_syncs.py"] if not check
+             else ["tests/test_compile_tier.py"])
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=420)
@@ -246,6 +249,49 @@ def fused_ops(device: torch.device, sizes: dict) -> list[dict]:
     return rows
 
 
+def host_syncs(device: torch.device, sizes: dict) -> list[dict]:
+    """Step 7: host syncs of one compressed training step per method, and of one gradient average per compressor."""
+    from torch import nn
+
+    from effplug.comm import make_compressor
+    from effplug.compress import ActivationCompressor
+    from effplug.profile import count_host_syncs
+
+    def count(fn):
+        if device.type == "cuda":
+            return count_host_syncs(fn)
+        fn()  # the CPU check runs the same code; a count needs a GPU
+        return None
+
+    width = sizes["width"]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Tanh(),
+                          nn.Linear(width, 8)).to(device)
+    x = torch.randn(sizes["batch"] * 8, width, device=device)
+    rows = []
+    for method, options in (("actnn", {"bits": 4}), ("division", {"bits": 2}), ("mesa", {"bits": 8}),
+                            ("comet", {}), ("gact", {"bits": 4})):
+        with ActivationCompressor(model, method=method, seed=0, recalibrate_every=10**6, **options) as engine:
+            def step(engine=engine):
+                model.zero_grad(set_to_none=True)
+                loss = model(x).square().mean()
+                engine.calibrate(loss)
+                loss.backward()
+
+            step()  # warm-up; for gact and comet the first round of calibration
+            while engine.calibration_pending or engine._round is not None:
+                step()
+            rows.append({"step": "host syncs", "what": f"{method} step", "syncs": count(step),
+                         "tensors": len(engine.last_report.per_layer)})
+    flat = torch.randn(sizes["elements"], device=device)
+    for name in ("topk", "natural", "cgx", "dither"):
+        compressor = make_compressor(name, **({"ratio": 0.01} if name == "topk" else {"seed": 0}))
+        compressor.average(flat)
+        rows.append({"step": "host syncs", "what": f"{name} average", "syncs": count(lambda c=compressor: c.average(flat)),
+                     "tensors": 1})
+    return rows
+
+
 def tables(device_name: str, results: list[dict]) -> str:
     lines = [f"GPU suite on {device_name}: `python benchmarks/gpu_suite.py`", ""]
     for r in results:
@@ -277,6 +323,10 @@ def tables(device_name: str, results: list[dict]) -> str:
             liger = (f"{r['liger_ms']:.3f}", f"{r['liger_error']:.2e}") if "liger_ms" in r else ("n/a", "n/a")
             lines.append(f"| {r['op']} | {r['dtype']} | {r['eager_ms']:.3f} | {r['effplug_ms']:.3f} | {liger[0]} | "
                          f"{r['eager_error']:.2e} | {r['effplug_error']:.2e} | {liger[1]} |")
+    lines += ["", "| host syncs | count | layers |", "|---|---|---|"]
+    for r in results:
+        if r["step"] == "host syncs":
+            lines.append(f"| {r['what']} | {r['syncs'] if r['syncs'] is not None else 'n/a (CPU)'} | {r['tensors']} |")
     return "\n".join(lines)
 
 
@@ -300,6 +350,7 @@ def main(argv=None) -> int:
     results += step_overhead_and_peak(device, sizes)
     results += sparse_spmm(device, sizes)
     results += fused_ops(device, sizes)
+    results += host_syncs(device, sizes)
     text = tables(device_name, results)
     print(text)
     print(f"\n{time.perf_counter() - started:.0f} s wall", file=sys.stderr)

@@ -103,6 +103,25 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str | Non
     return saved_bytes(fn, parameters).activation_bytes
 
 
+def count_host_syncs(fn: Callable[[], object]) -> int:
+    """How many times ``fn`` makes the host wait on the GPU (``torch.cuda.set_sync_debug_mode("warn")``
+    warns once per synchronizing call). CUDA only."""
+    import warnings
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("count_host_syncs needs a CUDA device: host syncs exist only against a GPU stream")
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 @dataclass
 class StepTimes:
     median_s: float

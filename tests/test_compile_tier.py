@@ -76,5 +76,9 @@ def test_gpu_suite_refuses_without_a_gpu_and_its_parts_run_on_cpu():
     fused = suite.fused_ops(cpu, suite.CHECK)
     assert [r["op"] for r in fused] == ["rms_norm", "layer_norm", "swiglu", "rope", "softmax", "linear + cross-entropy"]
     assert all(r["effplug_error"] < 1e-4 and r["effplug_ms"] > 0 for r in fused), fused
-    text = suite.tables("CPU", bandwidth + steps + fused)
-    assert "| quantize_pack 4-bit SR |" in text and "| rope | float32 |" in text
+    syncs = suite.host_syncs(cpu, suite.CHECK)  # runs every method and compressor; counts need a GPU
+    assert [r["what"] for r in syncs] == ["actnn step", "division step", "mesa step", "comet step", "gact step",
+                                          "topk average", "natural average", "cgx average", "dither average"]
+    assert all(r["syncs"] is None and r["tensors"] >= 1 for r in syncs)
+    text = suite.tables("CPU", bandwidth + steps + fused + syncs)
+    assert "| quantize_pack 4-bit SR |" in text and "| rope | float32 |" in text and "| gact step | n/a (CPU) |" in text
