@@ -463,3 +463,23 @@ def test_pow2_and_log_quantize_in_parts_equal_one_pass(monkeypatch):
     monkeypatch.setattr(pow2, "CHUNK_ELEMENTS", 256)  # 13 parts, the last one short
     parts = [pow2_round(x, seed=3), pow2_encode(x, seed=3).codes, log_quantize(x, 4, seed=4)]
     assert all(_bits_equal(a, b) for a, b in zip(whole, parts, strict=True))
+
+
+def test_the_compiled_philox_draws_the_eager_words_bit_for_bit(monkeypatch):
+    """EFFPLUG_COMPILED_PHILOX=1 compiles the rounds at the first draw (auto waits for many draws); the words,
+    one stream or many, at any start and length, are those of the eager rounds (and so of tl.randint4x)."""
+    from effplug.kernels import philox
+
+    cases = [(7, 10, 0), (2**62 + 5, 100_003, 4096), (99, 65_536 * 4 + 12, 8)]
+    monkeypatch.setenv("EFFPLUG_COMPILED_PHILOX", "0")
+    eager = [philox.random_words(s, n, start=st) for s, n, st in cases]
+    eager_streams = philox.random_words_streams([5, 2**61, 9], [1001, 70_000, 4])
+    monkeypatch.setenv("EFFPLUG_COMPILED_PHILOX", "1")
+    monkeypatch.setattr(philox, "_compiled", None)
+    compiled = [philox.random_words(s, n, start=st) for s, n, st in cases]
+    assert callable(philox._compiled)  # this machine has a C++ compiler: it must have built
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
+    assert torch.equal(eager_streams, philox.random_words_streams([5, 2**61, 9], [1001, 70_000, 4]))
+    monkeypatch.setenv("EFFPLUG_COMPILED_PHILOX", "yes")
+    with pytest.raises(ValueError, match="auto, 1 or 0"):
+        philox.random_words(1, 8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import torch
 
@@ -130,33 +131,111 @@ def _philox_rounds_in_place(c0, k0, k1, n_rounds):
 _CHUNK = 1 << 16  # counters per pass: keeps the int64 temporaries (six 512 KB buffers) in cache
 
 
+def _words_into(out: torch.Tensor, seed, counters: torch.Tensor) -> None:
+    """Philox words ``[counters, 4]`` into ``out``: compiled on CPU once a process draws many, else eager."""
+    compiled = _compiled_rounds() if out.device.type == "cpu" else None
+    if compiled is None:
+        torch.stack(philox4x32(seed, counters), dim=1, out=out)
+        return
+    for begin in range(0, counters.numel(), COMPILED_CHUNK):  # one shape: one compile per process
+        part = counters[begin:begin + COMPILED_CHUNK]
+        n = part.numel()
+        keys = (seed[begin:begin + n] if isinstance(seed, torch.Tensor)
+                else torch.tensor(seed, dtype=torch.int64).expand(n))
+        if n < COMPILED_CHUNK:  # the last part: pad, then keep what was asked for
+            pad = COMPILED_CHUNK - n
+            part, keys = torch.nn.functional.pad(part, (0, pad)), torch.nn.functional.pad(keys, (0, pad))
+        out[begin:begin + n] = compiled(keys, part)[:n]
+
+
+def _rounds_functional(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """``philox4x32`` written for ``torch.compile`` (a key per counter, no in-place ops): ``[n, 4]`` words."""
+    k0, k1, c0 = keys & _MASK32, (keys >> 32) & _MASK32, counters & _MASK32
+    c1, c2, c3 = torch.zeros_like(c0), torch.zeros_like(c0), torch.zeros_like(c0)
+    for _ in range(N_ROUNDS):
+        product_b, product_a = c2 * _ROUND_B, c0 * _ROUND_A
+        c0, c1, c2, c3 = (((product_b >> 32) & _MASK32) ^ c1 ^ k0, product_b & _MASK32,
+                          ((product_a >> 32) & _MASK32) ^ c3 ^ k1, product_a & _MASK32)
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    return torch.stack([c0, c1, c2, c3], dim=1)
+
+
+# The compiled Philox (torch.compile, inductor's C++ on CPU): ~15x the eager int64 ops, for a one-time compile of
+# a few seconds. "auto" compiles once the process has drawn COMPILE_AFTER_WORDS words, so short runs and tests
+# never pay it; EFFPLUG_COMPILED_PHILOX=1 compiles at the first draw, =0 never. A compiled function that fails to
+# build, or that differs from the eager rounds on a check chunk, is dropped with a WARNING.
+COMPILED_CHUNK = 1 << 14  # 64K words: one part of the quantizer (pack.CHUNK_ELEMENTS)
+COMPILE_AFTER_WORDS = 1 << 25
+_compiled = None  # None: not tried yet; False: unavailable
+_compile_lock = threading.Lock()
+_drawn_words = 0
+
+
+def _compiled_rounds():
+    global _compiled
+    mode = os.environ.get("EFFPLUG_COMPILED_PHILOX", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"EFFPLUG_COMPILED_PHILOX={mode!r} is not supported; use auto, 1 or 0")
+    if mode == "0" or _compiled is False or _mulhilo is not _mulhilo_wrapping:
+        return None
+    if _compiled is None:
+        if mode == "auto" and _drawn_words < COMPILE_AFTER_WORDS:
+            return None
+        with _compile_lock:
+            if _compiled is None:
+                _compiled = _build_compiled()
+    return _compiled or None
+
+
+def _build_compiled():
+    import logging
+
+    log = logging.getLogger("effplug.kernels")
+    try:
+        fn = torch.compile(_rounds_functional, dynamic=False, fullgraph=True)
+        counters = torch.arange(COMPILED_CHUNK, dtype=torch.int64) * 977 + 12345
+        keys = torch.full((COMPILED_CHUNK,), 0x0123456789ABCDEF, dtype=torch.int64)
+        got = fn(keys, counters)
+        if not torch.equal(got, torch.stack(philox4x32(0x0123456789ABCDEF, counters), dim=1)):
+            log.warning("effplug.kernels: the compiled Philox differs from the eager rounds; using the eager ones")
+            return False
+        return fn
+    except Exception as error:  # no C++ compiler, an inductor bug: the eager rounds give the same words
+        log.warning("effplug.kernels: torch.compile of the Philox rounds failed (%s: %s); using the eager rounds",
+                    type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+        return False
+
+
 def random_words(seed: int, n: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
     """Elements ``start..start+n-1`` of the stream: word ``e % 4`` of Philox counter ``e // 4`` (uint32 in
     int64). ``start`` is a multiple of 4, so a tensor can be drawn in parts that equal one whole draw."""
+    global _drawn_words
     if start % 4:
         raise ValueError(f"start={start} must be a multiple of 4 (one Philox counter gives 4 words)")
     counters = -(-n // 4)
+    _drawn_words += 4 * counters
     first = start // 4
     out = torch.empty(counters, 4, dtype=torch.int64, device=device)
     for begin in range(0, counters, _CHUNK):
         stop = min(counters, begin + _CHUNK)
-        words = philox4x32(seed, torch.arange(first + begin, first + stop, device=device))
-        torch.stack(words, dim=1, out=out[begin:stop])
+        _words_into(out[begin:stop], seed, torch.arange(first + begin, first + stop, device=device))
     return out.view(-1)[:n]
 
 
 def random_words_streams(seeds: list[int], lengths: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """``torch.cat([random_words(s, n) for s, n in zip(seeds, lengths)])``, computed in one Philox pass."""
+    global _drawn_words
     counters = [-(-n // 4) for n in lengths]
     keys = torch.repeat_interleave(torch.tensor(seeds, dtype=torch.int64, device=device),
                                    torch.tensor(counters, device=device))
+    _drawn_words += 4 * keys.numel()
     starts = torch.repeat_interleave(torch.tensor([0, *counters[:-1]], device=device).cumsum(0),
                                      torch.tensor(counters, device=device))
     local = torch.arange(keys.numel(), device=device) - starts
     words = torch.empty(keys.numel(), 4, dtype=torch.int64, device=device)
     for begin in range(0, keys.numel(), _CHUNK):  # in parts: the round buffers stay in cache
         stop = begin + _CHUNK
-        torch.stack(philox4x32(keys[begin:stop], local[begin:stop]), dim=1, out=words[begin:stop])
+        _words_into(words[begin:stop], keys[begin:stop], local[begin:stop])
     words = words.view(-1)
     if all(n % 4 == 0 for n in lengths):
         return words
