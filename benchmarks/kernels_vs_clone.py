@@ -11,7 +11,9 @@ bitsandbytes: ``quantize_4bit`` / ``dequantize_4bit`` (FP4, absmax per block of 
 ``choose_qparams_affine`` + ``quantize_affine`` / ``dequantize_affine`` (asymmetric uint8 codes 0..15 per group
 of 128, unpacked: one byte per code). Neither offers stochastic rounding or power-of-two rounding.
 
-Each op is timed as one warm-up call and then the mean of three, next to ``x.clone()`` in the same process.
+Each op is timed as one warm-up call and then the mean of three, next to ``x.clone()`` in the same process,
+with the compiled Philox rounds (what a training run gets after its first 32M random words) and with the eager
+ones (``EFFPLUG_COMPILED_PHILOX=0``, what a short run gets).
 Transient memory is the peak resident memory a fresh process gains from one 4-bit encode (output included;
 Linux only), so each row runs in its own subprocess. Prints a Markdown table and writes JSON.
 """
@@ -19,6 +21,8 @@ Linux only), so each row runs in its own subprocess. Prints a Markdown table and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -54,12 +58,31 @@ def ratios(n: int) -> list[dict]:
     rows = []
     for name, fn in ops.items():
         clone = _mean_seconds(lambda: x.clone())  # next to every op: the ratios share the machine's state
-        row = {"op": name, "elements": n, "ratio_to_clone": _mean_seconds(fn) / clone}
+        with _philox("0"):
+            eager = _mean_seconds(fn)
+        with _philox("1"):
+            fn()  # the first call of a process compiles the Philox rounds (once; inductor caches it on disk)
+            row = {"op": name, "elements": n, "ratio_to_clone": _mean_seconds(fn) / clone,
+                   "eager_philox_ratio_to_clone": eager / clone}
         for peer, peer_ops in peers.items():
             if name in peer_ops:
                 row[f"{peer}_ratio_to_clone"] = _mean_seconds(peer_ops[name]) / clone
         rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _philox(mode: str):
+    """EFFPLUG_COMPILED_PHILOX for the block: "1" the compiled rounds, "0" the eager ones."""
+    before = os.environ.get("EFFPLUG_COMPILED_PHILOX")
+    os.environ["EFFPLUG_COMPILED_PHILOX"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["EFFPLUG_COMPILED_PHILOX"]
+        else:
+            os.environ["EFFPLUG_COMPILED_PHILOX"] = before
 
 
 def _peer_ops(x: torch.Tensor) -> dict:
@@ -130,10 +153,11 @@ def main(argv=None) -> None:
                      "elements": n, "transient_mb": transient_mb(n, stochastic), "input_mb": n * 4 / 2**20})
     print(f"CPU, 1 thread, {n:,} fp32 elements\n")
     peers = [p for p in ("bitsandbytes", "torchao") if any(f"{p}_ratio_to_clone" in r for r in rows)]
-    print("| op | effplug: ratio to clone / transient MB |" + "".join(f" {p} |" for p in peers))
-    print("|---|---|" + "---|" * len(peers))
+    print("| op | effplug: ratio to clone / transient MB | effplug, eager Philox |" + "".join(f" {p} |" for p in peers))
+    print("|---|---|---|" + "---|" * len(peers))
     for r in rows:
         value = f"{r['ratio_to_clone']:.1f}x" if "ratio_to_clone" in r else f"{r['transient_mb']:.0f} MB (input {r['input_mb']:.0f} MB)"
+        value += f" | {r['eager_philox_ratio_to_clone']:.1f}x" if "eager_philox_ratio_to_clone" in r else " | –"
         cells = "".join(f" {r[f'{p}_ratio_to_clone']:.1f}x |" if f"{p}_ratio_to_clone" in r else " – |" for p in peers)
         print(f"| {r['op']} | {value} |{cells}")
     write_report(args.json, rows, device="cpu (1 thread)")

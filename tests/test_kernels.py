@@ -446,6 +446,7 @@ def test_the_torch_reference_in_parts_equals_one_pass(monkeypatch, stochastic):
     x = torch.randn(5 * 1024 + 77, generator=torch.Generator().manual_seed(0))
     whole = quantize_pack(x, 4, 128, stochastic, seed=9)
     monkeypatch.setattr(pack, "CHUNK_ELEMENTS", 512)  # 11 parts, the last one short
+    monkeypatch.setattr(pack, "DECODE_CHUNK_ELEMENTS", 1024)
     parts = quantize_pack(x, 4, 128, stochastic, seed=9)
     for field in ("data", "scale", "zero"):
         assert _bits_equal(getattr(whole, field), getattr(parts, field)), field

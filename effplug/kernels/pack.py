@@ -111,6 +111,8 @@ def round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # Elements per pass of the torch reference: its temporaries (fp32 copies, Philox words) stay a few MB
 # instead of several times the input, and in cache.
 CHUNK_ELEMENTS = 1 << 16
+# Decoding holds only int32 codes and fp32 values per part: bigger parts, fewer per-part ops.
+DECODE_CHUNK_ELEMENTS = 1 << 18
 
 
 def _quantize_pack_torch(flat: torch.Tensor, bits, group_size, stochastic, seed, scale_dtype):
@@ -183,7 +185,7 @@ def unpack_codes(data: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _unpack_dequantize_torch(qt: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(qt.numel, dtype=out_dtype, device=qt.device)
-    chunk_groups = max(1, CHUNK_ELEMENTS // qt.group_size)
+    chunk_groups = max(1, DECODE_CHUNK_ELEMENTS // qt.group_size)
     groups = qt.scale.numel()
     for g0 in range(0, groups, chunk_groups):  # in parts: the int32 codes and fp32 values stay small
         g1 = min(groups, g0 + chunk_groups)
