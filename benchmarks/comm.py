@@ -82,8 +82,11 @@ HOOK_TIME_COMPRESSORS = ("dense all-reduce", "top-k 1% + EF", "natural", "cgx 4-
 
 def hook_time_one(name: str, overlap: bool, steps: int, rank: int) -> dict:
     """Median DDP step and the hook's per-step time on a 3.2M-parameter GPT-2; see ``--hook-time``."""
+    import os
+
     from effplug import data, models
 
+    os.environ["EFFPLUG_COMPILED_PHILOX"] = "1"  # compiled in the warm-up steps: a long run's steady state
     corpus = data.stdlib_text(max_chars=200_000)
     train_x, train_y = corpus.windows("train", 64, 2048, seed=0)
     torch.manual_seed(0)
@@ -237,7 +240,7 @@ def main(argv=None) -> None:
     if args.rank_of:
         return rank_main(Path(args.rank_of))
     if args.hook_time:
-        hook_jobs = [(name, overlap) for name in HOOK_TIME_COMPRESSORS for overlap in (True, False)]
+        hook_jobs = [(name, overlap) for name in HOOK_TIME_COMPRESSORS for overlap in (True, False)]  # True: forced on CPU
         rows = run_world(2, [], {}, hook_jobs=hook_jobs, hook_steps=args.steps or 23)
         print_hook_table(rows)
         tasks.write_report(args.json.replace("comm.json", "comm_hook.json"), rows, {"gpt2-3.2M": args.steps or 23},

@@ -40,8 +40,9 @@ class GradientCompressor:
     # averages exactly on either path and sends no flag.
     agrees_on_nonfinite = False
     # Average each DDP bucket on a worker thread and return its future at once, so compression overlaps the
-    # rest of backward (``comm/overlap.py``); False: in the hook, on the training thread.
-    overlaps_backward = True
+    # rest of backward (``comm/overlap.py``). "auto": for a model on a GPU (on CPU the worker competes with
+    # backward for the same cores, and measured slower); True, False: always, never.
+    overlaps_backward = "auto"
 
     def __init__(self, min_compress_size: int = 0, compress_1d: bool = True):
         if isinstance(min_compress_size, bool) or not isinstance(min_compress_size, int) or min_compress_size < 0:
@@ -60,8 +61,11 @@ class GradientCompressor:
         """Name the parameters (state is keyed by name, so it survives DDP's bucket rebuild and resume)."""
         self.param_names = {id(p): name for name, p in module.named_parameters()}
         self.process_group = process_group
-        if self.overlaps_backward and dist.is_available() and dist.is_initialized() and dist.get_world_size(
-                process_group) > 1:
+        if self.overlaps_backward not in ("auto", True, False):
+            raise ValueError(f"overlaps_backward={self.overlaps_backward!r}: use 'auto', True or False")
+        on_gpu = any(p.is_cuda for p in module.parameters())
+        overlap = self.overlaps_backward is True or (self.overlaps_backward == "auto" and on_gpu)
+        if overlap and dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
             from effplug.comm.overlap import BucketWorker
 
             # every rank binds, so every rank creates the group, in the same order
