@@ -187,6 +187,15 @@ def _engine(model):
     return ActivationCompressor(model, method="gact", bits=2, recalibrate_every=100, seed=0)  # one probe a step
 
 
+def test_a_round_longer_than_a_quarter_interval_is_reported_with_its_knob(caplog):
+    x = torch.randn(64, 32)
+    model = _mlp()
+    engine = ActivationCompressor(model, method="gact", bits=2, recalibrate_every=4, seed=0)
+    with caplog.at_level("WARNING", logger="effplug.compress"):
+        _step(engine, model, x)
+    assert "spans 3 steps" in caplog.text and "probes_per_step" in caplog.text
+
+
 def test_a_calibration_round_spreads_over_steps_and_resumes_exactly(monkeypatch):
     x = torch.randn(64, 32)
     probes = []
@@ -221,3 +230,19 @@ def test_probes_per_step_rejects_bad_values():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="probes_per_step"):
             CompressionConfig(method="gact", probes_per_step=bad)
+
+
+def test_the_new_entry_points_reject_bad_input_and_say_what_to_do():
+    from effplug.comm import make_compressor
+
+    x = torch.randn(256)
+    with pytest.raises(ValueError, match="power of two >= 8"):
+        error_bounded_stats(x, 0.1, 12)
+    with pytest.raises(ValueError, match="width=3 is not supported; use one of"):
+        error_bounded_pack(x, torch.zeros(8), 0.1, 32, 3)
+    with pytest.raises(ValueError, match="non-empty"):
+        error_bounded_stats(torch.empty(0), 0.1, 32)
+    compressor = make_compressor("topk", ratio=0.01)
+    compressor.overlaps_backward = "sometimes"
+    with pytest.raises(ValueError, match="use 'auto', True or False"):
+        compressor.bind(nn.Linear(2, 2))

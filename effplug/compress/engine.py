@@ -441,6 +441,15 @@ class ActivationCompressor:
             params = [p for p in self.model.parameters() if p.requires_grad]
             self._round.extend(measure_gradient_effects(loss, params, self._recorded, self._set_probe))
         k = self.config.probes_per_step
+        if k is not None and self._round_next == 0 and self._slot > k:
+            steps = -(-self._slot // k)
+            self._warn_once(
+                "spread-round",
+                f"effplug.compress {self.config.method}: a calibration round covers {self._slot} saved tensors at "
+                f"probes_per_step={k}, so it spans {steps} steps; until it completes the method keeps its current "
+                f"settings. Raise probes_per_step (each adds one backward to a calibration step) or set it to None "
+                f"(the whole round in one step) to adapt sooner.",
+                level=logging.WARNING if steps > self.config.recalibrate_every // 4 else logging.INFO)
         self._round_next += k or self._slot
         complete = self._round_next >= self._slot  # every slot of this forward measured
         if self._round and (complete or self.method.adapts_per_tensor):
